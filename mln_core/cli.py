@@ -1,0 +1,299 @@
+"""The ``mln`` command line (click). Plugins add commands with ``mln_register_commands``.
+
+Global options ``-P DIR`` (projects), ``-T DIR`` (templates), ``-F DIR`` (files) and
+``--no-plugin NAME`` may stand before or after the subcommand, as in the original.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .config import load_config
+from .context import Context
+from .errors import MlnError, Pos
+from .plugins import make_plugin_manager
+
+_GLOBAL_WITH_VALUE = {"-P": "--projects", "-T": "--templates", "-F": "--files",
+                      "--projects": "--projects", "--templates": "--templates", "--files": "--files",
+                      "--no-plugin": "--no-plugin"}
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move global options that follow the subcommand to the front."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i:])
+            break
+        key, eq, val = a.partition("=")
+        if a in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            front += [_GLOBAL_WITH_VALUE[a], args[i + 1]]
+            i += 2
+            continue
+        if eq and key in _GLOBAL_WITH_VALUE and key.startswith("--"):
+            front += [key, val]
+        elif len(a) > 2 and a[:2] in ("-P", "-T", "-F") and not a.startswith("--"):
+            front += [_GLOBAL_WITH_VALUE[a[:2]], a[2:]]
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+class MlnGroup(click.Group):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, hoist_global_options(list(args)))
+
+
+def get_ctx(click_ctx: click.Context) -> Context:
+    obj = click_ctx.find_root().obj
+    if obj.get("ctx") is None:
+        cfg = load_config(obj["projects"], obj["templates"], obj["files"])
+        obj["ctx"] = Context(config=cfg, pm=obj["pm"], verbose=obj["verbose"])
+    return obj["ctx"]
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=False)
+
+
+@click.group(cls=MlnGroup, context_settings={"help_option_names": ["--help"]})
+@click.option("-P", "--projects", metavar="DIR", help="Projects directory (overrides mln.conf).")
+@click.option("-T", "--templates", metavar="DIR", help="Templates directory (overrides mln.conf).")
+@click.option("-F", "--files", metavar="DIR", help="Directory of files for files {} blocks.")
+@click.option("--no-plugin", "no_plugin", multiple=True, metavar="NAME",
+              help="Do not load this plugin (repeatable); see also MLN_DISABLE_PLUGINS.")
+@click.option("--verbose", is_flag=True, help="Print the commands mln runs.")
+@click.version_option(__version__, "--version", prog_name="mln")
+@click.pass_context
+def cli(click_ctx, projects, templates, files, no_plugin, verbose):
+    """mln: build and run projects of virtual machines and switches from one file.
+
+    Typical use: mln build -f project.mln; mln start -p project; mln status -p project.
+    Configuration: /etc/mln/mln.conf, then ~/.mln (or the file MLN_CONFIG names).
+    """
+    obj = click_ctx.ensure_object(dict)
+    obj.update(projects=projects, templates=templates, files=files, verbose=verbose, ctx=None)
+    if obj.get("pm") is None or set(no_plugin) != obj.get("disabled", set()):
+        obj["pm"] = _plugin_manager(set(no_plugin))
+        obj["disabled"] = set(no_plugin)
+
+
+def _plugin_manager(disabled):
+    pm = make_plugin_manager(disabled)
+    for name, reason in pm.failures:
+        click.echo(f"mln: warning: plugin '{name}' not loaded: {reason}", err=True)
+    return pm
+
+
+def _project_file(path: str) -> str:
+    if not os.path.exists(path):
+        raise MlnError(f"no such project file: {path}")
+    return path
+
+
+def _print_problems(problems) -> tuple[int, int]:
+    def key(p):
+        w = p.where
+        return (w.file, w.line, w.col) if isinstance(w, Pos) else (str(w or ""), 0, 0)
+    for p in sorted(problems.items, key=key):
+        click.echo(str(p), err=True)
+    return len(problems.errors), len(problems.warnings)
+
+
+# ---------------------------------------------------------------------------------------
+# parse / check / show
+# ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("-f", "file", required=True, type=click.Path(dir_okay=False), help="Project file.")
+@click.option("-S", "scalar", metavar="PATH", help="Print the value at PATH ('1' for a block).")
+@click.option("-A", "array", metavar="PATH", help="Print the lines of the block at PATH.")
+@click.option("-H", "subtree", metavar="PATH", help="Print the merged subtree at PATH.")
+@click.pass_context
+def parse(click_ctx, file, scalar, array, subtree):
+    """Print the parsed project, or query one path with inheritance and variables applied.
+
+    PATH looks like /host/web14/network/eth0/address, /global/project or /switch/lan.
+    Without a query the tree is printed in normalized form (includes done, comments gone).
+    """
+    from .lang.writer import write_block, write_tree
+    from .merge import Resolved
+    ctx = get_ctx(click_ctx)
+    queries = [q for q in (scalar, array, subtree) if q is not None]
+    if len(queries) > 1:
+        raise click.UsageError("give only one of -S, -A and -H")
+    doc = _load_doc(file, ctx, post_parse=bool(queries))
+    if not queries:
+        click.echo(write_tree(doc.root), nl=False)
+        return
+    resolved = Resolved(doc, line_blocks=ctx.pm.keywords.line_blocks())
+    block, keyword = resolved.lookup(queries[0])
+    if block is None:
+        raise MlnError(f"nothing at {queries[0]}")
+    if scalar is not None:
+        click.echo("1" if keyword is None else block.get(keyword))
+    elif array is not None:
+        if keyword is not None:
+            lines = [ln for ln in block.lines if ln.words[0] == keyword]
+            click.echo("\n".join(ln.value for ln in lines))
+        else:
+            for ln in block.lines:
+                click.echo(ln.text)
+    else:
+        if keyword is not None:
+            click.echo(f"{keyword} {block.get(keyword)}")
+        else:
+            click.echo(write_block(block, header=block.name is not None), nl=False)
+
+
+def _load_doc(file, ctx, post_parse=True):
+    from .project import load_document
+    return load_document(_project_file(file), ctx, post_parse=post_parse)
+
+
+@cli.command()
+@click.option("-f", "file", required=True, type=click.Path(dir_okay=False), help="Project file.")
+@click.pass_context
+def check(click_ctx, file):
+    """Report every error and warning in a project file (exit 1 if there are errors)."""
+    from .errors import Problems
+    from .project import build_model
+    ctx = get_ctx(click_ctx)
+    try:
+        loaded = build_model(_load_doc(file, ctx), ctx, fragment_ok=True)
+        problems = loaded.problems
+    except MlnError as e:
+        problems = Problems()
+        problems.error(e.message, e.where)
+    errors, warnings = _print_problems(problems)
+    summary = f"{file}: {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    click.echo(summary, err=True)
+    sys.exit(1 if errors else 0)
+
+
+@cli.command()
+@click.option("-f", "file", required=True, type=click.Path(dir_okay=False), help="Project file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "yaml", "json"]), default="text",
+              show_default=True)
+@click.option("--explain", is_flag=True, help="Show where each value came from.")
+@click.pass_context
+def show(click_ctx, file, fmt, explain):
+    """Show the resolved project: every host and switch with its effective settings."""
+    from .project import build_model
+    from .show import project_to_dict, render_text
+    ctx = get_ctx(click_ctx)
+    loaded = build_model(_load_doc(file, ctx), ctx)
+    for p in loaded.problems.warnings:
+        click.echo(str(p), err=True)
+    loaded.problems.raise_first_error()
+    data = project_to_dict(loaded.project, explain)
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        from ruamel.yaml import YAML
+        yaml = YAML()
+        yaml.default_flow_style = False
+        yaml.dump(data, sys.stdout)
+    else:
+        click.echo(render_text(data, explain), nl=False)
+
+
+# ---------------------------------------------------------------------------------------
+# plugins / help / completion
+# ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def plugins(click_ctx, fmt):
+    """List the loaded plugins, their package and version, and the hooks each implements."""
+    pm = click_ctx.find_root().obj["pm"]
+    infos = [pm.infos[n] for n in pm.plugin_names()]
+    if fmt == "json":
+        click.echo(json.dumps({"plugins": [vars(i) for i in infos],
+                               "failed": [{"name": n, "reason": r} for n, r in pm.failures],
+                               "disabled": sorted(pm.disabled)}, indent=2))
+        return
+    for info in infos:
+        pkg = f"{info.distribution} {info.version}" if info.distribution else info.module
+        click.echo(f"{info.name:<14} {pkg:<20} {', '.join(info.hooks)}")
+    for name in sorted(pm.disabled):
+        click.echo(f"{name:<14} (disabled)")
+    for name, reason in pm.failures:
+        click.echo(f"{name:<14} (failed) {reason}")
+
+
+@cli.command("help")
+@click.argument("command", required=False)
+@click.pass_context
+def help_(click_ctx, command):
+    """Show help for mln or for one command."""
+    root = click_ctx.find_root()
+    if command is None:
+        click.echo(root.get_help())
+        return
+    cmd = cli.get_command(root, command)
+    if cmd is None:
+        raise click.UsageError(f"no such command '{command}'")
+    with click.Context(cmd, info_name=command, parent=root) as sub:
+        click.echo(cmd.get_help(sub))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print the shell completion script: eval "$(mln completion bash)"."""
+    from click.shell_completion import get_completion_class
+    comp = get_completion_class(shell)(cli, {}, "mln", "_MLN_COMPLETE")
+    click.echo(comp.source())
+
+
+# ---------------------------------------------------------------------------------------
+
+def _register_plugin_commands():
+    pm = _plugin_manager(set(os.environ.get("MLN_DISABLE_PLUGINS", "").split(",")) - {""})
+    pm.hook.mln_register_commands.call_historic(kwargs={"cli": cli})
+    return pm
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mln`` console script: errors become one message and an exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    pm = _register_plugin_commands()
+    try:
+        rv = cli.main(args=args, prog_name="mln", standalone_mode=False, obj={"pm": pm, "disabled": set()})
+        return rv if isinstance(rv, int) else 0
+    except MlnError as e:
+        click.echo(f"mln: error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        click.echo("mln: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("mln: interrupted", err=True)
+        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception as e:  # an internal error: say so plainly, trace only on request
+        if os.environ.get("MLN_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"mln: internal error: {type(e).__name__}: {e} (set MLN_DEBUG=1 for a traceback; "
+                   "please report it)", err=True)
+        return 70
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The guest filesystem handle that configuration plugins write through.
+
+A storage or hypervisor backend opens a host's disk image (hook ``mln_open_image``)
+and returns an object with this interface; every ``mln_configure_image``
+implementation then reads and writes the guest's files through it, never through
+host paths. Paths are absolute paths inside the guest (``/etc/hostname``).
+
+Implementations batch writes where that is cheaper (debugfs) and must make all of
+them visible to ``read`` calls and durable after ``close``. Every method is
+idempotent in the sense that repeating the same sequence of calls on the same
+image gives the same image.
+"""
+from __future__ import annotations
+
+import abc
+
+
+class GuestFS(abc.ABC):
+    """Read and write files inside a guest image without running the guest."""
+
+    @abc.abstractmethod
+    def read(self, path: str) -> bytes | None:
+        """Return the contents of the regular file ``path``, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, path: str) -> bool:
+        """True if ``path`` exists (file, directory or symlink)."""
+
+    @abc.abstractmethod
+    def is_dir(self, path: str) -> bool:
+        """True if ``path`` is a directory."""
+
+    @abc.abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory ``path`` (without ``.`` and ``..``), sorted; [] if absent."""
+
+    @abc.abstractmethod
+    def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+        """Create or replace the regular file ``path`` with ``data``, mode and owner.
+
+        Missing parent directories are created (mode 0755, root)."""
+
+    @abc.abstractmethod
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
+        """Create directory ``path`` and its missing parents; set mode/owner of ``path``
+        also when it already exists."""
+
+    @abc.abstractmethod
+    def symlink(self, target: str, path: str) -> None:
+        """Create or replace the symbolic link ``path`` pointing at ``target``."""
+
+    @abc.abstractmethod
+    def remove(self, path: str) -> None:
+        """Remove the file or symlink ``path``; nothing happens if it does not exist."""
+
+    @abc.abstractmethod
+    def chmod(self, path: str, mode: int) -> None:
+        """Set the permission bits of ``path``."""
+
+    @abc.abstractmethod
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Set the owner of ``path``."""
+
+    def close(self) -> None:
+        """Flush pending changes and release the image. Called once by the core."""
+
+    # Helpers built on the primitives above -------------------------------------------------
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read(path)
+        return None if data is None else data.decode("utf-8", "surrogateescape")
+
+    def write_text(self, path: str, text: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+        self.write(path, text.encode("utf-8", "surrogateescape"), mode, uid, gid)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,216 @@
+"""Every hook mln calls, one documented spec each.
+
+Plugins implement hooks with ``mln_core.hookimpl`` (a pluggy ``HookimplMarker("mln")``)
+on a module or object registered through the ``mln.plugins`` entry-point group.
+
+Conventions for all hooks:
+
+* ``ctx`` is the :class:`mln_core.context.Context` of the running command: the
+  configuration (``ctx.config``), the project's store directory when there is one
+  (``ctx.project_dir``), a command runner (``ctx.run``) and output (``ctx.log``).
+* ``host``, ``switch`` and ``project`` are objects of :mod:`mln_core.model`: resolved,
+  validated, read-only. Their ``tree`` attribute is the effective block tree, where a
+  plugin reads its own keywords (``host.tree.get("vcpus")``, ``host.tree.block("apache")``).
+* A *firstresult* hook asks "who handles this?": plugins that do not handle the object
+  return ``None`` and the first non-None answer is used. Other hooks are called on every
+  plugin, in alphabetical order of plugin name, and their non-None results are collected.
+* A plugin acts only on the hosts, switches and projects that ask for it (its keyword or
+  block is present, or it is the chosen backend), and every change it makes to a guest
+  image is idempotent: ``upgrade`` runs the configure hooks again on configured images.
+* Errors: raise :class:`mln_core.errors.MlnError` with a message that names the object.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mln")
+
+
+# ---------------------------------------------------------------------------------------
+# Start-up
+# ---------------------------------------------------------------------------------------
+
+@hookspec(historic=True)
+def mln_register_keywords(registry):
+    """Declare the keywords and blocks this plugin understands.
+
+    Called once when the plugin manager starts (historic: plugins registered later are
+    called too). ``registry`` is a :class:`mln_core.keywords.KeywordRegistry`; call
+    ``registry.keyword(context, name, help=...)``, ``registry.block(context, name,
+    contents=..., help=...)`` or ``registry.hypervisor(name, flags=...)``. ``mln check``
+    warns about any keyword nobody declared, with a "did you mean" suggestion.
+    Return value: ignored.
+    """
+
+
+@hookspec(historic=True)
+def mln_register_commands(cli):
+    """Add subcommands to the ``mln`` command line.
+
+    ``cli`` is the root :class:`click.Group`; call ``cli.add_command(cmd)``. Called once at
+    start-up. Return value: ignored.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Parse and validate
+# ---------------------------------------------------------------------------------------
+
+@hookspec
+def mln_post_parse(doc, ctx):
+    """Change the parsed tree before anything else reads it (autoenum creates hosts here).
+
+    Called once after a project file is parsed (with its includes), before superclass
+    merging, by every command that reads a project (``build``, ``check``, ``show``,
+    ``parse`` with a query, ``upgrade``). ``doc`` is a :class:`mln_core.lang.parser.Document`;
+    change ``doc.root`` with the :class:`~mln_core.lang.tree.Block` building methods and
+    report problems with ``doc.problems.error(message, pos)`` / ``.warn``. Return value: ignored.
+    """
+
+
+@hookspec
+def mln_validate(project, ctx):
+    """Check a resolved project for problems this plugin knows about.
+
+    Called by ``check``, ``build`` and ``upgrade`` after the model is built. Return a list
+    of :class:`mln_core.errors.Problem` (or None); an error stops ``build``.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_build_switch(switch, ctx):
+    """Create the configuration of a virtual switch (not started yet).
+
+    Called by ``build`` for every switch handled by this server. The plugin for the
+    switch's kind records what it needs in ``ctx.state`` and returns True; return None
+    if the switch is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_create_disk(host, ctx):
+    """Create the host's disk from its template (file copy, overlay, logical volume...).
+
+    Called by ``build`` (and ``upgrade`` for new hosts or a changed template) before the
+    image is configured. Return a :class:`mln_core.model.Disk` describing what was made,
+    or None if this storage plugin does not handle the host.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_open_image(host, disk, ctx):
+    """Open the host's disk for individualization without running the guest.
+
+    Return a :class:`mln_core.guest.GuestFS` (the core closes it), or None if this
+    plugin cannot open that disk.
+    """
+
+
+@hookspec
+def mln_configure_image(host, guest, ctx):
+    """Write the host's identity and this plugin's settings into the guest image.
+
+    Called for every host that is built, in alphabetical plugin order, after the image
+    is opened; ``guest`` is a :class:`mln_core.guest.GuestFS` and ``guest.family`` the
+    detected OS family ("debian", "redhat", "busybox", "suse", "windows" or None).
+    Must be idempotent. Return value: ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_build_host(host, disk, ctx):
+    """Write the hypervisor configuration of a host (command line, Xen cfg, .vmx...).
+
+    Called after the image is configured. The backend for ``host.hypervisor`` writes its
+    files under ``ctx.project_dir`` and returns True; others return None.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_start_switch(switch, ctx):
+    """Start a switch (create the bridge, start the vde_switch...). True if handled."""
+
+
+@hookspec(firstresult=True)
+def mln_stop_switch(switch, ctx):
+    """Stop a switch and delete what ``mln_start_switch`` made. True if handled."""
+
+
+@hookspec(firstresult=True)
+def mln_start_host(host, ctx):
+    """Start a host's virtual machine. Return True when it was started, None if not yours."""
+
+
+@hookspec(firstresult=True)
+def mln_stop_host(host, hard, ctx):
+    """Stop a host: ask the guest to shut down, or destroy it at once if ``hard``.
+
+    Return True when the request was made (the core waits with ``mln_host_status``), None
+    if not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_host_status(host, ctx):
+    """Is the host running? Return "up" or "down" (optionally "up: detail"), None if not yours."""
+
+
+@hookspec(firstresult=True)
+def mln_switch_status(switch, ctx):
+    """Is the switch up? Return "up" or "down", or None if not yours."""
+
+
+@hookspec
+def mln_switch_attachment(switch, host, interface, ctx):
+    """How a host's interface joins a switch, for the hypervisor backends.
+
+    Called while building a host, for each interface on a project switch. The switch's
+    plugin returns a dict such as ``{"kind": "vde", "socket": path}`` or
+    ``{"kind": "tap", "bridge": name, "tap": name}``; others return None.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Remove
+# ---------------------------------------------------------------------------------------
+
+@hookspec
+def mln_remove_host(host, ctx):
+    """Delete what was built for a host outside the project directory (volumes, tap
+    devices, registrations). Called by ``remove`` and ``upgrade``. Return value: ignored."""
+
+
+@hookspec
+def mln_remove_switch(switch, ctx):
+    """Delete what was built for a switch outside the project directory. Return value: ignored."""
+
+
+@hookspec
+def mln_remove_project(project, ctx):
+    """Last call of ``remove``, before the project directory is deleted. Return value: ignored."""
+
+
+# ---------------------------------------------------------------------------------------
+# Upgrade and distribution
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_migrate_host(host, source, target, live, ctx):
+    """Move a host from service host ``source`` to ``target`` (``live``: while it runs).
+
+    Return True when done, None if this plugin cannot move that host.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_remote_transport(service_host, ctx):
+    """How to reach a service host: return an object with ``run(cmd)`` and ``put(src, dst)``
+    (e.g. a Fabric connection), or None if this plugin does not know the host."""

@@ -1,0 +1,173 @@
+"""The keyword registry: which keywords and blocks exist, and who declared them.
+
+Contexts name where a keyword may stand: ``global``, ``host`` (hosts and superclasses),
+``network`` (a host's ``network IFACE`` block), ``switch``, ``root`` (top level), and for
+a block with checked contents ``<context>.<block>`` (``global.autoenum``).
+
+Block contents:
+
+* ``keywords``: its lines are keywords of the context ``<context>.<block>``;
+* ``lines``: free lines (``startup``, ``users``); merged as a union with superclasses;
+* ``free``: anything goes (plugin blocks such as ``apache``); merged like keywords.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from .errors import Problems
+from .lang.parser import Document
+from .lang.tree import Block
+from .merge import LINE_BLOCKS
+
+
+@dataclass
+class Keyword:
+    context: str
+    name: str
+    help: str = ""
+    plugin: str = "core"
+    block: str | None = None  # None for a keyword line; "keywords" | "lines" | "free" for a block
+
+
+@dataclass
+class Hypervisor:
+    name: str
+    flags: tuple[str, ...]
+    plugin: str = "core"
+
+
+@dataclass
+class KeywordRegistry:
+    entries: dict[str, dict[str, Keyword]] = field(default_factory=dict)
+    hypervisors: dict[str, Hypervisor] = field(default_factory=dict)
+    current_plugin: str = "core"
+
+    def keyword(self, context: str, name: str, help: str = "") -> None:
+        self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin)
+
+    def block(self, context: str, name: str, contents: str = "free", help: str = "") -> None:
+        if contents not in ("keywords", "lines", "free"):
+            raise ValueError(f"block contents must be keywords, lines or free, not {contents!r}")
+        self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
+                                                             contents)
+
+    def hypervisor(self, name: str, flags: tuple[str, ...] = (), help: str = "") -> None:
+        """Declare a hypervisor; any of ``flags`` in a host selects it (default: its name)."""
+        flags = tuple(flags) or (name,)
+        self.hypervisors[name] = Hypervisor(name, flags, self.current_plugin)
+        for f in flags:
+            self.keyword("host", f, help or f"build this host for {name}")
+
+    def lookup(self, context: str, name: str) -> Keyword | None:
+        return self.entries.get(context, {}).get(name)
+
+    def line_blocks(self) -> frozenset[str]:
+        names = {k.name for ctx in self.entries.values() for k in ctx.values() if k.block == "lines"}
+        return frozenset(names | LINE_BLOCKS)
+
+    def hypervisor_flags(self) -> dict[str, str]:
+        return {f: h.name for h in self.hypervisors.values() for f in h.flags}
+
+    # -- checking ----------------------------------------------------------------------
+    def check(self, doc: Document, problems: Problems) -> None:
+        """Warn about every keyword and block that nobody declared."""
+        root = doc.root
+        for key, child in root.blocks.items():
+            if child.container:
+                ctx = {"host": "host", "superclass": "host", "switch": "switch"}.get(child.kind)
+                for named in child.blocks.values():
+                    self._check_block(named, ctx, problems)
+            else:
+                spec = self.lookup("root", key)
+                if spec is None:
+                    self._unknown("block", key, "root", child, problems, "at the top level")
+                elif spec.block == "keywords":
+                    self._check_block(child, f"root.{key}" if key != "global" else "global", problems)
+
+    def _check_block(self, block: Block, ctx: str, problems: Problems) -> None:
+        where = f"in {block.label}"
+        for line in block.lines:
+            kw = line.words[0]
+            if kw.startswith("$") or self.lookup(ctx, kw) is not None:
+                continue
+            spec = self.lookup(ctx, kw)
+            self._unknown("keyword", kw, ctx, line, problems, where)
+        for key, child in block.blocks.items():
+            if child.container:
+                sub_ctx = "network" if child.kind == "network" and ctx == "host" else f"{ctx}.{child.kind}"
+                spec = self.lookup(ctx, child.kind)
+                if spec is None and sub_ctx != "network":
+                    self._unknown("block", child.kind, ctx, child, problems, where)
+                    continue
+                for named in child.blocks.values():
+                    self._check_block(named, sub_ctx, problems)
+                continue
+            spec = self.lookup(ctx, key)
+            if spec is None or spec.block is None:
+                self._unknown("block", key, ctx, child, problems, where)
+            elif spec.block == "keywords":
+                self._check_block(child, f"{ctx}.{key}", problems)
+
+    def _unknown(self, what: str, name: str, ctx: str, node, problems: Problems, where: str) -> None:
+        known = list(self.entries.get(ctx, {}))
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.warn(f"unknown {what} '{name}' {where}{hint}", node.pos)
+
+
+def core_keywords(reg: KeywordRegistry) -> None:
+    """The keywords of the MLN language that the core itself gives meaning to."""
+    reg.current_plugin = "core"
+    reg.block("root", "global", "keywords", "project-wide settings")
+    reg.keyword("global", "project", "the project name (required)")
+    reg.keyword("global", "project_password", "lets a daemon accept upgrades from this project")
+    for hook in ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",
+                 "beforeProjectStop", "beforeHostsStop", "afterHostsStop", "afterProjectStop"):
+        reg.block("global", hook, "lines", "shell lines run at that point of start/stop")
+    host = {
+        "superclass": "inherit from this superclass",
+        "template": "filesystem template the disk is made from",
+        "memory": "RAM, e.g. 128M",
+        "size": "disk size, e.g. 2G",
+        "free_space": "disk = template size + this (overrides size)",
+        "swap": "size of a swap disk",
+        "service_host": "the physical server that runs this host",
+        "location": "alias of service_host",
+        "boot_order": "start order 1..99 (low first); stop runs in reverse",
+        "term": "console: xterm, screen or none",
+        "color": "xterm foreground colour",
+        "kernel": "kernel for UML/QEMU/Xen guests",
+        "ramdisk": "initial ramdisk",
+        "family": "guest OS family, normally detected from the image",
+        "root_passwd": "root password (a crypt hash is installed as-is)",
+        "root_password": "alias of root_passwd",
+        "nameserver": "written to /etc/resolv.conf",
+        "owner": "owner of the host's files and process",
+        "group": "group of the host's files",
+        "sudo": "run the host as this user",
+        "hypervisor": "the hypervisor backend by name (instead of a flag such as xen)",
+    }
+    for name, text in host.items():
+        reg.keyword("host", name, text)
+    for name, text in {"users": "users: name passwordhash [homedir] [uid]",
+                       "startup": "shell lines run at the end of boot",
+                       "shutdown": "shell lines run at shutdown",
+                       "modules": "kernel modules to load at boot",
+                       "files": "files to copy: source destination [mode]",
+                       "mount": "extra disks: source mountpoint fstype [options]"}.items():
+        reg.block("host", name, "lines", text)
+    reg.block("host", "groups", "free", "groups: a block per group listing its users")
+    reg.block("host", "network", "keywords", "a network interface: network eth0 { ... }")
+    for name, text in {"switch": "the project switch this interface is on",
+                       "address": "static address, or dhcp",
+                       "netmask": "netmask", "broadcast": "broadcast address",
+                       "gateway": "default gateway", "mac": "fixed MAC address",
+                       "auto": "'no' to leave the interface down at boot"}.items():
+        reg.keyword("network", name, text)
+    reg.keyword("switch", "service_host", "the server that creates this switch")
+    reg.block("switch", "hosts", "free", "filled in automatically: which hosts are on the switch")
+    reg.hypervisor("uml", ("uml",), "User-Mode Linux (the default)")
+    reg.hypervisor("qemu", ("qemu", "kvm"), "QEMU with KVM, or TCG where KVM does not work")
+    reg.hypervisor("xen", ("xen", "hvm"), "Xen PV, or HVM with hvm")
+    reg.hypervisor("vmware", ("vmware",), "VMware")

@@ -1,0 +1,337 @@
+"""The resolved model: Project, Host, Switch, Interface — what plugins receive.
+
+Built from the effective, variable-resolved trees; values are typed and validated
+(sizes in bytes, addresses checked). ``origins`` on a host tells where each value came
+from: ``host rome``, ``superclass basic``, ``global`` or ``default``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from .errors import MlnError, Pos, Problems
+from .lang.tree import Block, Line
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|K|kB|KB|M|MB|G|GB|T|TB)?\s*\Z")
+_UNITS = {None: 1, "b": 512, "K": 1024, "kB": 1000, "KB": 1000, "M": 2**20, "MB": 10**6,
+          "G": 2**30, "GB": 10**9, "T": 2**40, "TB": 10**12}
+_MAC = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}\Z")
+_IFACE = re.compile(r"eth(\d+)\Z")
+
+
+def parse_size(text: str, where: Pos | str | None = None, what: str = "size") -> int:
+    """``128M`` -> bytes. Units as the original: b(512) K(1024) kB/KB(1000) M MB G GB; bare = bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise MlnError(f"bad {what} '{text}': use a number with a unit such as 512M or 2G "
+                       "(units: b K kB KB M MB G GB)", where)
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def format_size(n: int) -> str:
+    for unit, mult in (("G", 2**30), ("M", 2**20), ("K", 1024)):
+        if n >= mult and n % mult == 0:
+            return f"{n // mult}{unit}"
+    return str(n)
+
+
+@dataclass
+class Interface:
+    name: str
+    index: int
+    switch: str | None = None
+    address: str | None = None          # an IPv4/IPv6 address, "dhcp", or None
+    netmask: str | None = None
+    broadcast: str | None = None
+    gateway: str | None = None
+    mac: str | None = None
+    bridge: str | None = None
+    tree: Block | None = field(default=None, repr=False)
+
+    @property
+    def dhcp(self) -> bool:
+        return self.address == "dhcp"
+
+    @property
+    def prefixlen(self) -> int | None:
+        if self.netmask is None:
+            return None
+        return ipaddress.IPv4Network(f"0.0.0.0/{self.netmask}").prefixlen
+
+
+@dataclass
+class User:
+    name: str
+    password: str | None = None
+    home: str | None = None
+    uid: int | None = None
+
+
+@dataclass
+class FileCopy:
+    source: str
+    destination: str
+    mode: str | None = None
+
+
+@dataclass
+class Mount:
+    source: str
+    mountpoint: str
+    fstype: str
+    options: str | None = None
+
+
+@dataclass
+class Disk:
+    """What a storage plugin made for a host: ``path`` and its ``format`` (raw, qcow2...)."""
+
+    path: str
+    format: str = "raw"
+    kind: str = "file"
+    size: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Host:
+    name: str
+    project: str
+    hypervisor: str
+    template: str
+    memory: int
+    size: int | None = None
+    free_space: int | None = None
+    swap: int | None = None
+    service_host: str | None = None
+    boot_order: int = 99
+    interfaces: list[Interface] = field(default_factory=list)
+    users: list[User] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    startup: list[str] = field(default_factory=list)
+    shutdown: list[str] = field(default_factory=list)
+    files: list[FileCopy] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    root_passwd: str | None = None
+    nameserver: str | None = None
+    kernel: str | None = None
+    ramdisk: str | None = None
+    family: str | None = None
+    term: str | None = None
+    superclasses: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict, repr=False)
+    tree: Block | None = field(default=None, repr=False)
+
+    @property
+    def fqname(self) -> str:
+        """The host's external identity: ``<host>.<project>``."""
+        return f"{self.name}.{self.project}"
+
+    def interface(self, name: str) -> Interface | None:
+        return next((i for i in self.interfaces if i.name == name), None)
+
+
+@dataclass
+class Switch:
+    name: str
+    project: str
+    service_host: str | None = None
+    members: list[tuple[str, str]] = field(default_factory=list)   # (host, interface)
+    tree: Block | None = field(default=None, repr=False)
+
+
+@dataclass
+class Project:
+    name: str
+    hosts: dict[str, Host] = field(default_factory=dict)
+    switches: dict[str, Switch] = field(default_factory=dict)
+    superclasses: list[str] = field(default_factory=list)
+    global_tree: Block | None = field(default=None, repr=False)
+    source: str | None = None
+
+    def hook_lines(self, name: str) -> list[str]:
+        """Lines of a global hook block such as ``beforeProjectStart``."""
+        b = self.global_tree.block(name) if self.global_tree else None
+        return b.line_texts() if b else []
+
+    def boot_sequence(self) -> list[Host]:
+        """Hosts in start order: boot_order, then the order of the file."""
+        return sorted(self.hosts.values(), key=lambda h: h.boot_order)
+
+
+# ---------------------------------------------------------------------------------------
+
+def _ip(value: str, line: Line, what: str, problems: Problems) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        problems.error(f"bad {what} '{value}': not an IP address", line.pos)
+        return None
+
+
+def _netmask(value: str, line: Line, problems: Problems) -> str | None:
+    try:
+        if value.isdigit():
+            return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
+        net = ipaddress.IPv4Network(f"0.0.0.0/{value}")
+        return str(net.netmask)
+    except ValueError:
+        problems.error(f"bad netmask '{value}'", line.pos)
+        return None
+
+
+def _size(block: Block, key: str, problems: Problems) -> int | None:
+    line = block.line(key)
+    if line is None:
+        return None
+    try:
+        return parse_size(line.value, line.pos, key)
+    except MlnError as e:
+        problems.error(e.message, e.where)
+        return None
+
+
+def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_flags: dict,
+               superclasses: list[str], switches: set[str], problems: Problems) -> Host:
+    """One Host from its effective, resolved tree."""
+    origins = {ln.words[0]: f"{ln.origin} ({ln.pos})" if ln.pos else str(ln.origin)
+               for ln in eff.values.values()}
+
+    def get(key, default=None):
+        line = eff.values.get(key)
+        if line is None:
+            if default is not None:
+                origins[key] = "default"
+            return default
+        return line.value
+
+    # hypervisor: an explicit "hypervisor NAME", a flag such as "xen", or the default
+    hv_line = eff.line("hypervisor")
+    found = sorted({hypervisor_flags[k] for k in eff.values if k in hypervisor_flags})
+    if hv_line is not None:
+        hypervisor = hv_line.value
+    elif len(found) > 1:
+        problems.error(f"host '{name}' asks for more than one hypervisor: {', '.join(found)}", eff.pos)
+        hypervisor = found[0]
+    elif found:
+        hypervisor = found[0]
+        flag = next(k for k in eff.values if hypervisor_flags.get(k) == hypervisor)
+        origins["hypervisor"] = origins[flag]
+    else:
+        hypervisor = defaults.get("default_hypervisor", "uml")
+        origins["hypervisor"] = "default"
+
+    mem_text = get("memory", defaults.get("default_memory", "128M"))
+    try:
+        memory = parse_size(mem_text, eff.line("memory").pos if eff.line("memory") else "mln.conf",
+                            "memory")
+    except MlnError as e:
+        problems.error(e.message, e.where)
+        memory = 128 * 2**20
+    size = _size(eff, "size", problems)
+    if size is None and eff.line("free_space") is None:
+        try:
+            size = parse_size(defaults.get("default_size", "250M"), "mln.conf", "default_size")
+            origins["size"] = "default"
+        except MlnError as e:
+            problems.error(e.message, e.where)
+    host = Host(
+        name=name, project=project, hypervisor=hypervisor,
+        template=get("template", defaults.get("default_template", "busybox.ext4")),
+        memory=memory, size=size,
+        free_space=_size(eff, "free_space", problems), swap=_size(eff, "swap", problems),
+        service_host=get("service_host") or get("location"),
+        root_passwd=get("root_passwd") or get("root_password"),
+        nameserver=get("nameserver"), kernel=get("kernel"), ramdisk=get("ramdisk"),
+        family=get("family"), term=get("term"),
+        superclasses=superclasses, origins=origins, tree=eff,
+    )
+    bo = eff.line("boot_order")
+    if bo is not None:
+        if bo.value.isdigit() and 1 <= int(bo.value) <= 99:
+            host.boot_order = int(bo.value)
+        else:
+            problems.error(f"boot_order must be a number from 1 to 99, not '{bo.value}'", bo.pos)
+    if host.nameserver:
+        _ip(host.nameserver, eff.line("nameserver"), "nameserver", problems)
+
+    for iname, ib in eff.named("network").items():
+        m = _IFACE.match(iname)
+        if not m:
+            problems.error(f"interface '{iname}' of host '{name}': interfaces are named eth0, eth1, ...",
+                           ib.pos)
+            continue
+        iface = Interface(name=iname, index=int(m.group(1)), tree=ib)
+        for key in ("switch", "bridge"):
+            setattr(iface, key, ib.get(key))
+        if iface.switch and not iface.switch.startswith("/") and iface.switch not in switches:
+            known = ", ".join(sorted(switches)) or "none is defined"
+            problems.error(f"host '{name}' {iname}: switch '{iface.switch}' is not defined "
+                           f"(switches: {known})", ib.line("switch").pos)
+        addr = ib.line("address")
+        if addr is not None:
+            if addr.value == "dhcp":
+                iface.address = "dhcp"
+            elif addr.value == "auto":
+                problems.error("'address auto' is only meaningful in an autoenum block", addr.pos)
+            else:
+                iface.address = _ip(addr.value, addr, "address", problems)
+        for key in ("broadcast", "gateway"):
+            line = ib.line(key)
+            if line is not None:
+                setattr(iface, key, _ip(line.value, line, key, problems))
+        nm = ib.line("netmask")
+        if nm is not None:
+            iface.netmask = _netmask(nm.value, nm, problems)
+        mac = ib.line("mac")
+        if mac is not None:
+            if _MAC.match(mac.value):
+                iface.mac = ":".join(f"{int(x, 16):02x}" for x in mac.value.split(":"))
+            else:
+                problems.error(f"bad MAC address '{mac.value}'", mac.pos)
+        host.interfaces.append(iface)
+    host.interfaces.sort(key=lambda i: i.index)
+
+    users = eff.block("users")
+    for line in users.lines if users else []:
+        w = line.words
+        uid = None
+        if len(w) > 3:
+            if w[3].isdigit():
+                uid = int(w[3])
+            else:
+                problems.error(f"user '{w[0]}': uid must be a number, not '{w[3]}'", line.pos)
+        if not re.match(r"[a-z_][a-z0-9_-]*\$?\Z", w[0]):
+            problems.error(f"bad user name '{w[0]}'", line.pos)
+        host.users.append(User(w[0], w[1] if len(w) > 1 else None, w[2] if len(w) > 2 else None, uid))
+    groups = eff.block("groups")
+    if groups:
+        for gname, gb in groups.blocks.items():
+            host.groups[gname] = [w for ln in gb.lines for w in ln.words]
+        for line in groups.lines:
+            host.groups.setdefault(line.words[0], []).extend(line.words[1:])
+    for key in ("startup", "shutdown", "modules"):
+        b = eff.block(key)
+        if b:
+            setattr(host, key, b.line_texts())
+    files = eff.block("files")
+    for line in files.lines if files else []:
+        w = line.words
+        if len(w) < 2:
+            problems.error("a files line is: source destination [mode]", line.pos)
+            continue
+        host.files.append(FileCopy(w[0], w[1], w[2] if len(w) > 2 else None))
+    mounts = eff.block("mount")
+    for line in mounts.lines if mounts else []:
+        w = line.words
+        if len(w) < 3:
+            problems.error("a mount line is: source mountpoint fstype [options]", line.pos)
+            continue
+        host.mounts.append(Mount(w[0], w[1], w[2], " ".join(w[3:]) or None))
+    return host
+
+
+def build_switch(name: str, block: Block, project: str) -> Switch:
+    return Switch(name=name, project=project, service_host=block.get("service_host"), tree=block)

@@ -1,0 +1,117 @@
+"""The plugin manager: pluggy hooks, plugins discovered through stevedore.
+
+Built-in plugins and third-party ones are found the same way: entry points in the
+``mln.plugins`` group. They are registered in alphabetical order of their entry-point
+name, and hooks called on all plugins run in that order.
+
+Controls: ``MLN_DISABLE_PLUGINS=a,b`` (or ``mln --no-plugin a``) skips plugins by name;
+``MLN_TRACE_PLUGINS=1`` prints every hook call and its result on stderr. A plugin that
+fails to import, or implements a hook that does not exist, is reported by name with the
+reason and left out; the others still load.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from dataclasses import dataclass, field
+
+import pluggy
+from stevedore import ExtensionManager
+
+from . import hookspecs
+from .keywords import KeywordRegistry, core_keywords
+
+NAMESPACE = "mln.plugins"
+from . import hookimpl  # noqa: E402,F401  (re-exported)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    hooks: list[str] = field(default_factory=list)
+
+
+class PluginManager(pluggy.PluginManager):
+    def __init__(self):
+        super().__init__("mln")
+        self.add_hookspecs(hookspecs)
+        self.failures: list[tuple[str, str]] = []
+        self.infos: dict[str, PluginInfo] = {}
+        self.disabled: set[str] = set()
+        self._keywords: KeywordRegistry | None = None
+
+    def load(self, disabled: set[str] | None = None, env=os.environ) -> None:
+        self.disabled = set(disabled or ())
+        self.disabled |= {n.strip() for n in env.get("MLN_DISABLE_PLUGINS", "").split(",") if n.strip()}
+        mgr = ExtensionManager(
+            namespace=NAMESPACE, invoke_on_load=False, propagate_map_exceptions=False,
+            on_load_failure_callback=self._load_failed, verify_requirements=False,
+        )
+        for ext in sorted(mgr.extensions, key=lambda e: e.name, reverse=True):
+            # pluggy calls the last registered first: register in reverse order so that
+            # hooks run in alphabetical order of plugin name.
+            if ext.name in self.disabled:
+                continue
+            self.add(ext.name, ext.plugin, ext.entry_point)
+        if env.get("MLN_TRACE_PLUGINS", "") not in ("", "0"):
+            self.trace.root.setwriter(sys.stderr.write)
+            self.enable_tracing()
+
+    def _load_failed(self, manager, entrypoint, exc) -> None:
+        if entrypoint.name in self.disabled:
+            return
+        self.failures.append((entrypoint.name, f"cannot import {entrypoint.value}: "
+                                               f"{type(exc).__name__}: {exc}"))
+
+    def add(self, name: str, plugin, entry_point=None) -> bool:
+        """Register ``plugin`` under ``name``; on a bad plugin record the failure, return False."""
+        try:
+            self.register(plugin, name=name)
+            self.check_pending()
+        except (pluggy.PluginValidationError, ValueError) as e:
+            if self.is_registered(plugin):
+                self.unregister(plugin)
+            self.failures.append((name, str(e)))
+            return False
+        module = getattr(plugin, "__name__", type(plugin).__module__)
+        dist = _distribution_of(module)
+        self.infos[name] = PluginInfo(
+            name=name,
+            module=module,
+            distribution=dist,
+            version=metadata.version(dist) if dist else None,
+            hooks=sorted(h.name for h in self.get_hookcallers(plugin) or []),
+        )
+        self._keywords = None
+        return True
+
+    @property
+    def keywords(self) -> KeywordRegistry:
+        """The keyword registry: the core's keywords plus every plugin's declarations."""
+        if self._keywords is None:
+            reg = KeywordRegistry()
+            core_keywords(reg)
+            for impl in self.hook.mln_register_keywords.get_hookimpls():
+                reg.current_plugin = impl.plugin_name
+                impl.function(registry=reg)
+            reg.current_plugin = "core"
+            self._keywords = reg
+        return self._keywords
+
+    def plugin_names(self) -> list[str]:
+        return sorted(self.infos)
+
+
+def _distribution_of(module: str) -> str | None:
+    dists = metadata.packages_distributions().get(module.split(".")[0])
+    return dists[0] if dists else None
+
+
+def make_plugin_manager(disabled: set[str] | None = None, env=os.environ) -> PluginManager:
+    pm = PluginManager()
+    pm.load(disabled, env)
+    return pm

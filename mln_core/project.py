@@ -1,0 +1,106 @@
+"""Reading a project: text -> tree -> post-parse plugins -> effective trees -> model.
+
+This is the one way every command reads a project file, so that ``check``, ``show``,
+``build`` and ``upgrade`` see exactly the same thing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import MlnError, Problems
+from .lang.parser import Document, parse_file, parse_text
+from .merge import Resolved
+from .model import Project, build_host, build_switch
+
+
+@dataclass
+class Loaded:
+    doc: Document
+    resolved: Resolved
+    project: Project | None
+    problems: Problems
+
+
+def load_document(path: str | None, ctx, text: str | None = None, post_parse: bool = True) -> Document:
+    doc = parse_text(text, path or "<text>") if text is not None else parse_file(path)
+    if post_parse:
+        ctx.pm.hook.mln_post_parse(doc=doc, ctx=ctx)
+    return doc
+
+
+def build_model(doc: Document, ctx, fragment_ok: bool = False) -> Loaded:
+    """The resolved model of ``doc``; problems are collected, not raised."""
+    problems = doc.problems
+    registry = ctx.pm.keywords
+    registry.check(doc, problems)
+    g = doc.global_block
+    name = None
+    if g is None:
+        if fragment_ok:
+            problems.warn("no 'global' block: this file can only be included by another, so only "
+                          "its syntax and keywords were checked", doc.files[0] if doc.files else None)
+            return Loaded(doc, Resolved(doc, line_blocks=registry.line_blocks()), None, problems)
+        else:
+            problems.error("no project name found: add 'global { project NAME }'",
+                           doc.files[0] if doc.files else None)
+    elif g.get("project") is None:
+        problems.error("the 'global' block has no 'project NAME' line", g.pos)
+    resolved = Resolved(doc, line_blocks=registry.line_blocks())
+    if g is not None and g.get("project") is not None:
+        name = resolved.project
+        import re
+        if not re.match(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z", name):
+            problems.error(f"bad project name '{name}': use letters, digits, '.', '-' and '_'",
+                           g.line("project").pos)
+    project = Project(name=name or "", superclasses=list(doc.superclasses()),
+                      source=doc.files[0] if doc.files else None)
+    try:
+        project.global_tree = resolved.effective("global", "")
+    except MlnError as e:
+        problems.error(e.message, e.where)
+    defaults = ctx.config.values
+    flags = registry.hypervisor_flags()
+    switch_names = set(doc.switches())
+    for sname, sblock in doc.switches().items():
+        project.switches[sname] = build_switch(sname, resolved.effective("switch", sname), project.name)
+    for sc in doc.superclasses():
+        try:
+            resolved.merged("superclass", sc)
+        except MlnError as e:
+            problems.error(e.message, e.where)
+    for hname in doc.hosts():
+        try:
+            eff = resolved.effective("host", hname)
+            chain = [b.name for b in resolved.chain("host", hname)[1:]]
+        except MlnError as e:
+            problems.error(e.message, e.where)
+            continue
+        host = build_host(hname, eff, project.name, defaults, flags, chain, switch_names, problems)
+        project.hosts[hname] = host
+        for iface in host.interfaces:
+            if iface.switch in project.switches:
+                project.switches[iface.switch].members.append((hname, iface.name))
+    _check_addresses(project, problems)
+    for found in ctx.pm.hook.mln_validate(project=project, ctx=ctx):
+        for p in found or []:
+            problems.items.append(p)
+    return Loaded(doc, resolved, project, problems)
+
+
+def _check_addresses(project: Project, problems: Problems) -> None:
+    seen: dict[str, str] = {}
+    for h in project.hosts.values():
+        for i in h.interfaces:
+            if i.address and i.address != "dhcp":
+                if i.address in seen:
+                    problems.warn(f"address {i.address} of {h.name} {i.name} is also used by "
+                                  f"{seen[i.address]}", i.tree.line("address").pos)
+                else:
+                    seen[i.address] = f"{h.name} {i.name}"
+
+
+def load_project(path: str, ctx, text: str | None = None) -> Loaded:
+    """Read and resolve a project; raise the first error (with its position)."""
+    loaded = build_model(load_document(path, ctx, text), ctx)
+    loaded.problems.raise_first_error()
+    return loaded

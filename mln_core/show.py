@@ -1,0 +1,109 @@
+"""``mln show``: the resolved project as plain data (for YAML/JSON) and as text."""
+from __future__ import annotations
+
+from .model import Host, Project, format_size
+
+_SCALARS = ("hypervisor", "template", "memory", "size", "free_space", "swap", "service_host",
+            "boot_order", "root_passwd", "nameserver", "kernel", "ramdisk", "family", "term")
+def _line_origin(line) -> str:
+    if line is None:
+        return "default"
+    return f"{line.origin} ({line.pos})" if line.pos else str(line.origin)
+
+
+def host_to_dict(h: Host, explain: bool) -> dict:
+    d: dict = {}
+    for key in _SCALARS:
+        v = getattr(h, key)
+        if v is None:
+            continue
+        if key in ("memory", "size", "free_space", "swap"):
+            v = format_size(v)
+        if explain:
+            origin = h.origins.get(key) or (h.origins.get("root_password") if key == "root_passwd" else None)
+            d[key] = {"value": v, "from": origin or "default"}
+        else:
+            d[key] = v
+    if h.superclasses:
+        d["superclasses"] = list(h.superclasses)
+    ifaces = {}
+    for i in h.interfaces:
+        entry = {}
+        for key in ("switch", "address", "netmask", "broadcast", "gateway", "mac", "bridge"):
+            v = getattr(i, key)
+            if v is None:
+                continue
+            entry[key] = {"value": v, "from": _line_origin(i.tree.line(key))} if explain else v
+        ifaces[i.name] = entry
+    if ifaces:
+        d["interfaces"] = ifaces
+    if h.users:
+        d["users"] = [{k: v for k, v in vars(u).items() if v is not None} for u in h.users]
+    if h.groups:
+        d["groups"] = dict(h.groups)
+    for key in ("startup", "shutdown", "modules"):
+        if getattr(h, key):
+            d[key] = list(getattr(h, key))
+    if h.files:
+        d["files"] = [{k: v for k, v in vars(f).items() if v is not None} for f in h.files]
+    if h.mounts:
+        d["mounts"] = [{k: v for k, v in vars(m).items() if v is not None} for m in h.mounts]
+    extra = {}
+    known = set(_SCALARS) | {"superclass", "network", "users", "groups", "startup", "shutdown",
+                             "modules", "files", "mount", "root_password", "location", "xen", "hvm",
+                             "uml", "qemu", "kvm", "vmware"}
+    for kw, line in (h.tree.values.items() if h.tree is not None else ()):
+        if kw not in known:
+            extra[kw] = {"value": line.value, "from": _line_origin(line)} if explain else line.value
+    for name, b in (h.tree.blocks.items() if h.tree is not None else ()):
+        if name not in known and not b.container:
+            extra[name] = {ln.words[0]: ln.value for ln in b.values.values()}
+    if extra:
+        d["other"] = extra
+    return d
+
+
+def project_to_dict(p: Project, explain: bool = False) -> dict:
+    return {
+        "project": p.name,
+        "switches": {s.name: {**({"service_host": s.service_host} if s.service_host else {}),
+                              "members": [f"{h}.{i}" for h, i in s.members]}
+                     for s in p.switches.values()},
+        "hosts": {h.name: host_to_dict(h, explain) for h in p.hosts.values()},
+    }
+
+
+def render_text(data: dict, explain: bool = False) -> str:
+    out = [f"project {data['project']}: {len(data['hosts'])} hosts, {len(data['switches'])} switches"]
+    for name, s in data["switches"].items():
+        where = f" on {s['service_host']}" if s.get("service_host") else ""
+        out.append(f"switch {name}{where}: {' '.join(s['members']) or '(no members)'}")
+    for name, h in data["hosts"].items():
+        out.append(f"host {name}")
+        for key, v in h.items():
+            if isinstance(v, dict) and "value" in v and "from" in v:
+                out.append(f"  {key:<13} {v['value']!s:<28} # {v['from']}")
+            elif key == "interfaces":
+                for iname, entry in v.items():
+                    out.append(f"  {iname}")
+                    for k, iv in entry.items():
+                        if isinstance(iv, dict):
+                            out.append(f"    {k:<11} {iv['value']!s:<28} # {iv['from']}")
+                        else:
+                            out.append(f"    {k:<11} {iv}")
+            elif key == "other":
+                for k, ov in v.items():
+                    if isinstance(ov, dict) and "value" in ov:
+                        out.append(f"  {k:<13} {ov['value']!s:<28} # {ov['from']}")
+                    elif isinstance(ov, dict):
+                        out.append(f"  {k:<13} {' ; '.join(f'{a} {b}' for a, b in ov.items())}")
+                    else:
+                        out.append(f"  {k:<13} {ov}")
+            elif isinstance(v, list):
+                items = [x if isinstance(x, str) else " ".join(str(y) for y in x.values()) for x in v]
+                out.append(f"  {key:<13} " + ("; ".join(items)))
+            elif isinstance(v, dict):
+                out.append(f"  {key:<13} " + "; ".join(f"{a}: {' '.join(b)}" for a, b in v.items()))
+            else:
+                out.append(f"  {key:<13} {v}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,73 @@
+"""A pytest plugin for plugin authors: the ``mln_project`` fixture.
+
+    def test_my_plugin(mln_project):
+        p = mln_project('global { project t }\nhost a { apache { DocumentRoot /srv } }\n')
+        r = p.run("check")
+        assert r.exit_code == 0, r.output
+
+``mln_project(text, name="project.mln")`` writes the project file in a temporary
+directory whose ``projects``, ``templates`` and ``files`` directories are isolated from
+the user's, and returns an object whose ``run(*args)`` runs an ``mln`` command on it
+(``-f FILE`` is added for commands that take it) and returns ``exit_code``, ``stdout``,
+``stderr`` and ``output`` (both).
+"""
+from __future__ import annotations
+
+import io
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+
+import pytest
+
+_TAKES_FILE = {"parse", "check", "show", "build", "upgrade"}
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class MlnProject:
+    def __init__(self, root, text, name):
+        self.root = str(root)
+        self.path = os.path.join(self.root, name)
+        for d in ("projects", "templates", "files"):
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def run(self, *args: str, env: dict | None = None) -> Result:
+        from .cli import main
+        argv = list(args)
+        if argv and argv[0] in _TAKES_FILE and "-f" not in argv:
+            argv[1:1] = ["-f", self.path]
+        argv = ["-P", os.path.join(self.root, "projects"), "-T", os.path.join(self.root, "templates"),
+                "-F", os.path.join(self.root, "files")] + argv
+        out, err = io.StringIO(), io.StringIO()
+        old = dict(os.environ)
+        os.environ.update(env or {})
+        os.environ.setdefault("MLN_CONFIG", os.path.join(self.root, "mln.conf"))
+        if not os.path.exists(os.environ["MLN_CONFIG"]):
+            open(os.environ["MLN_CONFIG"], "w").close()
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                code = main(argv)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def mln_project(tmp_path):
+    """Factory: ``mln_project(text, name='project.mln')`` -> MlnProject."""
+    def make(text: str, name: str = "project.mln") -> MlnProject:
+        return MlnProject(tmp_path, text, name)
+    return make
