@@ -61,9 +61,6 @@ def get_ctx(click_ctx: click.Context) -> Context:
     return obj["ctx"]
 
 
-pass_ctx = click.make_pass_decorator(Context, ensure=False)
-
-
 @click.group(cls=MlnGroup, context_settings={"help_option_names": ["--help"]})
 @click.option("-P", "--projects", metavar="DIR", help="Projects directory (overrides mln.conf).")
 @click.option("-T", "--templates", metavar="DIR", help="Templates directory (overrides mln.conf).")
@@ -204,6 +201,158 @@ def show(click_ctx, file, fmt, explain):
         yaml.dump(data, sys.stdout)
     else:
         click.echo(render_text(data, explain), nl=False)
+
+
+# ---------------------------------------------------------------------------------------
+# the lifecycle: build / start / stop / status / list / remove
+# ---------------------------------------------------------------------------------------
+
+def _engine(click_ctx, jobs=None):
+    from .lifecycle import Engine
+    ctx = get_ctx(click_ctx)
+    if jobs:
+        ctx.options["jobs"] = jobs
+    return Engine(ctx)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return click.confirm(question, default=False)
+
+
+_jobs = click.option("-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
+                     help="How many hosts to work on at once (default: the number of CPUs).")
+
+
+@cli.command()
+@click.option("-f", "file", required=True, type=click.Path(dir_okay=False), help="Project file (.mln).")
+@click.option("-r", "replace", is_flag=True, help="Replace an existing project of that name without asking.")
+@click.option("-s", "simulate", is_flag=True, help="Only read the project and print a summary.")
+@_jobs
+@click.pass_context
+def build(click_ctx, file, replace, simulate, jobs):
+    """Build a project: disks from templates, individualized guests, hypervisor configuration."""
+    _engine(click_ctx, jobs).build(_project_file(file), replace=replace, simulate=simulate,
+                                   confirm=_confirm)
+
+
+def _project_option(f):
+    return click.option("-p", "project", required=True, metavar="PROJECT", help="Project name.")(f)
+
+
+@cli.command()
+@_project_option
+@click.option("-h", "host", metavar="HOST", help="Start only this host.")
+@_jobs
+@click.pass_context
+def start(click_ctx, project, host, jobs):
+    """Start a project's switches, then its hosts in boot order (or one host)."""
+    _engine(click_ctx, jobs).start(project, host)
+
+
+@cli.command()
+@_project_option
+@click.option("-h", "host", metavar="HOST", help="Stop only this host.")
+@click.option("-H", "hard", is_flag=True, help="Hard stop: destroy the virtual machines at once.")
+@click.option("-w", "wait_s", type=click.FloatRange(0), default=60, show_default=True, metavar="SEC",
+              help="Wait this long for guests to shut down, then destroy them.")
+@click.pass_context
+def stop(click_ctx, project, host, hard, wait_s):
+    """Stop a project's hosts in reverse boot order, then its switches (or one host)."""
+    _engine(click_ctx).stop(project, host, hard=hard, wait_s=wait_s)
+
+
+@cli.command()
+@click.option("-p", "project", metavar="PROJECT", help="Only this project (default: all).")
+@click.option("-h", "host", metavar="HOST", help="Only this host (with -p).")
+@click.option("-u", "only_up", is_flag=True, help="List only what is up; exit 0 if anything is up.")
+@click.option("-d", "only_down", is_flag=True, help="List only what is down; exit 0 if nothing is up.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def status(click_ctx, project, host, only_up, only_down, fmt):
+    """Print '<project> host|switch <name> up|down' lines.
+
+    Exit status: with -p (or -h) 0 if everything listed is up, else 1; with -u 0 if anything
+    is up; with -d 0 if nothing is up.
+    """
+    if host and not project:
+        raise click.UsageError("-h needs -p PROJECT")
+    if only_up and only_down:
+        raise click.UsageError("give -u or -d, not both")
+    engine = _engine(click_ctx)
+    names = [project] if project else engine.store.list()
+    rows = [r for name in names for r in engine.status(name, host)]
+    shown = [r for r in rows if (not only_up or r["state"] == "up") and (not only_down or r["state"] != "up")]
+    if fmt == "json":
+        click.echo(json.dumps(shown, indent=2))
+    else:
+        for r in shown:
+            detail = f" ({r['detail']})" if r["detail"] else ""
+            click.echo(f"{r['project']} {r['kind']} {r['name']} {r['state']}{detail}")
+    any_up = any(r["state"] == "up" for r in rows)
+    if only_up:
+        sys.exit(0 if any_up else 1)
+    if only_down:
+        sys.exit(0 if not any_up else 1)
+    if project:
+        sys.exit(0 if rows and all(r["state"] == "up" for r in rows) else 1)
+
+
+@cli.command("list")
+@click.pass_context
+def list_(click_ctx):
+    """List the projects (one directory per line)."""
+    engine = _engine(click_ctx)
+    for name in engine.store.list():
+        click.echo(engine.store.project_dir(name))
+
+
+@cli.command()
+@_project_option
+@click.option("-f", "force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def remove(click_ctx, project, force):
+    """Delete a stopped project and its disks."""
+    engine = _engine(click_ctx)
+    if not force and not sys.stdin.isatty():
+        engine.store.require(project)
+        raise MlnError(f"removing project '{project}' deletes its disks: add -f to confirm")
+    engine.remove(project, confirm=None if force else _confirm)
+
+
+# ---------------------------------------------------------------------------------------
+# templates
+# ---------------------------------------------------------------------------------------
+
+@cli.command("register_template")
+@click.option("-t", "source", required=True, type=click.Path(dir_okay=False),
+              help="Image file (or .tar.gz/.tar.bz2 holding one).")
+@click.option("-n", "name", help="Name to register it under (default: the file name).")
+@click.option("-m", "message", default="", help="A description.")
+@click.option("--kernel", type=click.Path(dir_okay=False), help="Kernel for direct boot (QEMU).")
+@click.option("--initrd", type=click.Path(dir_okay=False), help="Initrd for direct boot (QEMU).")
+@click.pass_context
+def register_template(click_ctx, source, name, message, kernel, initrd):
+    """Copy a template into the templates directory and register it."""
+    from .templates import TemplateRegistry
+    ctx = get_ctx(click_ctx)
+    t = TemplateRegistry(ctx.config.templates_dir).register(source, name, message, kernel, initrd)
+    click.echo(f"registered {t.name} ({t.real_name}, {t.size_mb} MB) in {ctx.config.templates_dir}")
+
+
+cli.add_command(register_template, "rt")
+
+
+@cli.command("list_templates")
+@click.pass_context
+def list_templates(click_ctx):
+    """List the registered templates: name, file, size."""
+    from .templates import TemplateRegistry
+    ctx = get_ctx(click_ctx)
+    for t in TemplateRegistry(ctx.config.templates_dir).entries().values():
+        extra = " +kernel" if t.kernel else ""
+        click.echo(f"{t.name:<28} {t.real_name:<28} {t.size_mb:>6} MB{extra}  {t.message}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The context object every hook receives: configuration, plugins, output, commands."""
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -18,10 +19,53 @@ class Context:
     verbose: bool = False
     options: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
+    project: object | None = None   # mln_core.model.Project of the running command
+    store: object | None = None     # mln_core.store.Store
+    templates: object | None = None  # mln_core.templates.TemplateRegistry
+    staging: str | None = None      # set while a build writes into its staging directory
+    record_helper: object | None = None  # (pid, mountpoint) -> None: lets a killed build be cleaned up
 
     @property
     def hook(self):
         return self.pm.hook
+
+    def path(self, *parts: str) -> str:
+        """An absolute path inside the project directory (relative paths stay portable)."""
+        return os.path.join(self.project_dir, *parts)
+
+    def host_dir(self, host) -> str:
+        """``<project>/hosts/<host>/``: where a backend keeps a host's runtime files."""
+        d = self.path("hosts", host.name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def switch_dir(self, switch) -> str:
+        d = self.path("switches", switch.name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def host_state(self, host) -> dict:
+        """What the build recorded for ``host``: {"disk": {...}, "backend": {...}}."""
+        return self.state.setdefault("hosts", {}).setdefault(host.name, {})
+
+    def switch_state(self, switch) -> dict:
+        return self.state.setdefault("switches", {}).setdefault(switch.name, {})
+
+    def attachment(self, host, interface) -> dict | None:
+        """How ``interface`` of ``host`` joins its switch (asks the switch's plugin)."""
+        switch = self.project.switches.get(interface.switch) if interface.switch else None
+        if switch is None:
+            return None
+        for answer in self.pm.hook.mln_switch_attachment(switch=switch, host=host, interface=interface,
+                                                         ctx=self):
+            if answer:
+                return answer
+        raise MlnError(f"no installed plugin attaches hosts to switch '{switch.name}'")
+
+    def detach(self, host, interface) -> None:
+        switch = self.project.switches.get(interface.switch) if interface.switch else None
+        if switch is not None:
+            self.pm.hook.mln_switch_detachment(switch=switch, host=host, interface=interface, ctx=self)
 
     def log(self, message: str) -> None:
         """A progress line for the user (stderr, so that stdout stays data)."""

@@ -78,3 +78,22 @@ class GuestFS(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+#: Marker files of guest OS families, in the order they are tested (a later match wins).
+FAMILY_MARKERS = (
+    ("/bin/busybox", "busybox"),
+    ("/etc/network/interfaces", "debian"),
+    ("/etc/sysconfig/network-scripts", "redhat"),
+    ("/boot.ini", "windows"),
+    ("/etc/suseRegister.conf", "suse"),
+)
+
+
+def detect_family(fs: GuestFS) -> str | None:
+    """The guest's OS family from marker files (spec 2.8.7), or None if none is found."""
+    found = None
+    for path, family in FAMILY_MARKERS:
+        if fs.exists(path):
+            found = family
+    return found

@@ -158,6 +158,15 @@ def mln_stop_host(host, hard, ctx):
     """
 
 
+@hookspec
+def mln_host_stopped(host, ctx):
+    """The host was seen down after a stop: remove its runtime files (sockets, pid files).
+
+    Called by ``stop`` once per stopped host, after its interfaces were detached from
+    their switches. Return value: ignored.
+    """
+
+
 @hookspec(firstresult=True)
 def mln_host_status(host, ctx):
     """Is the host running? Return "up" or "down" (optionally "up: detail"), None if not yours."""
@@ -170,11 +179,29 @@ def mln_switch_status(switch, ctx):
 
 @hookspec
 def mln_switch_attachment(switch, host, interface, ctx):
-    """How a host's interface joins a switch, for the hypervisor backends.
+    """Connect a host's interface to a switch, just before the host starts.
 
-    Called while building a host, for each interface on a project switch. The switch's
-    plugin returns a dict such as ``{"kind": "vde", "socket": path}`` or
-    ``{"kind": "tap", "bridge": name, "tap": name}``; others return None.
+    Called by a hypervisor backend (through ``ctx.attachment(host, interface)``) for each
+    interface on a project switch. The switch's plugin prepares what the guest needs (a
+    tap device on the bridge, say) and returns a dict such as ``{"kind": "vde", "socket":
+    path}`` or ``{"kind": "tap", "tap": name}``; other plugins return None.
+    """
+
+
+@hookspec
+def mln_switch_detachment(switch, host, interface, ctx):
+    """Undo ``mln_switch_attachment`` after the host stopped (delete its tap device...).
+
+    Called through ``ctx.detach(host, interface)``. Return value: ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_guest_devices(host, ctx):
+    """The device names the guest sees, for its fstab and boot configuration.
+
+    The backend for ``host.hypervisor`` returns a dict: ``{"root": "/dev/vda", "swap":
+    "/dev/vdb", "extra": ["/dev/vdc", ...], "console": "ttyS0"}``; others return None.
     """
 
 

@@ -35,6 +35,7 @@ class Hypervisor:
     name: str
     flags: tuple[str, ...]
     plugin: str = "core"
+    disk_formats: tuple[str, ...] = ("raw",)
 
 
 @dataclass
@@ -52,10 +53,18 @@ class KeywordRegistry:
         self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
                                                              contents)
 
-    def hypervisor(self, name: str, flags: tuple[str, ...] = (), help: str = "") -> None:
-        """Declare a hypervisor; any of ``flags`` in a host selects it (default: its name)."""
+    def hypervisor(self, name: str, flags: tuple[str, ...] = (), help: str = "",
+                   disk_formats: tuple[str, ...] | None = None) -> None:
+        """Declare a hypervisor; any of ``flags`` in a host selects it (default: its name).
+
+        ``disk_formats``: the disk formats it boots, preferred first ("qcow2", "raw", "vmdk");
+        storage plugins make the first one they can. Declaring a known hypervisor again
+        (as its backend does) keeps the flags and updates the formats."""
         flags = tuple(flags) or (name,)
-        self.hypervisors[name] = Hypervisor(name, flags, self.current_plugin)
+        old = self.hypervisors.get(name)
+        if disk_formats is None:
+            disk_formats = old.disk_formats if old else ("raw",)
+        self.hypervisors[name] = Hypervisor(name, flags, self.current_plugin, tuple(disk_formats))
         for f in flags:
             self.keyword("host", f, help or f"build this host for {name}")
 

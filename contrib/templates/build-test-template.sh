@@ -77,16 +77,17 @@ APT_OPTS=()
 fetch_deb() {
     local pkg=$1 f
     f=$(ls -1 "$DEBS/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n1 || true)
-    if [ -z "$f" ] || [ "$FORCE_DOWNLOAD" = 1 ]; then
+    if [ -z "$f" ]; then
         log "downloading $pkg"
-        (cd "$DEBS" && apt-get "${APT_OPTS[@]}" -q download "$pkg" >&2) \
-            || die "apt-get download $pkg failed"
+        if ! (cd "$DEBS" && apt-get "${APT_OPTS[@]}" -q download "$pkg" >&2); then
+            log "apt-get download $pkg failed"
+            return 1
+        fi
         f=$(ls -1 "$DEBS/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n1 || true)
     fi
-    [ -n "$f" ] || die "no .deb for $pkg in $DEBS"
+    [ -n "$f" ] || { log "no .deb for $pkg in $DEBS"; return 1; }
     echo "$f"
 }
-FORCE_DOWNLOAD=0
 
 # ---------------------------------------------------------------- busybox
 BUSYBOX=$WORK/busybox
@@ -218,7 +219,7 @@ resolve_kernel_pkg() {
 build_kernel() {
     local pkg deb K kver m f
     pkg=$(resolve_kernel_pkg)
-    deb=$(fetch_deb "$pkg")
+    deb=$(fetch_deb "$pkg") || die "cannot get $pkg"
     log "extracting kernel and modules from $(basename "$deb")"
     K=$WORK/kernel
     mkdir -p "$K"

@@ -11,9 +11,10 @@
 #  a. two UML guests on one vde_switch ping each other and power off by themselves
 #  b. one QEMU guest (qcow2 overlay, virtio, -daemonize, QMP) + one UML guest on
 #     the same vde_switch ping each other and power off by themselves
-#  c. QEMU guest on a qcow2 overlay of the template, individualized through a
-#     qemu-storage-daemon FUSE export: QMP query-status answers; QMP system_powerdown -> guest acpid
-#     -> poweroff -> QEMU exits (falls back to QMP quit, which fails the step)
+#  c. QEMU guest on a qcow2 overlay of the template itself, individualized
+#     through a qemu-storage-daemon FUSE export: QMP query-status answers;
+#     QMP system_powerdown -> guest acpid -> poweroff -> QEMU exits (else QMP
+#     quit, and the step fails)
 #  d. detached UML guest (umid/uml_dir): uml_mconsole version answers, cad stops it
 #  e. QEMU guest and UML guest on taps in a bridge inside a private netns
 set -euo pipefail
@@ -42,29 +43,36 @@ QEMU_PIDFILES=()
 QSD_PIDFILES=()     # qemu-storage-daemon (FUSE exports)
 VDE_PIDFILE=$T/sw.pid
 FAILED=0
+NETNS_CREATED=0
+
+# alive PID COMM: PID exists, is not a zombie, and its comm starts with COMM
+alive() {
+    [ -r "/proc/$1/stat" ] || return 1
+    grep -q "^$1 ($2[^)]*) [^Z]" "/proc/$1/stat" 2>/dev/null
+}
 
 cleanup() {
-    local p f
+    local p f stop=()
     set +e
     for p in "${UML_PIDS[@]}"; do
-        kill -0 "$p" 2>/dev/null && kill -TERM "$p"
+        alive "$p" linux && kill -TERM "$p" && stop+=("$p")
     done
     for f in "${QEMU_PIDFILES[@]}" "${QSD_PIDFILES[@]}"; do
-        [ -s "$f" ] && p=$(cat "$f") && kill -0 "$p" 2>/dev/null && kill -TERM "$p"
+        [ -s "$f" ] && p=$(cat "$f") && alive "$p" qemu && kill -TERM "$p"
     done
-    sleep 0.5
-    for p in "${UML_PIDS[@]}"; do
-        kill -KILL -- "-$p" 2>/dev/null
+    [ ${#stop[@]} -gt 0 ] && sleep 0.5
+    for p in "${stop[@]}"; do
+        kill -KILL -- "-$p" 2>/dev/null     # UML and its helper processes
     done
-    for f in "${QEMU_PIDFILES[@]}"; do
-        [ -s "$f" ] && p=$(cat "$f") && kill -0 "$p" 2>/dev/null && kill -KILL "$p"
+    for f in "${QEMU_PIDFILES[@]}" "${QSD_PIDFILES[@]}"; do
+        [ -s "$f" ] && p=$(cat "$f") && alive "$p" qemu && kill -KILL "$p"
     done
     if [ -s "$VDE_PIDFILE" ]; then
-        p=$(cat "$VDE_PIDFILE"); kill -0 "$p" 2>/dev/null && kill -TERM "$p"
-        wait_gone "$p" 5
+        p=$(cat "$VDE_PIDFILE")
+        alive "$p" vde_switch && kill -TERM "$p" && wait_gone "$p" 5
     fi
     grep -o " $T/[^ ]* fuse" /proc/mounts | awk '{print $1}' | xargs -r -n1 umount
-    ip netns del "$NETNS" 2>/dev/null
+    [ "$NETNS_CREATED" = 1 ] && ip netns del "$NETNS"
     if [ "${SMOKE_KEEP:-0}" = 1 ] || [ "$FAILED" != 0 ]; then
         echo "logs kept in $T"
     else
@@ -93,6 +101,24 @@ individualize() {
     mkdir -p "$d"
     echo "$name" >"$d/hostname"
     debugfs -R 'cat /etc/init.d/rcS' "$img" 2>/dev/null >"$d/rcS"
+    grep -q '^#!/bin/sh' "$d/rcS" || fail "cannot read rcS from $img"
+    {
+        echo "# --- mln: network (begin) ---"
+        echo "ifconfig eth0 $ip netmask 255.255.255.0 up"
+        echo "# --- mln: network (end) ---"
+        echo "# --- mln: startup (begin) ---"
+        echo "echo HOSTNAME_IS \$(hostname)"
+        if [ "$mode" = ping ]; then
+            # wait until the peer is up, then the real test
+            echo "n=0; until ping -c 1 -W 1 $peer >/dev/null 2>&1; do n=\$((n+1)); [ \$n -ge 60 ] && break; done"
+            echo "ping -c 3 $peer && echo PING_OK"
+            echo "sleep 3"      # let the peer finish its own pings
+            echo "poweroff"
+        else
+            echo "echo READY"
+        fi
+        echo "# --- mln: startup (end) ---"
+    } >>"$d/rcS"
     cat >"$d/cmds" <<EOF
 rm /etc/hostname
 write $d/hostname /etc/hostname
@@ -137,7 +163,7 @@ start_uml() {
     local name=$1 img=$2 net=$3
     mkdir -p "$T/uml"
     setsid "$UML_KERNEL" ubd0="$img" root=/dev/ubda rw mem=64M $net \
-        con=null con0=fd:0,fd:1 umid="$name" uml_dir="$T/uml" \
+        con=null con0=null,fd:1 quiet umid="$name" uml_dir="$T/uml" \
         </dev/null >"$T/$name.log" 2>&1 &
     UML_PIDS+=($!)
     eval "PID_$name=$!"
@@ -294,6 +320,7 @@ check_log ud1 "HOSTNAME_IS ud1" READY "reboot: System halted"
 
 # ------------------------------------------------------------------ e
 if [ "$SMOKE_TAP" = 1 ] && [ "$(id -u)" = 0 ] && ip netns add "$NETNS" 2>/dev/null; then
+    NETNS_CREATED=1
     say "e. QEMU + UML on taps in a bridge inside netns $NETNS"
     NS=(ip netns exec "$NETNS")
     "${NS[@]}" ip link add br0 type bridge
@@ -314,7 +341,7 @@ if [ "$SMOKE_TAP" = 1 ] && [ "$(id -u)" = 0 ] && ip netns add "$NETNS" 2>/dev/nu
     QEMU_WRAP=()
     mkdir -p "$T/uml"
     setsid ip netns exec "$NETNS" "$UML_KERNEL" ubd0="$T/ue2.ext4" root=/dev/ubda rw \
-        mem=64M eth0=tuntap,tu0,fe:fd:0a:00:00:2a con=null con0=fd:0,fd:1 \
+        mem=64M eth0=tuntap,tu0,fe:fd:0a:00:00:2a con=null con0=null,fd:1 quiet \
         umid=ue2 uml_dir="$T/uml" </dev/null >"$T/ue2.log" 2>&1 &
     PID_ue2=$!; UML_PIDS+=("$PID_ue2")
     QE1=$(qemu_pid qe1)
@@ -323,7 +350,7 @@ if [ "$SMOKE_TAP" = 1 ] && [ "$(id -u)" = 0 ] && ip netns add "$NETNS" 2>/dev/nu
     say "  QEMU and UML guests exited by themselves after $(now "$t")s"
     check_log qe1 "HOSTNAME_IS qe1" PING_OK "reboot: Power down"
     check_log ue2 "HOSTNAME_IS ue2" PING_OK "reboot: System halted"
-    ip netns del "$NETNS"
+    ip netns del "$NETNS" && NETNS_CREATED=0
 else
     say "e. skipped (needs root and SMOKE_TAP=1)"
 fi

@@ -1,0 +1,89 @@
+"""Names and places the backends share: interface names, MAC addresses, socket dirs, pids.
+
+* Linux interface names have at most 15 characters: ``ifname`` keeps a readable name
+  when it fits and otherwise a prefix plus a hash of the full name, so two different
+  switches or taps never get the same name.
+* Unix socket paths have at most 107 characters, and project directories can be deep:
+  sockets (vde switches, QMP, UML's mconsole) live in a short per-project directory
+  under ``/run/mln`` (``/tmp/mln-<uid>`` when /run is not writable).
+* MAC addresses are derived from project, host and interface, so a rebuilt host keeps
+  its MAC unless the project file sets one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import time
+
+IFNAMSIZ = 15
+_IFNAME_OK = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
+def digest(*parts: str, n: int = 8) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
+
+
+def ifname(readable: str, *key: str, prefix: str = "mln") -> str:
+    """``readable`` if it is a valid interface name, else ``prefix`` + hash of ``key``."""
+    if len(readable) <= IFNAMSIZ and _IFNAME_OK.match(readable):
+        return readable
+    head = re.sub(r"[^A-Za-z0-9]", "", readable)[:IFNAMSIZ - 9] or prefix
+    return f"{head}-{digest(*key, n=IFNAMSIZ - len(head) - 1)}"
+
+
+def mac_address(oui: str, *key: str) -> str:
+    """A stable locally administered MAC: ``oui`` (3 bytes "52:54:00") + 3 bytes of hash."""
+    h = digest(*key, n=6)
+    return f"{oui}:{h[0:2]}:{h[2:4]}:{h[4:6]}"
+
+
+def runtime_dir(ctx, *parts: str, create: bool = False) -> str:
+    """A short directory for the sockets of one project object (made if ``create``)."""
+    base = "/run/mln" if os.access("/run", os.W_OK) else f"/tmp/mln-{os.getuid()}"
+    d = os.path.join(base, f"{digest(os.path.realpath(ctx.project_dir), n=10)}-{'-'.join(parts)}"[:60])
+    if create:
+        os.makedirs(d, mode=0o755, exist_ok=True)
+    return d
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return int(text) if text.isdigit() else None
+    except FileNotFoundError:
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def kill_and_wait(pid: int | None, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; returns when the process is gone."""
+    if not alive(pid):
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            if not alive(pid):
+                return
+            time.sleep(0.05)

@@ -1,0 +1,115 @@
+"""Switch plugin ``bridge``: a Linux bridge per switch, a tap device per attached NIC.
+
+Chosen with ``type bridge`` in the switch (or ``default_switch bridge`` in mln.conf);
+needs root. The bridge is named by the ``bridge`` keyword, else ``<switch>.<project>``
+when that fits in 15 characters, else a shortened name with a hash (see
+``runtime.ifname``). No address is put on the bridge: it joins the guests, nothing else.
+"""
+from __future__ import annotations
+
+import os
+
+from mln_core import hookimpl
+from mln_core.errors import MlnError
+
+from .runtime import digest, ifname
+from .switch_vde import switch_kind
+
+
+@hookimpl
+def mln_register_keywords(registry):
+    registry.keyword("switch", "bridge", "name of the Linux bridge (type bridge)")
+
+
+def bridge_name(switch) -> str:
+    explicit = switch.tree.get("bridge") if switch.tree is not None else None
+    return explicit or ifname(f"{switch.name}.{switch.project}", "bridge", switch.project, switch.name)
+
+
+def tap_name(host, interface) -> str:
+    """Always hashed: a host name alone could collide with another project's."""
+    return f"tap-{digest('tap', host.project, host.name, interface.name, n=10)}"
+
+
+def _exists(dev: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{dev}")
+
+
+@hookimpl
+def mln_build_switch(switch, ctx):
+    if switch_kind(switch, ctx) != "bridge":
+        return None
+    if os.geteuid() != 0:
+        raise MlnError("bridge switches need root (or use type vde)", f"switch {switch.name}")
+    return {"kind": "bridge", "bridge": bridge_name(switch)}
+
+
+def _mine(switch, ctx) -> str | None:
+    st = ctx.switch_state(switch)
+    return st.get("bridge") if st.get("kind") == "bridge" else None
+
+
+@hookimpl
+def mln_start_switch(switch, ctx):
+    br = _mine(switch, ctx)
+    if br is None:
+        return None
+    if not _exists(br):
+        ctx.run(["ip", "link", "add", br, "type", "bridge"], what=f"switch {switch.name}")
+    ctx.run(["ip", "link", "set", br, "up"], what=f"switch {switch.name}")
+    return True
+
+
+@hookimpl
+def mln_stop_switch(switch, ctx):
+    br = _mine(switch, ctx)
+    if br is None:
+        return None
+    if _exists(br):
+        ctx.run(["ip", "link", "del", br], what=f"switch {switch.name}")
+    return True
+
+
+@hookimpl
+def mln_switch_status(switch, ctx):
+    br = _mine(switch, ctx)
+    if br is None:
+        return None
+    return "up" if _exists(br) else "down"
+
+
+@hookimpl
+def mln_switch_attachment(switch, host, interface, ctx):
+    br = _mine(switch, ctx)
+    if br is None:
+        return None
+    tap = tap_name(host, interface)
+    if not _exists(tap):
+        ctx.run(["ip", "tuntap", "add", tap, "mode", "tap"], what=f"host {host.name} {interface.name}")
+    ctx.run(["ip", "link", "set", tap, "master", br, "up"], what=f"host {host.name} {interface.name}")
+    return {"kind": "tap", "tap": tap, "bridge": br}
+
+
+@hookimpl
+def mln_switch_detachment(switch, host, interface, ctx):
+    if _mine(switch, ctx) is None:
+        return
+    tap = tap_name(host, interface)
+    if _exists(tap):
+        ctx.run(["ip", "link", "del", tap], what=f"host {host.name} {interface.name}", check=False)
+
+
+@hookimpl
+def mln_remove_switch(switch, ctx):
+    br = _mine(switch, ctx)
+    if br and _exists(br):
+        ctx.run(["ip", "link", "del", br], what=f"switch {switch.name}", check=False)
+
+
+@hookimpl
+def mln_remove_host(host, ctx):
+    for i in host.interfaces:
+        tap = tap_name(host, i)
+        if _exists(tap) and ctx.project and i.switch in ctx.project.switches and \
+                _mine(ctx.project.switches[i.switch], ctx):
+            ctx.run(["ip", "link", "del", tap], what=f"host {host.name}", check=False)

@@ -1,0 +1,98 @@
+"""Switch plugin ``vde``: one ``vde_switch`` per project switch (the default kind).
+
+Needs no root; UML (``ethN=vde,SOCKET``) and QEMU (``-netdev vde``) guests can share one
+switch. ``type hub`` makes it a hub. The control socket lives in a short runtime
+directory (see ``runtime``); ``mln stop`` ends the process and removes the directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from mln_core import hookimpl
+from mln_core.errors import MlnError
+
+from .runtime import alive, kill_and_wait, read_pid, runtime_dir
+
+KINDS = ("vde", "hub")
+
+
+@hookimpl
+def mln_register_keywords(registry):
+    registry.keyword("switch", "type", "switch kind: vde (default), hub, or bridge")
+    registry.keyword("switch", "hub", "make the switch a hub (same as 'type hub')")
+
+
+def switch_kind(switch, ctx) -> str:
+    if switch.tree is not None and switch.tree.has("hub"):
+        return "hub"
+    kind = (switch.tree.get("type") if switch.tree is not None else None) or \
+        ctx.config.get("default_switch", "vde")
+    return kind
+
+
+def _paths(switch, ctx, create=False):
+    d = runtime_dir(ctx, "sw", switch.name, create=create)
+    return d, os.path.join(d, "ctl"), os.path.join(d, "pid")
+
+
+@hookimpl
+def mln_build_switch(switch, ctx):
+    kind = switch_kind(switch, ctx)
+    if kind not in KINDS:
+        return None
+    if shutil.which("vde_switch") is None:
+        raise MlnError("vde_switch is not installed (Debian package vde2)", f"switch {switch.name}")
+    return {"kind": "vde", "hub": kind == "hub"}
+
+
+def _mine(switch, ctx) -> bool:
+    return ctx.switch_state(switch).get("kind") == "vde"
+
+
+@hookimpl
+def mln_start_switch(switch, ctx):
+    if not _mine(switch, ctx):
+        return None
+    d, ctl, pidfile = _paths(switch, ctx, create=True)
+    argv = ["vde_switch", "-s", ctl, "-d", "-p", pidfile, "-m", "0770"]
+    if ctx.switch_state(switch).get("hub"):
+        argv.append("-x")
+    ctx.run(argv, what=f"switch {switch.name}")
+    for _ in range(100):
+        if alive(read_pid(pidfile)) and os.path.exists(os.path.join(ctl, "ctl")):
+            return True
+        time.sleep(0.02)
+    raise MlnError("vde_switch did not come up", f"switch {switch.name}")
+
+
+@hookimpl
+def mln_stop_switch(switch, ctx):
+    if not _mine(switch, ctx):
+        return None
+    d, ctl, pidfile = _paths(switch, ctx)
+    kill_and_wait(read_pid(pidfile))
+    shutil.rmtree(d, ignore_errors=True)
+    return True
+
+
+@hookimpl
+def mln_switch_status(switch, ctx):
+    if not _mine(switch, ctx):
+        return None
+    d, ctl, pidfile = _paths(switch, ctx)
+    return "up" if alive(read_pid(pidfile)) and os.path.exists(ctl) else "down"
+
+
+@hookimpl
+def mln_switch_attachment(switch, host, interface, ctx):
+    if not _mine(switch, ctx):
+        return None
+    return {"kind": "vde", "socket": _paths(switch, ctx)[1]}
+
+
+@hookimpl
+def mln_remove_switch(switch, ctx):
+    if _mine(switch, ctx):
+        shutil.rmtree(_paths(switch, ctx)[0], ignore_errors=True)

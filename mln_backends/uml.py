@@ -1,0 +1,198 @@
+"""Hypervisor backend ``uml``: User-Mode Linux guests (the default hypervisor).
+
+The guest runs as ``<kernel> ubd0=<disk> root=/dev/ubda mem=<M> umid=<host>.<project>
+uml_dir=<dir> ethN=vde,<socket>,<mac> | ethN=tuntap,<tap>,<mac> con=null con0=null,fd:1 quiet``
+with its console written to ``hosts/<host>/console.log``. ``kernel`` in the host (or
+``default_kernel`` in mln.conf) names the UML binary; default ``/usr/bin/linux.uml``.
+Status and shutdown go through the mconsole socket (``uml_mconsole``): ``cad`` for a
+clean shutdown, ``halt`` for a hard one.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+
+from mln_core import hookimpl
+from mln_core.errors import MlnError
+from mln_core.lifecycle import disk_of
+
+from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
+
+DEFAULT_KERNEL = "/usr/bin/linux.uml"
+NAME = "uml"
+
+
+@hookimpl
+def mln_register_keywords(registry):
+    registry.hypervisor(NAME, ("uml",), "User-Mode Linux (the default)", disk_formats=("raw",))
+    registry.keyword("host", "nice", "UML: run the guest with this nice value")
+
+
+def _mine(host) -> bool:
+    return host.hypervisor == NAME
+
+
+@hookimpl
+def mln_guest_devices(host, ctx):
+    if not _mine(host):
+        return None
+    return {"root": "/dev/ubda", "swap": "/dev/ubdb",
+            "extra": [f"/dev/ubd{chr(ord('c') + n)}" for n in range(len(host.mounts))],
+            "console": "tty0"}
+
+
+def _kernel(host, ctx) -> str:
+    kernel = host.kernel or ctx.config.get("default_kernel") or DEFAULT_KERNEL
+    if not (os.path.isfile(kernel) and os.access(kernel, os.X_OK)):
+        raise MlnError(f"missing kernel: the UML kernel {kernel} does not exist or is not executable "
+                       "(install the user-mode-linux package, or set 'kernel PATH' in the host or "
+                       "'default_kernel PATH' in mln.conf)")
+    return kernel
+
+
+@hookimpl
+def mln_build_host(host, disk, ctx):
+    if not _mine(host):
+        return None
+    if disk.format != "raw":
+        raise MlnError(f"UML boots raw disks, not {disk.format}")
+    return {"kernel": _kernel(host, ctx), "memory_mb": max(16, host.memory // 2**20)}
+
+
+def _paths(host, ctx, create=False):
+    d = runtime_dir(ctx, "uml", host.name, create=create)
+    umid = host.fqname
+    return d, umid, os.path.join(d, umid, "mconsole")
+
+
+def command_line(host, ctx) -> list[str]:
+    """The UML command line for ``host`` (switches must be up: it attaches the NICs)."""
+    backend = ctx.host_state(host).get("backend", {})
+    disk = disk_of(ctx, host)
+    d, umid, _ = _paths(host, ctx)
+    kernel = backend.get("kernel") or _kernel(host, ctx)
+    argv = [kernel, f"ubd0={disk.path}"]
+    if disk.extra.get("swap"):
+        argv.append(f"ubd1={ctx.path(disk.extra['swap'])}")
+    for n, m in enumerate(host.mounts):
+        if m.fstype != "hostfs":
+            argv.append(f"ubd{n + 2}={m.source}")
+    argv += ["root=/dev/ubda", "rw", f"mem={backend.get('memory_mb', host.memory // 2**20)}M",
+             f"umid={umid}", f"uml_dir={d}", "con=null", "con0=null,fd:1", "quiet"]
+    for i in host.interfaces:
+        mac = i.mac or mac_address("fe:fd:00", host.project, host.name, i.name)
+        if i.switch and i.switch.startswith("/"):
+            argv.append(f"{i.name}=vde,{i.switch},{mac}")
+            continue
+        att = ctx.attachment(host, i) if i.switch else None
+        if att is None:
+            continue
+        if att["kind"] == "vde":
+            argv.append(f"{i.name}=vde,{att['socket']},{mac}")
+        elif att["kind"] == "tap":
+            argv.append(f"{i.name}=tuntap,{att['tap']},{mac}")
+        else:
+            raise MlnError(f"{i.name}: UML cannot join a switch of kind {att['kind']}")
+    return argv
+
+
+@hookimpl
+def mln_start_host(host, ctx):
+    if not _mine(host):
+        return None
+    hdir = ctx.host_dir(host)
+    d, umid, sock = _paths(host, ctx, create=True)
+    if os.path.exists(sock) or alive(read_pid(os.path.join(hdir, "pid"))):
+        if _mconsole(sock, "version") is not None:
+            raise MlnError("is already running")
+        _cleanup(host, ctx)
+    argv = command_line(host, ctx)
+    nice = host.tree.get("nice") if host.tree is not None else None
+    if nice:
+        argv = ["nice", "-n", nice] + argv
+    log = os.path.join(hdir, "console.log")
+    with open(os.path.join(hdir, "cmdline"), "w") as f:
+        f.write(shlex.join(argv) + "\n")
+    # Start it detached through a shell that exits at once, so the guest is not our child.
+    script = f"{shlex.join(argv)} </dev/null >>{shlex.quote(log)} 2>&1 & echo $!"
+    out = subprocess.run(["setsid", "sh", "-c", script], capture_output=True, text=True, check=True)
+    pid = int(out.stdout.strip())
+    with open(os.path.join(hdir, "pid"), "w") as f:
+        f.write(f"{pid}\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            raise MlnError(f"UML exited at once; the end of {log}:\n{_tail(log)}")
+        if os.path.exists(sock):
+            return True
+        time.sleep(0.05)
+    return True
+
+
+def _tail(path: str, n: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except FileNotFoundError:
+        return "(no console output)"
+
+
+def _mconsole(sock: str, command: str, timeout: float = 5) -> str | None:
+    if not os.path.exists(sock):
+        return None
+    try:
+        r = subprocess.run(["uml_mconsole", sock, command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.startswith("OK") else None
+
+
+@hookimpl
+def mln_host_status(host, ctx):
+    if not _mine(host):
+        return None
+    pid = read_pid(os.path.join(ctx.path("hosts", host.name), "pid"))
+    if not alive(pid):
+        return "down"
+    return "up"
+
+
+@hookimpl
+def mln_stop_host(host, hard, ctx):
+    if not _mine(host):
+        return None
+    d, umid, sock = _paths(host, ctx)
+    pidfile = os.path.join(ctx.path("hosts", host.name), "pid")
+    if hard:
+        if _mconsole(sock, "halt") is None or alive(read_pid(pidfile)):
+            kill_and_wait(read_pid(pidfile), timeout=3)
+        _cleanup(host, ctx)
+    elif _mconsole(sock, "cad") is None:
+        kill_and_wait(read_pid(pidfile))
+        _cleanup(host, ctx)
+    return True
+
+
+@hookimpl
+def mln_host_stopped(host, ctx):
+    if _mine(host):
+        _cleanup(host, ctx)
+
+
+def _cleanup(host, ctx) -> None:
+    d, umid, sock = _paths(host, ctx)
+    shutil.rmtree(d, ignore_errors=True)
+    try:
+        os.unlink(os.path.join(ctx.path("hosts", host.name), "pid"))
+    except FileNotFoundError:
+        pass
+
+
+@hookimpl
+def mln_remove_host(host, ctx):
+    if _mine(host) and ctx.project_dir:
+        _cleanup(host, ctx)

@@ -1,0 +1,441 @@
+"""Build, start, stop, status and remove: the core's lifecycle, carried out through hooks.
+
+Every command takes the project lock first. ``build`` works in a staging directory and
+renames it into place only when every host was built (see ``store``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict
+
+from .errors import MlnError
+from .guest import detect_family
+from .lang.writer import write_tree
+from .model import Disk, Host, Project, Switch
+from .project import Loaded, load_project
+from .store import Store, record_helper
+from .templates import TemplateRegistry
+
+HOOK_SCRIPTS = ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",
+                "beforeProjectStop", "beforeHostsStop", "afterHostsStop", "afterProjectStop")
+
+
+class Progress:
+    """One status line that updates in place on a terminal; plain lines otherwise."""
+
+    def __init__(self, what: str, total: int, stream=sys.stderr):
+        self.what, self.total, self.done = what, total, 0
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.lock = threading.Lock()
+        self.active: dict[str, str] = {}
+
+    def step(self, item: str, step: str) -> None:
+        with self.lock:
+            self.active[item] = step
+            if self.tty:
+                self._draw()
+            else:
+                print(f"+---> {item}: {step}", file=self.stream, flush=True)
+
+    def finish(self, item: str, message: str = "done") -> None:
+        with self.lock:
+            self.done += 1
+            self.active.pop(item, None)
+            if self.tty:
+                self.stream.write("\r\033[K")
+            print(f"+---> {item}: {message}", file=self.stream, flush=True)
+            if self.tty:
+                self._draw()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        busy = ", ".join(f"{k} ({v})" for k, v in list(self.active.items())[:3])
+        line = f"[{self.done}/{self.total}] {self.what}: {busy}"
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        self.stream.write("\r\033[K" + line[:width])
+        self.stream.flush()
+
+
+def _parallel(items, fn, jobs: int, describe) -> None:
+    """Run ``fn(item)`` on a bounded pool; on the first failure finish the running ones
+    and raise that failure."""
+    if not items:
+        return
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        wait(pending)
+        for f in list(done) + list(pending):
+            if f.cancelled():
+                continue
+            exc = f.exception()
+            if exc is not None:
+                errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+class Engine:
+    """The lifecycle of projects in one projects directory."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.store = Store(ctx.config.projects_dir)
+        ctx.store = self.store
+        ctx.templates = TemplateRegistry(ctx.config.templates_dir)
+        self.jobs = ctx.options.get("jobs") or os.cpu_count() or 2
+
+    @property
+    def hook(self):
+        return self.ctx.pm.hook
+
+    # -- loading a stored project ------------------------------------------------------------
+    def open(self, project: str) -> Loaded:
+        pdir = self.store.require(project)
+        self.store.clean_stale_builds(project, self.ctx.log)
+        loaded = load_project(self.store.source_path(project), self.ctx)
+        self._bind(loaded.project, pdir)
+        return loaded
+
+    def _bind(self, project: Project, pdir: str) -> None:
+        self.ctx.project = project
+        self.ctx.project_dir = pdir
+        self.ctx.state = Store.read_state(pdir)
+
+    # -- build -------------------------------------------------------------------------------
+    def build(self, path: str, replace: bool = False, simulate: bool = False,
+              confirm=None) -> Project:
+        loaded = load_project(path, self.ctx)
+        project = loaded.project
+        for p in loaded.problems.warnings:
+            self.ctx.log(str(p))
+        self.summary(project)
+        if simulate:
+            return project
+        with self.store.lock(project.name):
+            self.store.clean_stale_builds(project.name, self.ctx.log)
+            old_dir = self.store.project_dir(project.name)
+            existed = self.store.exists(project.name)
+            if existed:
+                self._refuse_if_running(project.name)
+                if not replace:
+                    if confirm is None or not confirm(f"project '{project.name}' exists; replace it?"):
+                        raise MlnError(f"project '{project.name}' exists in {self.store.root}; use -r to "
+                                       "replace it, or 'mln upgrade' to change it")
+            elif os.path.exists(old_dir):
+                raise MlnError(f"{old_dir} exists but is not an mln project; move it away first")
+            version = self.store.version(project.name) + 1
+            staging = self.store.staging_dir(project.name)
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+            try:
+                self._build_into(staging, loaded, version)
+            except BaseException:
+                self._discard(staging, project)
+                raise
+            if existed:
+                self._remove_outside(project.name)
+                trash = f"{old_dir}.old-{os.getpid()}"
+                os.replace(old_dir, trash)
+                os.replace(staging, old_dir)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staging, old_dir)
+        self.ctx.log(f"+---> PROJECT {project.name} FINISHED (version {version})")
+        return project
+
+    def _build_into(self, staging: str, loaded: Loaded, version: int) -> None:
+        project = loaded.project
+        self._bind(project, staging)
+        self.ctx.staging = staging
+        self.ctx.record_helper = lambda pid, mountpoint=None: record_helper(staging, pid, mountpoint)
+        for d in ("images", "hosts", "switches"):
+            os.makedirs(os.path.join(staging, d))
+        with open(self.store.source_path(project.name, staging), "w") as f:
+            f.write(write_tree(loaded.doc.root))
+        with open(os.path.join(staging, "version"), "w") as f:
+            f.write(f"{version}\n")
+        self._write_hook_scripts(project, staging)
+        state = self.ctx.state = {"hosts": {}, "switches": {}}
+        for switch in project.switches.values():
+            data = self.hook.mln_build_switch(switch=switch, ctx=self.ctx)
+            if data is None:
+                raise MlnError(f"switch '{switch.name}': no installed plugin builds switches of this kind")
+            state["switches"][switch.name] = data if isinstance(data, dict) else {}
+        progress = Progress("building hosts", len(project.hosts))
+        try:
+            _parallel(list(project.hosts.values()), lambda h: self._build_host(h, progress),
+                      self.jobs, lambda h: h.name)
+        finally:
+            progress.close()
+        Store.write_state(staging, state)
+
+    def _build_host(self, host: Host, progress: Progress) -> None:
+        step = "create disk"
+        try:
+            progress.step(host.name, step)
+            disk = self.hook.mln_create_disk(host=host, ctx=self.ctx)
+            if disk is None:
+                raise MlnError("no installed storage plugin handles this host")
+            entry = self.ctx.state["hosts"][host.name] = {"disk": asdict(disk)}
+            step = "configure image"
+            progress.step(host.name, step)
+            guest = self.hook.mln_open_image(host=host, disk=disk, ctx=self.ctx)
+            if guest is None:
+                raise MlnError(f"no installed plugin can open a {disk.format} disk")
+            try:
+                guest.family = host.family or detect_family(guest) or \
+                    self.ctx.config.get("default_family")
+                self.hook.mln_configure_image(host=host, guest=guest, ctx=self.ctx)
+            finally:
+                guest.close()
+            step = f"{host.hypervisor} configuration"
+            progress.step(host.name, step)
+            data = self.hook.mln_build_host(host=host, disk=disk, ctx=self.ctx)
+            if data is None:
+                raise MlnError(f"no installed backend builds '{host.hypervisor}' hosts")
+            entry["hypervisor"] = host.hypervisor
+            entry["backend"] = data if isinstance(data, dict) else {}
+            progress.finish(host.name, "built")
+        except MlnError as e:
+            raise MlnError(f"{step}: {e.message}", f"host {host.name}") from None
+        except OSError as e:
+            raise MlnError(f"{step}: {e}", f"host {host.name}") from None
+
+    def _discard(self, staging: str, project: Project) -> None:
+        from .store import kill_recorded_helpers
+        kill_recorded_helpers(staging)
+        for host in project.hosts.values():
+            try:
+                self.hook.mln_remove_host(host=host, ctx=self.ctx)
+            except Exception as e:  # cleanup must not hide the original error
+                self.ctx.log(f"warning: cleaning up host {host.name}: {e}")
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _write_hook_scripts(self, project: Project, pdir: str) -> None:
+        for name in HOOK_SCRIPTS:
+            lines = project.hook_lines(name)
+            if lines:
+                path = os.path.join(pdir, f"{name}.sh")
+                with open(path, "w") as f:
+                    f.write("#!/bin/bash\n" + "\n".join(lines) + "\n")
+                os.chmod(path, 0o755)
+
+    def run_hook_script(self, name: str, abort: bool = False) -> None:
+        path = os.path.join(self.ctx.project_dir, f"{name}.sh")
+        if not os.path.exists(path):
+            return
+        self.ctx.log(f"+---> running {name}")
+        p = subprocess.run(["bash", path], cwd=self.ctx.project_dir,
+                           env={**os.environ, "MLN_PROJECT": self.ctx.project.name,
+                                "MLN_PROJECT_DIR": self.ctx.project_dir})
+        if p.returncode != 0:
+            msg = f"{name} script failed (exit {p.returncode})"
+            if abort:
+                raise MlnError(msg, f"project {self.ctx.project.name}")
+            self.ctx.log(f"warning: {msg}")
+
+    def summary(self, project: Project) -> None:
+        hv = sorted({h.hypervisor for h in project.hosts.values()})
+        self.ctx.log(f"+---> project {project.name}: {len(project.hosts)} hosts ({', '.join(hv) or '-'}), "
+                     f"{len(project.switches)} switches")
+
+    # -- status --------------------------------------------------------------------------
+    def host_status(self, host: Host) -> str:
+        res = self.hook.mln_host_status(host=host, ctx=self.ctx)
+        return res or "down"
+
+    def switch_status(self, switch: Switch) -> str:
+        return self.hook.mln_switch_status(switch=switch, ctx=self.ctx) or "down"
+
+    def _refuse_if_running(self, project_name: str) -> None:
+        try:
+            loaded = self.open(project_name)
+        except MlnError:
+            return  # an unreadable old project cannot be running anything we know of
+        up = [h.name for h in loaded.project.hosts.values() if self.host_status(h).startswith("up")]
+        if up:
+            raise MlnError(f"project '{project_name}' has running hosts ({', '.join(up)}); stop them "
+                           f"first (mln stop -p {project_name}) or use 'mln upgrade'")
+
+    def status(self, project_name: str, host: str | None = None) -> list[dict]:
+        with self.store.lock(project_name):
+            loaded = self.open(project_name)
+        project = loaded.project
+        rows = []
+        hosts = [self._host(project, host)] if host else list(project.hosts.values())
+        for h in hosts:
+            st = self.host_status(h)
+            state, _, detail = st.partition(":")
+            rows.append({"project": project.name, "kind": "host", "name": h.name, "state": state.strip(),
+                         "detail": detail.strip(), "hypervisor": h.hypervisor})
+        if host is None:
+            for s in project.switches.values():
+                rows.append({"project": project.name, "kind": "switch", "name": s.name,
+                             "state": self.switch_status(s), "detail": ""})
+        return rows
+
+    @staticmethod
+    def _host(project: Project, name: str) -> Host:
+        if name not in project.hosts:
+            known = ", ".join(project.hosts) or "none"
+            raise MlnError(f"project '{project.name}' has no host '{name}' (hosts: {known})")
+        return project.hosts[name]
+
+    # -- start / stop --------------------------------------------------------------------------
+    def start(self, project_name: str, host: str | None = None) -> None:
+        with self.store.lock(project_name):
+            loaded = self.open(project_name)
+            project = loaded.project
+            if host is not None:
+                h = self._host(project, host)
+                if self.host_status(h).startswith("up"):
+                    raise MlnError(f"host '{host}' of project '{project.name}' is already running")
+                self._start_switches(project, [h])
+                self._start_host(h)
+                return
+            self.run_hook_script("beforeProjectStart", abort=True)
+            self._start_switches(project, list(project.hosts.values()))
+            self.run_hook_script("beforeHostsStart")
+            for group in _boot_groups(project.boot_sequence()):
+                todo = []
+                for h in group:
+                    if self.host_status(h).startswith("up"):
+                        self.ctx.log(f"+---> {h.name}: already running")
+                    else:
+                        todo.append(h)
+                _parallel(todo, self._start_host, self.jobs, lambda h: h.name)
+            self.run_hook_script("afterHostsStart")
+            self.run_hook_script("afterProjectStart")
+
+    def _start_switches(self, project: Project, hosts: list[Host]) -> None:
+        needed = {i.switch for h in hosts for i in h.interfaces if i.switch in project.switches}
+        for name in project.switches:
+            if name in needed or len(hosts) == len(project.hosts):
+                s = project.switches[name]
+                if self.switch_status(s) == "up":
+                    continue
+                if not self.hook.mln_start_switch(switch=s, ctx=self.ctx):
+                    raise MlnError("no installed plugin starts this switch", f"switch {name}")
+                self.ctx.log(f"+---> switch {name}: up")
+
+    def _start_host(self, h: Host) -> None:
+        try:
+            if not self.hook.mln_start_host(host=h, ctx=self.ctx):
+                raise MlnError(f"no installed backend starts '{h.hypervisor}' hosts")
+        except MlnError as e:
+            raise MlnError(f"start: {e.message}", f"host {h.name}") from None
+        self.ctx.log(f"+---> {h.name}: started")
+
+    def stop(self, project_name: str, host: str | None = None, hard: bool = False,
+             wait_s: float = 60.0) -> None:
+        with self.store.lock(project_name):
+            loaded = self.open(project_name)
+            project = loaded.project
+            if host is not None:
+                h = self._host(project, host)
+                if not self.host_status(h).startswith("up"):
+                    raise MlnError(f"host '{host}' of project '{project.name}' is not running")
+                self._stop_hosts([h], hard, wait_s)
+                return
+            self.run_hook_script("beforeProjectStop")
+            self.run_hook_script("beforeHostsStop")
+            for group in reversed(_boot_groups(project.boot_sequence())):
+                running = [h for h in group if self.host_status(h).startswith("up")]
+                self._stop_hosts(running, hard, wait_s)
+            self.run_hook_script("afterHostsStop")
+            for s in project.switches.values():
+                if self.switch_status(s) == "up":
+                    self.hook.mln_stop_switch(switch=s, ctx=self.ctx)
+                    self.ctx.log(f"+---> switch {s.name}: stopped")
+            self.run_hook_script("afterProjectStop")
+
+    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float) -> None:
+        for h in hosts:
+            if not self.hook.mln_stop_host(host=h, hard=hard, ctx=self.ctx):
+                raise MlnError(f"no installed backend stops '{h.hypervisor}' hosts", f"host {h.name}")
+        deadline = time.monotonic() + (5 if hard else wait_s)
+        pending = list(hosts)
+        while pending and time.monotonic() < deadline:
+            pending = [h for h in pending if self.host_status(h).startswith("up")]
+            if pending:
+                time.sleep(0.3)
+        for h in pending:
+            self.ctx.log(f"+---> {h.name}: did not stop in {wait_s:g} s; destroying it")
+            self.hook.mln_stop_host(host=h, hard=True, ctx=self.ctx)
+        deadline = time.monotonic() + 10
+        while pending and time.monotonic() < deadline:
+            pending = [h for h in pending if self.host_status(h).startswith("up")]
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise MlnError(f"hosts still running after a hard stop: {', '.join(h.name for h in pending)}")
+        for h in hosts:
+            for i in h.interfaces:
+                self.ctx.detach(h, i)
+            self.hook.mln_host_stopped(host=h, ctx=self.ctx)
+            self.ctx.log(f"+---> {h.name}: stopped")
+
+    # -- remove ---------------------------------------------------------------------------------
+    def remove(self, project_name: str, confirm=None) -> None:
+        with self.store.lock(project_name):
+            loaded = self.open(project_name)
+            project = loaded.project
+            up = [h.name for h in project.hosts.values() if self.host_status(h).startswith("up")]
+            up += [f"switch {s.name}" for s in project.switches.values() if self.switch_status(s) == "up"]
+            if up:
+                raise MlnError(f"project '{project_name}' is running ({', '.join(up)}); stop it first: "
+                               f"mln stop -p {project_name}")
+            if confirm is not None and not confirm(f"remove project '{project_name}' and all its disks?"):
+                raise MlnError("not removed")
+            self._remove_outside(project_name, loaded)
+            shutil.rmtree(self.ctx.project_dir)
+        try:
+            os.unlink(self.store.lock(project_name).path)
+        except FileNotFoundError:
+            pass
+        self.ctx.log(f"+---> project {project_name} removed")
+
+    def _remove_outside(self, project_name: str, loaded: Loaded | None = None) -> None:
+        """Let plugins delete what they made outside the project directory."""
+        loaded = loaded or self.open(project_name)
+        for h in loaded.project.hosts.values():
+            self.hook.mln_remove_host(host=h, ctx=self.ctx)
+        for s in loaded.project.switches.values():
+            self.hook.mln_remove_switch(switch=s, ctx=self.ctx)
+        self.hook.mln_remove_project(project=loaded.project, ctx=self.ctx)
+
+
+def _boot_groups(hosts: list[Host]) -> list[list[Host]]:
+    groups: list[list[Host]] = []
+    for h in hosts:
+        if groups and groups[-1][0].boot_order == h.boot_order:
+            groups[-1].append(h)
+        else:
+            groups.append([h])
+    return groups
+
+
+def disk_of(ctx, host: Host) -> Disk:
+    """The disk recorded for ``host`` at build time, with an absolute path."""
+    entry = ctx.state.get("hosts", {}).get(host.name)
+    if not entry:
+        raise MlnError("was not built (no disk recorded); run 'mln build' again", f"host {host.name}")
+    d = Disk(**entry["disk"])
+    if not os.path.isabs(d.path):
+        d.path = os.path.join(ctx.project_dir, d.path)
+    return d

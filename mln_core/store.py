@@ -1,0 +1,186 @@
+"""The projects directory: saved project, version, state, lock, staging of builds.
+
+    <projects>/<project>/
+        <project>.mln      the normalized project file every later command reads
+        version            incremented by every build and upgrade
+        state.json         what was built: per host its disk and backend data, per switch its data
+        images/            disks made by the file storage plugin
+        hosts/<host>/      runtime files: console.log, pid, control sockets
+        switches/<switch>/ runtime files of a switch
+    <projects>/.<project>.lock        the project lock (fcntl), held by any command working on it
+    <projects>/.<project>.build-<pid> a build in progress; renamed into place when it succeeds
+
+A build writes everything into its staging directory and renames it into place only
+when every host was built, so a failed or killed build never touches the project that
+was there before; the next command on that project removes stale staging directories
+(after stopping any helper process they recorded).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+
+from .errors import MlnError
+
+STATE = "state.json"
+
+
+class ProjectLock:
+    """An exclusive fcntl lock on one project; a second command gets a clear message."""
+
+    def __init__(self, projects_dir: str, project: str):
+        os.makedirs(projects_dir, exist_ok=True)
+        self.path = os.path.join(projects_dir, f".{project}.lock")
+        self.project = project
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            self.fd = None
+            raise MlnError(f"project '{self.project}' is busy: another mln command "
+                           f"({holder or 'unknown pid'}) is working on it; try again when it is done")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()}\n".encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Store:
+    """Paths and files of the projects directory."""
+
+    def __init__(self, projects_dir: str):
+        self.root = projects_dir
+
+    def project_dir(self, project: str) -> str:
+        return os.path.join(self.root, project)
+
+    def exists(self, project: str) -> bool:
+        return os.path.isfile(os.path.join(self.project_dir(project), f"{project}.mln"))
+
+    def require(self, project: str) -> str:
+        if not self.exists(project):
+            known = ", ".join(self.list()) or "there are none"
+            raise MlnError(f"no project '{project}' in {self.root} (projects: {known})")
+        return self.project_dir(project)
+
+    def list(self) -> list[str]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(n for n in os.listdir(self.root)
+                      if not n.startswith(".") and self.exists(n))
+
+    def lock(self, project: str) -> ProjectLock:
+        return ProjectLock(self.root, project)
+
+    # -- saved files ---------------------------------------------------------------------
+    def source_path(self, project: str, base: str | None = None) -> str:
+        return os.path.join(base or self.project_dir(project), f"{project}.mln")
+
+    def version(self, project: str) -> int:
+        try:
+            with open(os.path.join(self.project_dir(project), "version")) as f:
+                return int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    @staticmethod
+    def read_state(pdir: str) -> dict:
+        try:
+            with open(os.path.join(pdir, STATE)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"hosts": {}, "switches": {}}
+
+    @staticmethod
+    def write_state(pdir: str, state: dict) -> None:
+        tmp = os.path.join(pdir, STATE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(pdir, STATE))
+
+    # -- staging ---------------------------------------------------------------------------
+    def staging_dir(self, project: str) -> str:
+        return os.path.join(self.root, f".{project}.build-{os.getpid()}")
+
+    def clean_stale_builds(self, project: str, log=None) -> None:
+        """Remove staging directories of builds that died (their helper processes too)."""
+        prefix = f".{project}.build-"
+        if not os.path.isdir(self.root):
+            return
+        for name in os.listdir(self.root):
+            if not name.startswith(prefix):
+                continue
+            pid = name[len(prefix):]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            path = os.path.join(self.root, name)
+            kill_recorded_helpers(path)
+            if log:
+                log(f"removing what an interrupted build left: {path}")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+HELPERS = "helpers.pids"
+
+
+def record_helper(staging: str, pid: int, mountpoint: str | None = None) -> None:
+    """Remember a helper process (e.g. a FUSE export) so a later cleanup can stop it."""
+    with open(os.path.join(staging, HELPERS), "a") as f:
+        f.write(f"{pid} {mountpoint or '-'}\n")
+
+
+def kill_recorded_helpers(staging: str) -> None:
+    try:
+        with open(os.path.join(staging, HELPERS)) as f:
+            entries = [line.split() for line in f if line.strip()]
+    except FileNotFoundError:
+        return
+    for pid_text, mnt in entries:
+        pid = int(pid_text)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.05)
+        if mnt != "-" and _is_mounted(mnt):
+            os.system(f"umount -l '{mnt}' 2>/dev/null || fusermount3 -u '{mnt}' 2>/dev/null")
+
+
+def _is_mounted(path: str) -> bool:
+    try:
+        with open("/proc/mounts") as f:
+            return any(line.split()[1] == path for line in f)
+    except OSError:
+        return False

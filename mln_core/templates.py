@@ -1,0 +1,143 @@
+"""The template registry: ``<templates>/templates.list`` (spec 4.7).
+
+One line per template: ``<name> <real-name> <size>MB <compression> "<message>"``. A
+template is a filesystem image in the templates directory; versioned names
+``NAME-V1.2.ext4`` are chosen for ``NAME.ext4`` (highest version wins). A template may
+come with a kernel and an initrd for direct kernel boot, kept beside it as
+``<real-name>.kernel`` and ``<real-name>.initrd``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import tarfile
+from dataclasses import dataclass
+
+from .errors import MlnError
+
+LIST = "templates.list"
+_VERSIONED = re.compile(r"(?P<base>.+)-V(?P<major>\d+)\.(?P<minor>\d+)(?P<ext>\.[^.]+)?\Z")
+
+
+@dataclass
+class Template:
+    name: str
+    real_name: str
+    size_mb: int
+    compression: str
+    message: str
+    path: str
+
+    @property
+    def kernel(self) -> str | None:
+        p = self.path + ".kernel"
+        return p if os.path.exists(p) else None
+
+    @property
+    def initrd(self) -> str | None:
+        p = self.path + ".initrd"
+        return p if os.path.exists(p) else None
+
+
+class TemplateRegistry:
+    def __init__(self, templates_dir: str):
+        self.dir = templates_dir
+
+    def entries(self) -> dict[str, Template]:
+        path = os.path.join(self.dir, LIST)
+        out: dict[str, Template] = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return out
+        for n, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                w = shlex.split(line)
+                name, real, size = w[0], w[1], w[2]
+                comp = w[3] if len(w) > 3 else ""
+                msg = w[4] if len(w) > 4 else ""
+                size_mb = int(size.rstrip("MB") or 0)
+            except (ValueError, IndexError):
+                raise MlnError(f"{path}:{n}: cannot read this templates.list line: {line!r}") from None
+            out[name] = Template(name, real, size_mb, comp, msg, os.path.join(self.dir, real))
+        return out
+
+    def resolve(self, name: str, who: str | None = None) -> Template:
+        """The template a host's ``template NAME`` means; an error lists the registered ones."""
+        entries = self.entries()
+        if name in entries:
+            t = entries[name]
+        else:
+            base, ext = os.path.splitext(name)
+            best = None
+            for entry in entries.values():
+                m = _VERSIONED.match(entry.name)
+                if m and m.group("base") == base and (m.group("ext") or "") == ext:
+                    key = (int(m.group("major")), int(m.group("minor")))
+                    if best is None or key > best[0]:
+                        best = (key, entry)
+            if best is not None:
+                t = best[1]
+            elif os.path.isfile(os.path.join(self.dir, name)):
+                path = os.path.join(self.dir, name)
+                t = Template(name, name, os.path.getsize(path) // 2**20, "", "", path)
+            else:
+                known = ", ".join(sorted(entries)) or "none; register one with 'mln register_template -t FILE'"
+                prefix = f"{who}: " if who else ""
+                raise MlnError(f"{prefix}unknown template '{name}' (registered in {self.dir}: {known})")
+        if not os.path.isfile(t.path):
+            raise MlnError(f"template '{name}' is registered but its file {t.path} is missing")
+        return t
+
+    def register(self, source: str, name: str | None = None, message: str = "",
+                 kernel: str | None = None, initrd: str | None = None) -> Template:
+        """Copy ``source`` (an image, or a .tar.gz/.tar.bz2 holding one) into the registry."""
+        if not os.path.isfile(source):
+            raise MlnError(f"no such template file: {source}")
+        for extra, what in ((kernel, "kernel"), (initrd, "initrd")):
+            if extra is not None and not os.path.isfile(extra):
+                raise MlnError(f"no such {what} file: {extra}")
+        os.makedirs(self.dir, exist_ok=True)
+        base = os.path.basename(source)
+        compression = ""
+        if base.endswith((".tar.gz", ".tgz", ".tar.bz2")):
+            compression = "bzip2" if base.endswith(".bz2") else "gzip"
+            with tarfile.open(source) as tar:
+                members = [m for m in tar.getmembers() if m.isfile()]
+                if len(members) != 1:
+                    raise MlnError(f"{source} must hold exactly one image file, not {len(members)}")
+                real = os.path.basename(members[0].name)
+                dest = os.path.join(self.dir, real)
+                with tar.extractfile(members[0]) as src, open(dest + ".part", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(dest + ".part", dest)
+        else:
+            real = base
+            dest = os.path.join(self.dir, real)
+            if os.path.abspath(source) != os.path.abspath(dest):
+                shutil.copyfile(source, dest + ".part")
+                os.replace(dest + ".part", dest)
+        for extra, suffix in ((kernel, ".kernel"), (initrd, ".initrd")):
+            if extra is not None:
+                shutil.copyfile(extra, dest + suffix + ".part")
+                os.replace(dest + suffix + ".part", dest + suffix)
+        name = name or real
+        size_mb = max(1, (os.path.getsize(dest) + 2**20 - 1) // 2**20)
+        t = Template(name, real, size_mb, compression, message, dest)
+        entries = self.entries()
+        entries[name] = t
+        self._write(entries)
+        return t
+
+    def _write(self, entries: dict[str, Template]) -> None:
+        path = os.path.join(self.dir, LIST)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for t in entries.values():
+                f.write(f"{t.name} {t.real_name} {t.size_mb}MB {t.compression or '-'} "
+                        f"{shlex.quote(t.message)}\n")
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,359 @@
+"""Guest individualization (spec 7.6): what makes each copy of a template itself.
+
+For Debian, Red Hat and busybox guests (the family is detected from the image): the
+hostname, network interfaces (static or DHCP, netmask, broadcast, gateway, MAC),
+``/etc/hosts`` with the project's static addresses, ``/etc/fstab`` for the backend's
+devices, ``nameserver``, ``users`` and ``groups``, ``root_passwd``, ``startup`` and
+``shutdown`` scripts, ``files {}`` from the files directory and ``modules``.
+
+Every edit is idempotent: files are rewritten whole, or mln's own marked section of a
+shared file (``# >>> mln NAME >>>`` ... ``# <<< mln NAME <<<``) is replaced. Passwords:
+a crypt hash is installed as it is; a clear-text password is hashed with SHA-512 crypt
+(with a salt derived from the host, so that a rebuild gives the same file) and the
+clear text is written nowhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+
+from mln_core import hookimpl
+from mln_core.errors import MlnError
+
+CRYPT = re.compile(r"(\$(1|2[abxy]|5|6|7|y|gy)\$.+|[./0-9A-Za-z]{13}|[*!].*)\Z")
+SALT_CHARS = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+LINUX = ("debian", "redhat", "busybox", "suse")
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+
+def set_section(text: str, name: str, body: str | None) -> str:
+    """Replace (or add at the end, or remove when ``body`` is None) mln's marked section."""
+    begin, end = f"# >>> mln {name} >>>", f"# <<< mln {name} <<<"
+    lines = text.splitlines()
+    if begin in lines and end in lines[lines.index(begin):]:
+        i = lines.index(begin)
+        j = lines.index(end, i)
+        new = [] if body is None else [begin, *body.rstrip("\n").splitlines(), end]
+        lines[i:j + 1] = new
+    elif body is not None:
+        lines += [begin, *body.rstrip("\n").splitlines(), end]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def password_hash(password: str, salt_seed: str) -> str:
+    """A crypt hash as it is; anything else hashed with SHA-512 crypt and a stable salt."""
+    if CRYPT.match(password):
+        return password
+    digest = hashlib.sha256(f"{salt_seed}\0{password}".encode()).digest()
+    salt = "".join(SALT_CHARS[b % 64] for b in digest[:16])
+    try:
+        r = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=password.encode(),
+                           capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise MlnError(f"cannot hash a password (openssl passwd): {e}") from None
+    return r.stdout.decode().strip()
+
+
+def _table(guest, path: str) -> list[list[str]]:
+    text = guest.read_text(path) or ""
+    return [line.split(":") for line in text.splitlines() if line.strip()]
+
+
+def _write_table(guest, path: str, rows: list[list[str]], mode: int) -> None:
+    guest.write_text(path, "".join(":".join(r) + "\n" for r in rows), mode)
+
+
+def _free_id(used: set[int], start: int = 1000) -> int:
+    n = start
+    while n in used:
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------
+# the hook
+# ---------------------------------------------------------------------------------------
+
+@hookimpl(tryfirst=True)
+def mln_configure_image(host, guest, ctx):
+    family = getattr(guest, "family", None)
+    if family not in LINUX:
+        if family == "windows":
+            ctx.debug(f"host {host.name}: a Windows image gets no Linux individualization")
+        return
+    devices = ctx.pm.hook.mln_guest_devices(host=host, ctx=ctx) or {}
+    shell = "/bin/bash" if guest.exists("/bin/bash") else "/bin/sh"
+    guest.write_text("/etc/hostname", host.name + "\n")
+    if family == "redhat":
+        net = guest.read_text("/etc/sysconfig/network") or "NETWORKING=yes\n"
+        net = "".join(line + "\n" for line in net.splitlines()
+                      if not line.startswith(("HOSTNAME=", "GATEWAY=")))
+        net += f"HOSTNAME={host.name}\n"
+        gw = next((i.gateway for i in host.interfaces if i.gateway), None)
+        if gw:
+            net += f"GATEWAY={gw}\n"
+        guest.write_text("/etc/sysconfig/network", net)
+    _users(host, guest, shell)
+    _groups(host, guest)
+    if host.interfaces:
+        {"debian": _net_debian, "suse": _net_debian, "redhat": _net_redhat,
+         "busybox": _net_busybox}[family](host, guest)
+        _hosts_file(host, guest, ctx)
+    _fstab(host, guest, devices)
+    if host.nameserver:
+        guest.write_text("/etc/resolv.conf", f"nameserver {host.nameserver}\n")
+    _files(host, guest, ctx)
+    _modules(host, guest, family)
+    _scripts(host, guest, family)
+    if host.root_passwd:
+        _set_password(guest, "root", password_hash(host.root_passwd, f"{host.fqname}/root"))
+
+
+# -- users and groups ----------------------------------------------------------------------
+
+def _set_password(guest, user: str, hashed: str) -> None:
+    rows = _table(guest, "/etc/shadow")
+    for r in rows:
+        if r[0] == user:
+            r[1:2] = [hashed]
+            break
+    else:
+        rows.append([user, hashed, "19000", "0", "99999", "7", "", "", ""])
+    _write_table(guest, "/etc/shadow", rows, 0o640 if guest.exists("/etc/gshadow") else 0o600)
+
+
+def _users(host, guest, shell: str) -> None:
+    if not host.users:
+        return
+    passwd = _table(guest, "/etc/passwd")
+    group = _table(guest, "/etc/group")
+    for u in host.users:
+        existing = next((r for r in passwd if r[0] == u.name), None)
+        if existing is None:
+            uids = {int(r[2]) for r in passwd if len(r) > 2 and r[2].isdigit()}
+            gids = {int(r[2]) for r in group if len(r) > 2 and r[2].isdigit()}
+            uid = u.uid if u.uid is not None else _free_id(uids | gids)
+            gid = uid if uid not in gids else _free_id(gids)
+            home = u.home or f"/home/{u.name}"
+            passwd.append([u.name, "x", str(uid), str(gid), "", home, shell])
+            if not any(r[0] == u.name for r in group):
+                group.append([u.name, "x", str(gid), ""])
+        else:
+            uid, gid, home = int(existing[2]), int(existing[3]), existing[5]
+            if u.home and u.home != home:
+                existing[5] = home = u.home
+        guest.mkdir(home, 0o755, uid, gid)
+        _set_password(guest, u.name, password_hash(u.password, f"{host.fqname}/{u.name}")
+                      if u.password else "!")
+    _write_table(guest, "/etc/passwd", passwd, 0o644)
+    _write_table(guest, "/etc/group", group, 0o644)
+
+
+def _groups(host, guest) -> None:
+    if not host.groups:
+        return
+    group = _table(guest, "/etc/group")
+    gids = {int(r[2]) for r in group if len(r) > 2 and r[2].isdigit()}
+    for name, members in host.groups.items():
+        row = next((r for r in group if r[0] == name), None)
+        if row is None:
+            gid = _free_id(gids)
+            gids.add(gid)
+            row = [name, "x", str(gid), ""]
+            group.append(row)
+        have = [m for m in row[3].split(",") if m] if len(row) > 3 else []
+        row[3:] = [",".join(have + [m for m in members if m not in have])]
+    _write_table(guest, "/etc/group", group, 0o644)
+
+
+# -- network ----------------------------------------------------------------------------------
+
+def _net_debian(host, guest) -> None:
+    out = ["auto lo", "iface lo inet loopback", ""]
+    for i in host.interfaces:
+        if (i.tree.get("auto") or "").lower() not in ("no", "0", "false"):
+            out.append(f"auto {i.name}")
+        if i.dhcp:
+            out.append(f"iface {i.name} inet dhcp")
+            if i.mac:
+                out.append(f"    hwaddress ether {i.mac}")
+        elif i.address:
+            out.append(f"iface {i.name} inet static")
+            out.append(f"    address {i.address}")
+            for key in ("netmask", "broadcast", "gateway"):
+                if getattr(i, key):
+                    out.append(f"    {key} {getattr(i, key)}")
+            if i.mac:
+                out.append(f"    hwaddress ether {i.mac}")
+        else:
+            out.append(f"iface {i.name} inet manual")
+        out.append("")
+    guest.write_text("/etc/network/interfaces", "\n".join(out))
+    macs = [f"{i.name} mac {i.mac}" for i in host.interfaces if i.mac]
+    if macs:
+        guest.write_text("/etc/iftab", "\n".join(macs) + "\n")
+    else:
+        guest.remove("/etc/iftab")
+
+
+def _net_redhat(host, guest) -> None:
+    for i in host.interfaces:
+        lines = [f"DEVICE={i.name}", f"BOOTPROTO={'dhcp' if i.dhcp else 'none'}",
+                 "ONBOOT=yes", "USERCTL=no", "TYPE=Ethernet"]
+        if i.address and not i.dhcp:
+            lines.append(f"IPADDR={i.address}")
+            if i.netmask:
+                lines.append(f"NETMASK={i.netmask}")
+            if i.broadcast:
+                lines.append(f"BROADCAST={i.broadcast}")
+        if i.mac:
+            lines.append(f"HWADDR={i.mac}")
+        guest.write_text(f"/etc/sysconfig/network-scripts/ifcfg-{i.name}", "\n".join(lines) + "\n")
+
+
+def _net_busybox(host, guest) -> None:
+    cmds = []
+    gateway = None
+    for i in host.interfaces:
+        if i.mac:
+            cmds.append(f"ifconfig {i.name} hw ether {i.mac}")
+        if i.dhcp:
+            cmds.append(f"udhcpc -b -q -i {i.name}")
+        elif i.address:
+            args = f"ifconfig {i.name} {i.address}"
+            if i.netmask:
+                args += f" netmask {i.netmask}"
+            if i.broadcast:
+                args += f" broadcast {i.broadcast}"
+            cmds.append(args + " up")
+            gateway = gateway or i.gateway
+        else:
+            cmds.append(f"ifconfig {i.name} up")
+    if gateway:
+        cmds.append(f"route add default gw {gateway}")
+    _rcs_section(guest, "network", "\n".join(cmds))
+
+
+def _rcs_section(guest, name: str, body: str | None) -> None:
+    rcs = guest.read_text("/etc/init.d/rcS")
+    if rcs is None:
+        rcs = "#!/bin/sh\n"
+    guest.write_text("/etc/init.d/rcS", set_section(rcs, name, body), 0o755)
+
+
+def _hosts_file(host, guest, ctx) -> None:
+    lines = [f"127.0.0.1\tlocalhost {host.name}" if not _static(host) else "127.0.0.1\tlocalhost"]
+    project = getattr(ctx, "project", None)
+    hosts = project.hosts.values() if project is not None else [host]
+    for h in hosts:
+        for i in h.interfaces:
+            if i.address and not i.dhcp:
+                lines.append(f"{i.address}\t{h.name}")
+    lines += ["", "::1\tlocalhost ip6-localhost ip6-loopback", "ff02::1\tip6-allnodes",
+              "ff02::2\tip6-allrouters"]
+    guest.write_text("/etc/hosts", "\n".join(lines) + "\n")
+
+
+def _static(host) -> bool:
+    return any(i.address and not i.dhcp for i in host.interfaces)
+
+
+# -- disks, files, modules, scripts ----------------------------------------------------------
+
+def _fstab(host, guest, devices: dict) -> None:
+    root = devices.get("root")
+    if not root or (host.tree is not None and host.tree.has("hvm")):
+        return
+    fstype = devices.get("root_fstype", "ext4")
+    lines = [f"{root}\t/\t{fstype}\tdefaults\t0\t1", "proc\t/proc\tproc\tdefaults\t0\t0"]
+    if host.swap and devices.get("swap"):
+        lines.append(f"{devices['swap']}\tnone\tswap\tsw\t0\t0")
+    extra = list(devices.get("extra", []))
+    for n, m in enumerate(host.mounts):
+        source = extra[n] if n < len(extra) else m.source
+        if m.fstype == "hostfs":
+            source = "none"
+        lines.append(f"{source}\t{m.mountpoint}\t{m.fstype}\t{m.options or 'defaults'}\t0\t0")
+        guest.mkdir(m.mountpoint)
+    guest.write_text("/etc/fstab", "\n".join(lines) + "\n")
+
+
+def _files(host, guest, ctx) -> None:
+    if not host.files:
+        return
+    base = os.path.realpath(ctx.config.files_dir)
+    for f in host.files:
+        src = os.path.realpath(os.path.join(base, f.source))
+        if os.path.commonpath([src, base]) != base:
+            raise MlnError(f"files: '{f.source}' is outside the files directory {base}; refusing to copy it")
+        if not os.path.exists(src):
+            raise MlnError(f"files: '{f.source}' does not exist in the files directory {base}")
+        dest = f.destination
+        if guest.is_dir(dest) and not os.path.isdir(src):
+            dest = dest.rstrip("/") + "/" + os.path.basename(src)
+        mode = int(f.mode, 8) if f.mode else None
+        _copy_in(src, guest, dest, mode)
+
+
+def _copy_in(src: str, guest, dest: str, mode: int | None) -> None:
+    if os.path.isdir(src):
+        guest.mkdir(dest, mode if mode is not None else 0o755)
+        for name in sorted(os.listdir(src)):
+            _copy_in(os.path.join(src, name), guest, dest.rstrip("/") + "/" + name, mode)
+    else:
+        with open(src, "rb") as fh:
+            data = fh.read()
+        guest.write(dest, data, mode if mode is not None else os.stat(src).st_mode & 0o7777)
+
+
+def _modules(host, guest, family: str) -> None:
+    if not host.modules:
+        return
+    names = [w for line in host.modules for w in line.split()]
+    if family == "busybox":
+        _rcs_section(guest, "modules", "\n".join(f"modprobe {m}" for m in names))
+    elif family == "redhat":
+        rc = guest.read_text("/etc/rc.local") or "#!/bin/sh\n"
+        guest.write_text("/etc/rc.local", set_section(rc, "modules", "\n".join(f"modprobe {m}" for m in names)),
+                         0o755)
+    else:
+        mods = guest.read_text("/etc/modules") or ""
+        guest.write_text("/etc/modules", set_section(mods, "modules", "\n".join(names)))
+
+
+def _scripts(host, guest, family: str) -> None:
+    if family == "busybox":
+        _rcs_section(guest, "startup", "\n".join(host.startup) if host.startup else None)
+        if host.shutdown:
+            guest.write_text("/etc/init.d/shutdown", "#!/bin/sh\n" + "\n".join(host.shutdown) + "\n", 0o755)
+            inittab = guest.read_text("/etc/inittab") or ""
+            guest.write_text("/etc/inittab", set_section(inittab, "shutdown", "::shutdown:/etc/init.d/shutdown"))
+        return
+    runlevels = ("3", "4") if family == "redhat" else ("2", "3", "4", "5")
+    for name, lines, link_dirs, prefix in (
+            ("startup", host.startup, runlevels, "S99"),
+            ("shutdown", host.shutdown, ("0", "6"), "K01")):
+        if not lines:
+            continue
+        script = ["#!/bin/bash", "### BEGIN INIT INFO", f"# Provides: mln-{name}",
+                  "# Required-Start: $all", "# Default-Start: 2 3 4 5" if name == "startup" else
+                  "# Default-Stop: 0 6", f"# Short-Description: the {name} lines of the mln project file",
+                  "### END INIT INFO", f'echo "mln: running the {name} script"', *lines]
+        guest.write_text(f"/etc/init.d/mln-{name}", "\n".join(script) + "\n", 0o755)
+        for rl in link_dirs:
+            guest.symlink(f"../init.d/mln-{name}", f"/etc/rc{rl}.d/{prefix}mln-{name}")
+        if guest.is_dir("/etc/systemd/system"):
+            target = "multi-user.target"
+            unit = ["[Unit]", f"Description=mln {name} lines", "After=network-online.target",
+                    "", "[Service]", "Type=oneshot", "RemainAfterExit=yes"]
+            unit += [f"ExecStart=/etc/init.d/mln-{name}"] if name == "startup" else \
+                ["ExecStart=/bin/true", f"ExecStop=/etc/init.d/mln-{name}"]
+            unit += ["StandardOutput=journal+console", "", "[Install]", f"WantedBy={target}"]
+            guest.write_text(f"/etc/systemd/system/mln-{name}.service", "\n".join(unit) + "\n")
+            guest.symlink(f"/etc/systemd/system/mln-{name}.service",
+                          f"/etc/systemd/system/{target}.wants/mln-{name}.service")

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what mln and its tests need on a fresh Debian 12 machine (run as root).
+# QEMU (TCG guests, qcow2, qemu-storage-daemon), User-Mode Linux and uml_mconsole,
+# vde_switch, e2fsprogs/e2tools/FUSE for editing images without mounting, busybox and
+# kmod/xz/cpio for the test template, iproute2/ping for switches, openssl for hashes.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt_packages=(
+  qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2
+  e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
+  iproute2 iputils-ping openssl procps psmisc
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
