@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import tarfile
 from dataclasses import dataclass
 
@@ -41,6 +42,15 @@ class Template:
         return p if os.path.exists(p) else None
 
 
+def _copy(src: str, dest: str) -> None:
+    """Copy keeping holes (templates are sparse images), then rename into place."""
+    r = subprocess.run(["cp", "--sparse=always", "--reflink=auto", src, dest + ".part"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise MlnError(f"cannot copy {src} to {dest}: {r.stderr.strip()}")
+    os.replace(dest + ".part", dest)
+
+
 class TemplateRegistry:
     def __init__(self, templates_dir: str):
         self.dir = templates_dir
@@ -59,7 +69,7 @@ class TemplateRegistry:
             try:
                 w = shlex.split(line)
                 name, real, size = w[0], w[1], w[2]
-                comp = w[3] if len(w) > 3 else ""
+                comp = w[3] if len(w) > 3 and w[3] != "-" else ""
                 msg = w[4] if len(w) > 4 else ""
                 size_mb = int(size.rstrip("MB") or 0)
             except (ValueError, IndexError):
@@ -120,12 +130,10 @@ class TemplateRegistry:
             real = base
             dest = os.path.join(self.dir, real)
             if os.path.abspath(source) != os.path.abspath(dest):
-                shutil.copyfile(source, dest + ".part")
-                os.replace(dest + ".part", dest)
+                _copy(source, dest)
         for extra, suffix in ((kernel, ".kernel"), (initrd, ".initrd")):
             if extra is not None:
-                shutil.copyfile(extra, dest + suffix + ".part")
-                os.replace(dest + suffix + ".part", dest + suffix)
+                _copy(extra, dest + suffix)
         name = name or real
         size_mb = max(1, (os.path.getsize(dest) + 2**20 - 1) // 2**20)
         t = Template(name, real, size_mb, compression, message, dest)

@@ -1,0 +1,147 @@
+"""End to end on real guests: build, start, check from inside, status, stop, remove."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.guests
+
+
+def _check_quickstart_consoles(env, project):
+    alpha = env.wait_console(project, "alpha", r"MLN-CHECK ping 10\.0\.0\.2 ok")
+    beta = env.wait_console(project, "beta", r"MLN-CHECK ping 10\.0\.0\.1 ok")
+    assert "MLN-CHECK hostname alpha" in alpha
+    assert "MLN-CHECK hostname beta" in beta
+    assert "MLN-CHECK address inet addr:10.0.0.1" in alpha
+    assert "MLN-CHECK address inet addr:10.0.0.2" in beta
+    assert "MLN-CHECK users root alice" in alpha      # the user exists in alpha only
+    assert "MLN-CHECK users root\n" in beta.replace("\r", "")
+
+
+@pytest.mark.parametrize("hypervisor", ["uml", "qemu"])
+def test_quickstart_end_to_end(mln_env, hypervisor):
+    path = mln_env.quickstart(hypervisor)
+    r = mln_env.mln("build", "-f", str(path))
+    assert r.returncode == 0, r.output
+    assert "PROJECT quickstart FINISHED" in r.stderr
+
+    r = mln_env.mln("start", "-p", "quickstart")
+    assert r.returncode == 0, r.output
+    _check_quickstart_consoles(mln_env, "quickstart")
+
+    r = mln_env.mln("status", "-p", "quickstart")
+    assert r.returncode == 0, r.output
+    assert r.stdout.splitlines() == ["quickstart host alpha up", "quickstart host beta up",
+                                     "quickstart switch lan up"]
+    r = mln_env.mln("status", "-p", "quickstart", "--format", "json")
+    rows = json.loads(r.stdout)
+    assert {(x["kind"], x["name"], x["state"]) for x in rows} == {
+        ("host", "alpha", "up"), ("host", "beta", "up"), ("switch", "lan", "up")}
+    assert {x["hypervisor"] for x in rows if x["kind"] == "host"} == {hypervisor}
+
+    r = mln_env.mln("stop", "-p", "quickstart", "-w", "30")
+    assert r.returncode == 0, r.output
+    # the guests shut down cleanly (not destroyed): their init ran its shutdown actions
+    assert "did not stop" not in r.stderr
+    assert "mln-guest: shutting down" in mln_env.console("quickstart", "alpha")
+    r = mln_env.mln("status", "-p", "quickstart")
+    assert r.returncode == 1
+    assert "quickstart host alpha down" in r.stdout
+
+    r = mln_env.mln("remove", "-f", "-p", "quickstart")
+    assert r.returncode == 0, r.output
+    assert not (mln_env.projects / "quickstart").exists()
+    assert mln_env.processes() == [] and mln_env.runtime_dirs() == []
+
+
+def test_mixed_uml_and_qemu_on_one_vde_switch(mln_env):
+    text = mln_env.quickstart("uml", project="mixed").read_text()
+    text = text.replace("host beta {\n    superclass node", "host beta {\n    superclass node\n    hypervisor qemu")
+    path = mln_env.write("mixed.mln", text)
+    r = mln_env.mln("show", "-f", str(path), "--format", "json")
+    hosts = json.loads(r.stdout)["hosts"]
+    assert hosts["alpha"]["hypervisor"] == "uml" and hosts["beta"]["hypervisor"] == "qemu"
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    r = mln_env.mln("start", "-p", "mixed")
+    assert r.returncode == 0, r.output
+    _check_quickstart_consoles(mln_env, "mixed")
+    assert mln_env.mln("stop", "-p", "mixed").returncode == 0
+
+
+@pytest.mark.root
+def test_bridge_switch_with_taps(mln_env):
+    before = set(os.listdir("/sys/class/net"))
+    path = mln_env.quickstart("uml", project="br", switch_type="bridge")
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    r = mln_env.mln("start", "-p", "br")
+    assert r.returncode == 0, r.output
+    new = set(os.listdir("/sys/class/net")) - before
+    assert "lan.br" in new                       # <switch>.<project> fits in 15 characters
+    taps = [d for d in new if d.startswith("tap-")]
+    assert len(taps) == 2
+    for tap in taps:
+        assert os.path.realpath(f"/sys/class/net/{tap}/master").endswith("/lan.br")
+    _check_quickstart_consoles(mln_env, "br")
+    assert mln_env.mln("stop", "-p", "br").returncode == 0
+    assert set(os.listdir("/sys/class/net")) - before == set()
+
+
+def test_start_and_stop_one_host_and_already_running(mln_env):
+    path = mln_env.quickstart("uml", project="one")
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    r = mln_env.mln("start", "-p", "one", "-h", "beta")
+    assert r.returncode == 0, r.output
+    assert mln_env.mln("status", "-p", "one", "-h", "beta").returncode == 0
+    r = mln_env.mln("status", "-p", "one", "-h", "alpha")
+    assert r.returncode == 1 and r.stdout.strip() == "one host alpha down"
+    r = mln_env.mln("start", "-p", "one", "-h", "beta")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "mln: error: host 'beta' of project 'one' is already running"
+    # -u: anything up -> 0; -d: nothing up -> 1
+    assert mln_env.mln("status", "-p", "one", "-u").returncode == 0
+    assert mln_env.mln("status", "-p", "one", "-d").returncode == 1
+    # a project with a running host is not replaced or removed
+    r = mln_env.mln("build", "-f", str(path), "-r")
+    assert r.returncode == 1 and "running hosts (beta)" in r.stderr
+    r = mln_env.mln("remove", "-f", "-p", "one")
+    assert r.returncode == 1 and "stop it first" in r.stderr
+    assert mln_env.mln("stop", "-p", "one", "-h", "beta", "-H").returncode == 0
+    assert mln_env.mln("status", "-p", "one", "-h", "beta", "-d").returncode == 0
+    # stopping one host leaves the switch up for the others; stopping the project ends it
+    r = mln_env.mln("status", "-p", "one", "-d")
+    assert r.returncode == 1 and "one switch lan up" not in r.stdout
+    assert mln_env.mln("stop", "-p", "one").returncode == 0
+    assert mln_env.mln("status", "-p", "one", "-d").returncode == 0
+
+
+def test_kill_9_during_build_then_rebuild(mln_env):
+    """A build killed while it makes disks leaves nothing running; build -r then works."""
+    hosts = "\n".join(f"host h{i:02d} {{ superclass node; network eth0 {{ address 10.0.0.{i + 1} }} }}"
+                      for i in range(24))
+    text = ("global { project killme }\nswitch lan { }\n"
+            "superclass node { hypervisor qemu; template busybox.ext4; size 600M\n"
+            "  network eth0 { switch lan; netmask 255.255.255.0 } }\n" + hosts + "\n")
+    path = mln_env.write("killme.mln", text)
+    p = mln_env.popen("build", "-f", str(path), "-j", "2")
+    staging = mln_env.projects / f".killme.build-{p.pid}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((staging / "images").glob("*.qcow2")):
+        time.sleep(0.02)
+    assert staging.exists(), "the build did not get to the disk step"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (mln_env.projects / "killme").exists()
+
+    r = mln_env.mln("build", "-f", str(path), "-r")
+    assert r.returncode == 0, r.output
+    assert "removing what an interrupted build left" in r.stderr
+    assert not staging.exists()
+    assert sorted(x.name for x in mln_env.projects.iterdir() if x.name.startswith(".killme.build"))  == []
+    assert mln_env.fuse_mounts() == []
+    assert [x for x in mln_env.processes() if "qemu-storage-daemon" in x] == []
+    assert len(list((mln_env.projects / "killme" / "images").glob("*.qcow2"))) == 24
