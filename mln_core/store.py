@@ -129,7 +129,7 @@ class Store:
             if not name.startswith(prefix):
                 continue
             pid = name[len(prefix):]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
                 continue
             path = os.path.join(self.root, name)
             kill_recorded_helpers(path)
