@@ -101,7 +101,8 @@ def render_text(data: dict, explain: bool = False) -> str:
                         out.append(f"  {k:<13} {ov}")
             elif isinstance(v, list):
                 items = [x if isinstance(x, str) else " ".join(str(y) for y in x.values()) for x in v]
-                out.append(f"  {key:<13} " + ("; ".join(items)))
+                out.append(f"  {key:<13} {items[0]}")
+                out.extend(f"  {'':<13} {item}" for item in items[1:])
             elif isinstance(v, dict):
                 out.append(f"  {key:<13} " + "; ".join(f"{a}: {' '.join(b)}" for a, b in v.items()))
             else:
