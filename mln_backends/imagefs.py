@@ -291,6 +291,8 @@ class Ext4Image(GuestFS):
                 continue
             ent = _Ent(int(m[1]), int(m[2], 8), int(m[3]), int(m[4]))
             name = m[5]
+            if not name or ent.ino == 0:  # unused slots (mkfs pre-allocates lost+found's)
+                continue
             if name == b".":
                 dot = ent
             elif name != b"..":

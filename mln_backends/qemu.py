@@ -127,7 +127,8 @@ def command_line(host, ctx) -> list[str]:
     if disk.extra.get("swap"):
         argv += ["-drive", f"file={ctx.path(disk.extra['swap'])},format=raw,if=virtio"]
     for m in host.mounts:
-        argv += ["-drive", f"file={m.source},format=raw,if=virtio"]
+        if m.fstype != "hostfs":   # hostfs is UML's way to share a host directory
+            argv += ["-drive", f"file={m.source},format=raw,if=virtio"]
     if b.get("kernel"):
         argv += ["-kernel", b["kernel"]]
         if b.get("initrd"):

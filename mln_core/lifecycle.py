@@ -135,7 +135,7 @@ class Engine:
                 if not replace:
                     if confirm is None or not confirm(f"project '{project.name}' exists; replace it?"):
                         raise MlnError(f"project '{project.name}' exists in {self.store.root}; use -r to "
-                                       "replace it, or 'mln upgrade' to change it")
+                                       "replace it")
             elif os.path.exists(old_dir):
                 raise MlnError(f"{old_dir} exists but is not an mln project; move it away first")
             version = self.store.version(project.name) + 1
@@ -196,13 +196,15 @@ class Engine:
             progress.step(host.name, step)
             guest = self.hook.mln_open_image(host=host, disk=disk, ctx=self.ctx)
             if guest is None:
-                raise MlnError(f"no installed plugin can open a {disk.format} disk")
-            try:
-                guest.family = host.family or detect_family(guest) or \
-                    self.ctx.config.get("default_family")
-                self.hook.mln_configure_image(host=host, guest=guest, ctx=self.ctx)
-            finally:
-                guest.close()
+                self.ctx.log(f"warning: host {host.name}: its {disk.format} disk holds no filesystem mln "
+                             "can open (a whole-disk image?), so the guest is not individualized")
+            else:
+                try:
+                    guest.family = host.family or detect_family(guest) or \
+                        self.ctx.config.get("default_family")
+                    self.hook.mln_configure_image(host=host, guest=guest, ctx=self.ctx)
+                finally:
+                    guest.close()
             step = f"{host.hypervisor} configuration"
             progress.step(host.name, step)
             data = self.hook.mln_build_host(host=host, disk=disk, ctx=self.ctx)
@@ -270,9 +272,10 @@ class Engine:
         up = [h.name for h in loaded.project.hosts.values() if self.host_status(h).startswith("up")]
         if up:
             raise MlnError(f"project '{project_name}' has running hosts ({', '.join(up)}); stop them "
-                           f"first (mln stop -p {project_name}) or use 'mln upgrade'")
+                           f"first: mln stop -p {project_name}")
 
     def status(self, project_name: str, host: str | None = None) -> list[dict]:
+        self.store.require(project_name)
         with self.store.lock(project_name):
             loaded = self.open(project_name)
         project = loaded.project
@@ -298,6 +301,7 @@ class Engine:
 
     # -- start / stop --------------------------------------------------------------------------
     def start(self, project_name: str, host: str | None = None) -> None:
+        self.store.require(project_name)
         with self.store.lock(project_name):
             loaded = self.open(project_name)
             project = loaded.project
@@ -343,6 +347,7 @@ class Engine:
 
     def stop(self, project_name: str, host: str | None = None, hard: bool = False,
              wait_s: float = 60.0) -> None:
+        self.store.require(project_name)
         with self.store.lock(project_name):
             loaded = self.open(project_name)
             project = loaded.project
@@ -392,6 +397,7 @@ class Engine:
 
     # -- remove ---------------------------------------------------------------------------------
     def remove(self, project_name: str, confirm=None) -> None:
+        self.store.require(project_name)
         with self.store.lock(project_name):
             loaded = self.open(project_name)
             project = loaded.project

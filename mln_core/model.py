@@ -18,6 +18,7 @@ _UNITS = {None: 1, "b": 512, "K": 1024, "kB": 1000, "KB": 1000, "M": 2**20, "MB"
           "G": 2**30, "GB": 10**9, "T": 2**40, "TB": 10**12}
 _MAC = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}\Z")
 _IFACE = re.compile(r"eth(\d+)\Z")
+FAMILIES = ("debian", "redhat", "busybox", "suse", "windows")
 
 
 def parse_size(text: str, where: Pos | str | None = None, what: str = "size") -> int:
@@ -212,6 +213,9 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
     found = sorted({hypervisor_flags[k] for k in eff.values if k in hypervisor_flags})
     if hv_line is not None:
         hypervisor = hv_line.value
+        known = sorted(set(hypervisor_flags.values()))
+        if hypervisor not in known:
+            problems.error(f"unknown hypervisor '{hypervisor}' (known: {', '.join(known)})", hv_line.pos)
     elif len(found) > 1:
         problems.error(f"host '{name}' asks for more than one hypervisor: {', '.join(found)}", eff.pos)
         hypervisor = found[0]
@@ -230,6 +234,9 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
     except MlnError as e:
         problems.error(e.message, e.where)
         memory = 128 * 2**20
+    if memory < 16 * 2**20 and eff.line("memory") is not None:
+        problems.warn(f"memory {mem_text} is only {memory} bytes: did you mean {mem_text}M?",
+                      eff.line("memory").pos)
     size = _size(eff, "size", problems)
     if size is None and eff.line("free_space") is None:
         try:
@@ -248,6 +255,9 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
         family=get("family"), term=get("term"),
         superclasses=superclasses, origins=origins, tree=eff,
     )
+    fam = eff.line("family")
+    if fam is not None and fam.value not in FAMILIES:
+        problems.error(f"unknown family '{fam.value}' (one of {', '.join(FAMILIES)})", fam.pos)
     bo = eff.line("boot_order")
     if bo is not None:
         if bo.value.isdigit() and 1 <= int(bo.value) <= 99:

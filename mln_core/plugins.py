@@ -49,7 +49,7 @@ class PluginManager(pluggy.PluginManager):
         self.disabled |= {n.strip() for n in env.get("MLN_DISABLE_PLUGINS", "").split(",") if n.strip()}
         mgr = ExtensionManager(
             namespace=NAMESPACE, invoke_on_load=False, propagate_map_exceptions=False,
-            on_load_failure_callback=self._load_failed, verify_requirements=False,
+            on_load_failure_callback=self._load_failed,
         )
         for ext in sorted(mgr.extensions, key=lambda e: e.name, reverse=True):
             # pluggy calls the last registered first: register in reverse order so that

@@ -81,6 +81,7 @@ def build_model(doc: Document, ctx, fragment_ok: bool = False) -> Loaded:
             if iface.switch in project.switches:
                 project.switches[iface.switch].members.append((hname, iface.name))
     _check_addresses(project, problems)
+    _check_hypervisors(project, registry, problems)
     for found in ctx.pm.hook.mln_validate(project=project, ctx=ctx):
         for p in found or []:
             problems.items.append(p)
@@ -97,6 +98,23 @@ def _check_addresses(project: Project, problems: Problems) -> None:
                                   f"{seen[i.address]}", i.tree.line("address").pos)
                 else:
                     seen[i.address] = f"{h.name} {i.name}"
+
+
+def _check_hypervisors(project: Project, registry, problems: Problems) -> None:
+    """Warn about hypervisors of the language that no installed backend builds (yet)."""
+    flags = registry.hypervisor_flags()
+    missing: dict = {}
+    for h in project.hosts.values():
+        hv = registry.hypervisors.get(h.hypervisor)
+        if hv is not None and hv.plugin == "core":
+            line = next((ln for kw, ln in h.tree.values.items()
+                         if kw == "hypervisor" or flags.get(kw) == h.hypervisor), None)
+            key = (h.hypervisor, line.pos if line is not None else f"host {h.name}")
+            missing.setdefault(key, []).append(h.name)
+    for (hv, where), hosts in missing.items():
+        names = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+        problems.warn(f"no installed backend builds {hv} hosts yet, so 'mln build' will fail "
+                      f"(hosts: {names})", where)
 
 
 def load_project(path: str, ctx, text: str | None = None) -> Loaded:

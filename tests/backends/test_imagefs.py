@@ -747,3 +747,14 @@ def test_timing_typical_individualization(work, capsys):
     with capsys.disabled():
         print(f"\n[imagefs timing] individualization (3 reads, 10 files, 3 dirs, 2 symlinks, "
               f"family detection) on a 256M raw image: {dt * 1000:.1f} ms, {runs + 1} debugfs runs")
+
+
+def test_listdir_skips_unused_directory_slots(tmp_path):
+    """mkfs pre-allocates empty entries in lost+found; they are not names."""
+    src = tmp_path / "src"
+    src.mkdir()
+    img = tmp_path / "img.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(src), str(img), "8M"], check=True)
+    with Ext4Image(str(img)) as g:
+        assert g.listdir("/") == ["lost+found"]
+        assert g.listdir("/lost+found") == []
