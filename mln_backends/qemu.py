@@ -4,7 +4,9 @@
   ``/dev/kvm`` is usable and the CPU has hardware virtualization (vmx/svm); ``accel
   kvm|tcg`` in the host or ``qemu_accel`` in mln.conf overrides it.
 * The disk is a qcow2 overlay on virtio; NICs are virtio-net on the switch (vde socket
-  or tap); ``memory``, ``vcpus`` and ``mac`` are honoured.
+  or tap); ``memory``, ``vcpus`` and ``mac`` are honoured. ``slirp`` in a network block
+  gives user-mode NAT instead (``slirp restrict`` cuts the guest off from the outside;
+  ``hostfwd tcp:127.0.0.1:2222-:22`` forwards a host port to it).
 * A template that is a bare filesystem boots its kernel directly: ``kernel``/``ramdisk``
   in the host, else the kernel and initrd registered with the template
   (``mln register_template --kernel K --initrd I``), else ``qemu_kernel``/``qemu_initrd``
@@ -38,6 +40,9 @@ def mln_register_keywords(registry):
     registry.keyword("host", "vcpus", "number of virtual CPUs")
     registry.keyword("host", "accel", "QEMU accelerator: auto (default), kvm or tcg")
     registry.keyword("host", "extra", "extra kernel command line arguments")
+    registry.keyword("network", "slirp", "user-mode networking (NAT) instead of a switch; 'slirp restrict' "
+                                         "isolates the guest")
+    registry.keyword("network", "hostfwd", "with slirp: forward a host port, e.g. tcp:127.0.0.1:2222-:22")
 
 
 def _mine(host) -> bool:
@@ -137,7 +142,11 @@ def command_line(host, ctx) -> list[str]:
     for i in host.interfaces:
         mac = i.mac or mac_address("52:54:00", host.project, host.name, i.name)
         nid = f"n{i.index}"
-        if i.switch and i.switch.startswith("/"):
+        slirp = i.tree.get("slirp") if i.tree is not None else None
+        if slirp is not None:
+            netdev = f"user,id={nid}" + (",restrict=on" if slirp == "restrict" else "")
+            netdev += "".join(f",hostfwd={ln.value}" for ln in i.tree.lines if ln.words[0] == "hostfwd")
+        elif i.switch and i.switch.startswith("/"):
             netdev = f"vde,id={nid},sock={i.switch}"
         else:
             att = ctx.attachment(host, i) if i.switch else None
