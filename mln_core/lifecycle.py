@@ -253,8 +253,9 @@ class Engine:
 
     def summary(self, project: Project) -> None:
         hv = sorted({h.hypervisor for h in project.hosts.values()})
-        self.ctx.log(f"+---> project {project.name}: {len(project.hosts)} hosts ({', '.join(hv) or '-'}), "
-                     f"{len(project.switches)} switches")
+        nh, ns = len(project.hosts), len(project.switches)
+        self.ctx.log(f"+---> project {project.name}: {nh} host{'s' * (nh != 1)} ({', '.join(hv) or '-'}), "
+                     f"{ns} switch{'es' * (ns != 1)}")
 
     # -- status --------------------------------------------------------------------------
     def host_status(self, host: Host) -> str:

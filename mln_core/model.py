@@ -164,7 +164,13 @@ class Project:
 
 # ---------------------------------------------------------------------------------------
 
+_PADDED_V4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}\Z")
+
+
 def _ip(value: str, line: Line, what: str, problems: Problems) -> str | None:
+    """An IP address; zero-padded IPv4 parts (10.0.07.1, from $group = 07) are decimal."""
+    if _PADDED_V4.match(value):
+        value = ".".join(str(int(part)) for part in value.split("."))
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

@@ -11,6 +11,7 @@ reason and left out; the others still load.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from importlib import metadata
@@ -106,8 +107,13 @@ class PluginManager(pluggy.PluginManager):
         return sorted(self.infos)
 
 
+@functools.lru_cache(maxsize=4)
+def _packages_distributions(path: tuple) -> dict:
+    return metadata.packages_distributions()
+
+
 def _distribution_of(module: str) -> str | None:
-    dists = metadata.packages_distributions().get(module.split(".")[0])
+    dists = _packages_distributions(tuple(sys.path)).get(module.split(".")[0])
     return dists[0] if dists else None
 
 

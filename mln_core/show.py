@@ -74,7 +74,8 @@ def project_to_dict(p: Project, explain: bool = False) -> dict:
 
 
 def render_text(data: dict, explain: bool = False) -> str:
-    out = [f"project {data['project']}: {len(data['hosts'])} hosts, {len(data['switches'])} switches"]
+    nh, ns = len(data["hosts"]), len(data["switches"])
+    out = [f"project {data['project']}: {nh} host{'s' * (nh != 1)}, {ns} switch{'es' * (ns != 1)}"]
     for name, s in data["switches"].items():
         where = f" on {s['service_host']}" if s.get("service_host") else ""
         out.append(f"switch {name}{where}: {' '.join(s['members']) or '(no members)'}")

@@ -24,10 +24,12 @@ does not set.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from mln_core import hookimpl
 from mln_core.lang.variables import unescape
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")  # the parser's rule for host names
 GROUPS = ("autoenum",) + tuple(f"autoenum{i}" for i in range(6))
 KEYWORDS = {
     "superclass": "superclass every generated host inherits from",
@@ -65,7 +67,7 @@ def _value(doc, block, key):
     line = block.line(key)
     if line is None:
         return None, None
-    return unescape(doc.resolve_global(line.value)), line
+    return unescape(doc.resolve_global(line.value, line.pos)), line
 
 
 def _expand(doc, block) -> None:
@@ -81,8 +83,12 @@ def _expand(doc, block) -> None:
         return
     count = int(text)
     numhosts_pos = line.pos
-    prefix, _ = _value(doc, block, "hostprefix")
+    prefix, prefix_line = _value(doc, block, "hostprefix")
     prefix = prefix if prefix not in (None, "", "1") else "node"
+    if not _HOST_NAME.match(f"{prefix}1"):
+        problems.error(f"{block.kind}: bad hostprefix '{prefix}': host names are letters, digits, "
+                       "'-' and '_' (starting with a letter or digit)", prefix_line.pos)
+        return
     width = len(str(count))
     superclass, sc_line = _value(doc, block, "superclass")
     if superclass is not None and superclass not in doc.superclasses():

@@ -36,6 +36,9 @@ class Document:
         self.root = root
         self.files = files
         self.problems = problems
+        #: (severity, message, where) of the variable problems already reported, so that a
+        #: line resolved more than once (by a plugin and for the global block) warns once.
+        self.reported: set = set()
 
     @property
     def global_block(self) -> Block | None:
@@ -50,10 +53,11 @@ class Document:
     def superclasses(self) -> dict[str, Block]:
         return self.root.named("superclass")
 
-    def resolve_global(self, text: str) -> str:
-        """``text`` with variables resolved in the global scope (for project-level plugins)."""
+    def resolve_global(self, text: str, pos: Pos | None = None) -> str:
+        """``text`` with variables resolved in the global scope (for project-level plugins);
+        ``pos``, where the text stands, is where an undefined variable is reported."""
         from .variables import Resolver
-        return Resolver(self).resolve_in_scopes(text, [self._global_vars()], {})
+        return Resolver(self).resolve_in_scopes(text, [self._global_vars()], {}, pos)
 
     def _global_vars(self):
         g = self.global_block
@@ -124,7 +128,7 @@ def _slow_split(text: str, lineno: int, start_col: int, filename: str, out: list
                 out.append(("include", [text[i + 8:].strip()], Pos(filename, lineno, start_col + i)))
                 return False
             break
-        if c in " \t\r\f\v":
+        if c.isspace():
             flush_word()
         elif c == ";":
             flush_item("line", start_col + i)
@@ -156,12 +160,16 @@ def tokenize(text: str, filename: str) -> list:
             pending = None
             sub: list = []
             cont = _slow_split(raw, lineno, 1, filename, sub)
-            if sub and sub[0][0] == "line":
+            if not prev_words:
+                pass  # the continued line ended in '{', '}' or ';': nothing to join
+            elif sub and sub[0][0] == "line":
                 sub[0] = ("line", prev_words + sub[0][1], prev_pos)
             elif sub and sub[0][0] == "open":
                 sub[0] = ("open", prev_words + sub[0][1], prev_pos)
             elif sub and sub[0][0] == "cont":
                 sub[0] = ("cont", prev_words + sub[0][1], prev_pos)
+            elif cont and not sub:
+                sub.append(("cont", prev_words, prev_pos))  # a line of only a backslash
             else:
                 sub.insert(0, ("line", prev_words, prev_pos))
             raw_items = sub

@@ -26,7 +26,7 @@ class Resolver:
     def __init__(self, doc, report: bool = True):
         self.doc = doc
         self.report = report
-        self._seen: set = set()
+        self._seen: set = doc.reported
 
     def resolve_in_scopes(self, text: str, scopes: list, builtins: dict, pos: Pos | None = None,
                           _depth: int = 0) -> str:
