@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError
@@ -25,9 +26,39 @@ OTHER_STORAGE = ("lvm", "iscsi")
 EXT_MAGIC_OFFSET = 1080
 
 
+_BASE_LOCK = threading.Lock()
+
+
 @hookimpl
 def mln_register_keywords(registry):
     registry.keyword("host", "filepath", "keep the disk at DIR/<host>.<project> (e.g. a shared mount)")
+    registry.keyword("host", "cow_filesystem", "UML: share the base image images/BASE; each host keeps only "
+                                               "its own changes in a copy-on-write file")
+    registry.keyword("host", "cow", "alias of cow_filesystem")
+
+
+def _cow_base(host, template, size: int, ctx) -> str | None:
+    """For ``cow_filesystem BASE`` (UML): make the shared base once; its path, relative."""
+    base = host.tree.get("cow_filesystem") or host.tree.get("cow")
+    if base is None:
+        return None
+    if host.hypervisor != "uml":
+        raise MlnError("cow_filesystem is for UML hosts (QEMU hosts get qcow2 overlays anyway)")
+    if "/" in base or base.startswith("."):
+        raise MlnError(f"cow_filesystem takes a plain name, not '{base}'")
+    rel = os.path.join("images", base)
+    with _BASE_LOCK:
+        made = ctx.state.setdefault("cow_bases", {})
+        if base in made:
+            if made[base] != [template.name, size]:
+                raise MlnError(f"cow_filesystem {base}: every host sharing it needs the same template and "
+                               f"size ({made[base][0]}, {format_size(made[base][1])})")
+            return rel
+        _sparse_copy(template.path, ctx.path(rel))
+        if size > imagefs.image_size(template.path) and _is_ext(template.path):
+            imagefs.grow_image(ctx.path(rel), size)
+        made[base] = [template.name, size]
+    return rel
 
 
 def _is_ext(path: str) -> bool:
@@ -88,12 +119,18 @@ def mln_create_disk(host, ctx):
                     subprocess.run(["qemu-img", "resize", "-q", path, str(size)], check=True,
                                    capture_output=True)
         else:
-            _sparse_copy(template.path, path)
-            if size > template_size and ext:
-                imagefs.grow_image(path, size)
+            base = _cow_base(host, template, size, ctx)
+            if base is not None:
+                _sparse_copy(ctx.path(base), path)   # individualized, then made a COW file
+            else:
+                _sparse_copy(template.path, path)
+                if size > template_size and ext:
+                    imagefs.grow_image(path, size)
     except (imagefs.ImageError, subprocess.CalledProcessError) as e:
         raise MlnError(f"making {path} from template {template.path}: {e}") from None
     extra = {"template": template.name}
+    if fmt == "raw" and (host.tree.get("cow_filesystem") or host.tree.get("cow")):
+        extra["cow_base"] = os.path.join("images", host.tree.get("cow_filesystem") or host.tree.get("cow"))
     if host.swap:
         swap_rel = os.path.join("images", f"swap_{host.name}")
         swap = ctx.path(swap_rel)
@@ -103,6 +140,8 @@ def mln_create_disk(host, ctx):
         if r.returncode != 0:
             raise MlnError(f"mkswap {swap}: {r.stderr.strip()}")
         extra["swap"] = swap_rel
+    if os.path.isabs(record):   # outside the project: remember which file is ours
+        extra["inode"] = os.stat(path).st_ino
     return Disk(path=record, format=fmt, kind="file", size=size, extra=extra)
 
 
@@ -129,9 +168,10 @@ def mln_open_image(host, disk, ctx):
 
 @hookimpl
 def mln_remove_host(host, ctx):
-    filepath = host.tree.get("filepath") if host.tree is not None else None
-    if filepath:
-        for suffix in ("", ".qcow2"):
-            path = os.path.join(filepath, f"{host.fqname}{suffix}")
-            if os.path.isfile(path):
-                os.unlink(path)
+    """Delete a ``filepath`` disk, but only the very file this project's build made (a
+    rebuild has already put a new file there, which is not ours to delete)."""
+    disk = ctx.host_state(host).get("disk") or {}
+    path = disk.get("path", "")
+    if disk.get("kind") == "file" and os.path.isabs(path) and os.path.isfile(path):
+        if os.stat(path).st_ino == disk.get("extra", {}).get("inode"):
+            os.unlink(path)

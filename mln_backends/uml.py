@@ -19,6 +19,7 @@ from mln_core import hookimpl
 from mln_core.errors import MlnError
 from mln_core.lifecycle import disk_of
 
+from .umlcow import write_cow
 from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
 
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
@@ -59,7 +60,19 @@ def mln_build_host(host, disk, ctx):
         return None
     if disk.format != "raw":
         raise MlnError(f"UML boots raw disks, not {disk.format}")
-    return {"kernel": _kernel(host, ctx), "memory_mb": max(16, host.memory // 2**20)}
+    data = {"kernel": _kernel(host, ctx), "memory_mb": max(16, host.memory // 2**20)}
+    base = disk.extra.get("cow_base")
+    if base:
+        # the individualized copy becomes a COW file over the shared base; the header
+        # names the base where it will be once the build is renamed into place
+        final_base = os.path.join(ctx.store.project_dir(host.project), base)
+        cow_rel = os.path.join("images", f"{host.name}.cow")
+        raw = ctx.path(disk.path)
+        stored = write_cow(raw, ctx.path(base), ctx.path(cow_rel), backing_name=final_base)
+        os.unlink(raw)
+        ctx.debug(f"host {host.name}: {stored} sectors in its COW file over {base}")
+        data["cow"] = cow_rel
+    return data
 
 
 def _paths(host, ctx, create=False):
@@ -74,7 +87,10 @@ def command_line(host, ctx) -> list[str]:
     disk = disk_of(ctx, host)
     d, umid, _ = _paths(host, ctx)
     kernel = backend.get("kernel") or _kernel(host, ctx)
-    argv = [kernel, f"ubd0={disk.path}"]
+    if backend.get("cow"):
+        argv = [kernel, f"ubd0={ctx.path(backend['cow'])},{ctx.path(disk.extra['cow_base'])}"]
+    else:
+        argv = [kernel, f"ubd0={disk.path}"]
     if disk.extra.get("swap"):
         argv.append(f"ubd1={ctx.path(disk.extra['swap'])}")
     for n, m in enumerate(host.mounts):

@@ -145,3 +145,40 @@ def test_kill_9_during_build_then_rebuild(mln_env):
     assert mln_env.fuse_mounts() == []
     assert [x for x in mln_env.processes() if "qemu-storage-daemon" in x] == []
     assert len(list((mln_env.projects / "killme" / "images").glob("*.qcow2"))) == 24
+
+
+def test_uml_copy_on_write_over_a_shared_base(mln_env):
+    text = mln_env.quickstart("uml", project="cow").read_text().replace(
+        "    template busybox.ext4", "    template busybox.ext4\n    cow_filesystem shared")
+    path = mln_env.write("cow.mln", text)
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    images = mln_env.projects / "cow" / "images"
+    assert sorted(p.name for p in images.iterdir()) == ["alpha.cow", "beta.cow", "shared"]
+    # each COW file holds only what makes its host itself
+    assert all((images / f"{h}.cow").stat().st_blocks * 512 < 1024 * 1024 for h in ("alpha", "beta"))
+    base_before = (images / "shared").read_bytes()
+    r = mln_env.mln("start", "-p", "cow")
+    assert r.returncode == 0, r.output
+    cmdline = (mln_env.projects / "cow" / "hosts" / "alpha" / "cmdline").read_text()
+    assert f"ubd0={images}/alpha.cow,{images}/shared" in cmdline
+    _check_quickstart_consoles(mln_env, "cow")
+    assert mln_env.mln("stop", "-p", "cow").returncode == 0
+    assert (images / "shared").read_bytes() == base_before    # the guests wrote only to their COW files
+
+
+def test_filepath_disks_survive_a_rebuild(mln_env, tmp_path):
+    store = tmp_path / "shared-storage"
+    store.mkdir()
+    text = mln_env.quickstart("uml", project="fp").read_text().replace(
+        "    template busybox.ext4", f"    template busybox.ext4\n    filepath {store}")
+    path = mln_env.write("fp.mln", text)
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    assert sorted(p.name for p in store.iterdir()) == ["alpha.fp", "beta.fp"]
+    r = mln_env.mln("build", "-f", str(path), "-r")
+    assert r.returncode == 0, r.output
+    assert sorted(p.name for p in store.iterdir()) == ["alpha.fp", "beta.fp"]
+    assert mln_env.mln("start", "-p", "fp").returncode == 0
+    _check_quickstart_consoles(mln_env, "fp")
+    assert mln_env.mln("stop", "-p", "fp").returncode == 0
+    assert mln_env.mln("remove", "-f", "-p", "fp").returncode == 0
+    assert list(store.iterdir()) == []
