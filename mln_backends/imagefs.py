@@ -7,7 +7,7 @@
 * :func:`raw_view` exports a qcow2 image as a raw file through a ``qemu-storage-daemon``
   FUSE export, so that :class:`Ext4Image` (and resize2fs/e2fsck) can work on it;
   :func:`open_image` opens either kind of image as a GuestFS.
-* :func:`detect_family` guesses the guest's distribution family from marker files.
+* :func:`is_ext_filesystem` tells whether a raw image holds an ext2/3/4 filesystem.
 
 How :class:`Ext4Image` works
 ----------------------------
@@ -59,7 +59,7 @@ __all__ = [
     "grow_qcow2",
     "raw_view",
     "open_image",
-    "detect_family",
+    "is_ext_filesystem",
     "is_qcow2",
 ]
 
@@ -994,24 +994,9 @@ def open_image(path: str | os.PathLike, on_helper=None) -> Ext4Image:
 
 
 # --------------------------------------------------------------------------------------
-# guest family
+# what kind of image
 
-try:  # the core defines the marker list; keep a copy in case it is not there
-    from mln_core.guest import FAMILY_MARKERS as _FAMILY_MARKERS
-except ImportError:  # pragma: no cover
-    _FAMILY_MARKERS = (
-        ("/bin/busybox", "busybox"),
-        ("/etc/network/interfaces", "debian"),
-        ("/etc/sysconfig/network-scripts", "redhat"),
-        ("/boot.ini", "windows"),
-        ("/etc/suseRegister.conf", "suse"),
-    )
-
-
-def detect_family(fs: GuestFS) -> str | None:
-    """Guess the guest's family from marker files; later markers in the list win."""
-    family = None
-    for path, fam in _FAMILY_MARKERS:
-        if fs.exists(path):
-            family = fam
-    return family
+def is_ext_filesystem(path: str | os.PathLike) -> bool:
+    """True if ``path`` (a raw image or device) starts with an ext2/3/4 filesystem."""
+    head = _read_head(str(path), 2048)
+    return len(head) >= 2048 and int.from_bytes(head[1024 + 56:1024 + 58], "little") == _EXT_MAGIC

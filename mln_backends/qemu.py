@@ -26,11 +26,11 @@ from mln_core import hookimpl
 from mln_core.errors import MlnError
 from mln_core.lifecycle import disk_of
 
+from . import imagefs
 from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
 
 NAME = "qemu"
 QEMU = "qemu-system-x86_64"
-EXT_MAGIC_OFFSET = 1080
 
 
 @hookimpl
@@ -79,15 +79,6 @@ def _accel(host, ctx) -> str:
     return want
 
 
-def _is_filesystem(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(EXT_MAGIC_OFFSET)
-            return f.read(2) == b"\x53\xef"
-    except OSError:
-        return False
-
-
 @hookimpl
 def mln_build_host(host, disk, ctx):
     if not _mine(host):
@@ -97,7 +88,7 @@ def mln_build_host(host, disk, ctx):
     template = ctx.templates.resolve(host.template, f"host {host.name}")
     kernel = host.kernel or template.kernel or ctx.config.get("qemu_kernel")
     initrd = host.ramdisk or (template.initrd if not host.kernel else None) or ctx.config.get("qemu_initrd")
-    if kernel is None and _is_filesystem(template.path):
+    if kernel is None and imagefs.is_ext_filesystem(template.path):
         raise MlnError(f"missing kernel: template {template.name} is a bare filesystem, so the guest needs a "
                        "kernel to boot; register the template with --kernel/--initrd, or set 'kernel PATH'")
     for path, what in ((kernel, "kernel"), (initrd, "initrd")):

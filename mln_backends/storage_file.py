@@ -23,7 +23,6 @@ from mln_core.model import Disk, format_size
 from . import imagefs
 
 OTHER_STORAGE = ("lvm", "iscsi")
-EXT_MAGIC_OFFSET = 1080
 
 
 _BASE_LOCK = threading.Lock()
@@ -55,19 +54,10 @@ def _cow_base(host, template, size: int, ctx) -> str | None:
                                f"size ({made[base][0]}, {format_size(made[base][1])})")
             return rel
         _sparse_copy(template.path, ctx.path(rel))
-        if size > imagefs.image_size(template.path) and _is_ext(template.path):
+        if size > imagefs.image_size(template.path) and imagefs.is_ext_filesystem(template.path):
             imagefs.grow_image(ctx.path(rel), size)
         made[base] = [template.name, size]
     return rel
-
-
-def _is_ext(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(EXT_MAGIC_OFFSET)
-            return f.read(2) == b"\x53\xef"
-    except OSError:
-        return False
 
 
 def _wanted_size(host, template_size: int, ctx) -> int:
@@ -106,7 +96,7 @@ def mln_create_disk(host, ctx):
         raise MlnError(f"template {host.template} is a qcow2 image, which {host.hypervisor} cannot boot")
     path, record = _disk_paths(host, ctx, fmt)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ext = _is_ext(template.path)
+    ext = imagefs.is_ext_filesystem(template.path)
     template_size = imagefs.image_size(template.path)
     size = _wanted_size(host, template_size, ctx)
     try:
@@ -158,7 +148,7 @@ def mln_open_image(host, disk, ctx):
     if disk.kind != "file":
         return None
     path = disk.path if os.path.isabs(disk.path) else ctx.path(disk.path)
-    if not _is_ext(path) and not imagefs.is_qcow2(path):
+    if not imagefs.is_ext_filesystem(path) and not imagefs.is_qcow2(path):
         return None
     try:
         return imagefs.open_image(path, on_helper=getattr(ctx, "record_helper", None))

@@ -52,7 +52,8 @@ from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
 
 from . import imagefs
-from .storage_file import _is_ext, _wanted_size
+from .imagefs import is_ext_filesystem as _is_ext
+from .storage_file import _wanted_size
 
 DEFAULT_VG = "mln-images"
 LOCK_FILE = "/run/lock/mln-lvm.lock"

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
+from mln_core.guest import detect_family
 from mln_backends.imagefs import (
     Ext4Image,
     ImageError,
     create_overlay,
-    detect_family,
     grow_image,
     grow_qcow2,
     image_size,
