@@ -100,7 +100,6 @@ class KeywordRegistry:
             kw = line.words[0]
             if kw.startswith("$") or self.lookup(ctx, kw) is not None:
                 continue
-            spec = self.lookup(ctx, kw)
             self._unknown("keyword", kw, ctx, line, problems, where)
         for key, child in block.blocks.items():
             if child.container:
