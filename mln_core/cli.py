@@ -367,7 +367,7 @@ def plugins(click_ctx, fmt):
     pm = click_ctx.find_root().obj["pm"]
     infos = [pm.infos[n] for n in pm.plugin_names()]
     if fmt == "json":
-        click.echo(json.dumps({"plugins": [vars(i) for i in infos],
+        click.echo(json.dumps({"plugins": [i.as_dict() for i in infos],
                                "failed": [{"name": n, "reason": r} for n, r in pm.failures],
                                "disabled": sorted(pm.disabled)}, indent=2))
         return

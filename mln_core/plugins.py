@@ -31,9 +31,21 @@ from . import hookimpl  # noqa: E402,F401  (re-exported)
 class PluginInfo:
     name: str
     module: str
-    distribution: str | None
-    version: str | None
     hooks: list[str] = field(default_factory=list)
+
+    @property
+    def distribution(self) -> str | None:
+        """The installed package the plugin comes from (looked up only when asked: it is slow)."""
+        return _distribution_of(self.module)
+
+    @property
+    def version(self) -> str | None:
+        dist = self.distribution
+        return metadata.version(dist) if dist else None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "module": self.module, "distribution": self.distribution,
+                "version": self.version, "hooks": self.hooks}
 
 
 class PluginManager(pluggy.PluginManager):
@@ -79,12 +91,9 @@ class PluginManager(pluggy.PluginManager):
             self.failures.append((name, str(e)))
             return False
         module = getattr(plugin, "__name__", type(plugin).__module__)
-        dist = _distribution_of(module)
         self.infos[name] = PluginInfo(
             name=name,
             module=module,
-            distribution=dist,
-            version=metadata.version(dist) if dist else None,
             hooks=sorted(h.name for h in self.get_hookcallers(plugin) or []),
         )
         self._keywords = None
