@@ -53,8 +53,10 @@ def _mine(host) -> bool:
 def mln_guest_devices(host, ctx):
     if not _mine(host):
         return None
+    first = "c" if host.swap else "b"   # drives are numbered in order: root, swap, mounts
+    disks = [m for m in host.mounts if m.fstype != "hostfs"]
     return {"root": "/dev/vda", "swap": "/dev/vdb",
-            "extra": [f"/dev/vd{chr(ord('c') + n)}" for n in range(len(host.mounts))],
+            "extra": [f"/dev/vd{chr(ord(first) + n)}" for n in range(len(disks))],
             "console": "ttyS0"}
 
 

@@ -126,7 +126,9 @@ def mln_build_host(host, disk, ctx):
     """Write the hypervisor configuration of a host (command line, Xen cfg, .vmx...).
 
     Called after the image is configured. The backend for ``host.hypervisor`` writes its
-    files under ``ctx.project_dir`` and returns True; others return None.
+    files under ``ctx.project_dir`` and returns True, or a dict of what its start needs,
+    kept as ``ctx.host_state(host)["backend"]``; others return None. A backend that turns
+    the disk into another format (VMware's VMDK) replaces ``ctx.host_state(host)["disk"]``.
     """
 
 

@@ -226,6 +226,11 @@ class Engine:
                 self.hook.mln_remove_host(host=host, ctx=self.ctx)
             except Exception as e:  # cleanup must not hide the original error
                 self.ctx.log(f"warning: cleaning up host {host.name}: {e}")
+        for switch in project.switches.values():
+            try:
+                self.hook.mln_remove_switch(switch=switch, ctx=self.ctx)
+            except Exception as e:
+                self.ctx.log(f"warning: cleaning up switch {switch.name}: {e}")
         shutil.rmtree(staging, ignore_errors=True)
 
     def _write_hook_scripts(self, project: Project, pdir: str) -> None:

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""fake_vmrun: a stand-in for VMware's ``vmrun``, because VMware cannot run on the test machine.
+
+The tests put it first on PATH under the name ``vmrun``. It understands just what mln
+calls: ``vmrun -T TYPE start VMX [gui|nogui]``, ``vmrun -T TYPE stop VMX [soft|hard]``
+and ``vmrun -T TYPE list``, answering like the real one (``Total running VMs: N`` and
+one .vmx path per line; ``Error: ...`` and exit 255 on failure).
+
+State lives in the directory named by ``FAKE_VMRUN_DIR``: ``running`` (one .vmx path per
+line: the "powered on" VMs) and ``calls.jsonl`` (every argv, one JSON list per line).
+With ``FAKE_VMRUN_NO_TOOLS=1`` a soft stop fails as it does when the guest has no
+VMware Tools.
+"""
+import json
+import os
+import sys
+
+
+def main(argv: list[str]) -> int:
+    state = os.environ["FAKE_VMRUN_DIR"]
+    with open(os.path.join(state, "calls.jsonl"), "a") as f:
+        f.write(json.dumps(argv) + "\n")
+    running_file = os.path.join(state, "running")
+    try:
+        with open(running_file) as f:
+            running = [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        running = []
+    args = list(argv)
+    if args[:1] == ["-T"]:
+        if len(args) < 2 or args[1] not in ("ws", "player", "fusion", "server", "server1", "esx", "vc"):
+            print("Error: Unrecognized host type")
+            return 255
+        args = args[2:]
+    if not args:
+        print("vmrun: no command")
+        return 255
+    cmd, rest = args[0], args[1:]
+    if cmd == "list":
+        print(f"Total running VMs: {len(running)}")
+        for vmx in running:
+            print(vmx)
+        return 0
+    if cmd in ("start", "stop") and not rest:
+        print(f"Error: Invalid arguments to {cmd}")
+        return 255
+    if cmd == "start":
+        vmx = rest[0]
+        if not os.path.isfile(vmx):
+            print(f"Error: Cannot open VM: {vmx}, The virtual machine cannot be found")
+            return 255
+        if vmx in running:
+            print("Error: The virtual machine is already powered on")
+            return 255
+        running.append(vmx)
+    elif cmd == "stop":
+        vmx, mode = rest[0], (rest[1] if len(rest) > 1 else "soft")
+        if vmx not in running:
+            print("Error: The virtual machine is not powered on: " + vmx)
+            return 255
+        if mode == "soft" and os.environ.get("FAKE_VMRUN_NO_TOOLS") == "1":
+            print("Error: The VMware Tools are not running in the virtual machine: " + vmx)
+            return 255
+        running.remove(vmx)
+    else:
+        print(f"Error: Unrecognized command: {cmd}")
+        return 255
+    with open(running_file, "w") as f:
+        f.write("".join(v + "\n" for v in running))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
