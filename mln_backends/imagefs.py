@@ -828,8 +828,9 @@ def create_overlay(template: str | os.PathLike, overlay: str | os.PathLike, size
         raise ImageError(f"{overlay}: qemu-img create failed: {_text(r.stdout + r.stderr)}")
 
 
-def grow_qcow2(path: str | os.PathLike, size_bytes: int) -> None:
-    """Grow a qcow2 image (virtual size) and the ext2/3/4 filesystem inside it."""
+def grow_qcow2(path: str | os.PathLike, size_bytes: int, on_helper=None) -> None:
+    """Grow a qcow2 image (virtual size) and the ext2/3/4 filesystem inside it.
+    ``on_helper`` is passed to :func:`raw_view`."""
     path = os.fspath(path)
     cur = image_size(path)
     if size_bytes < cur:
@@ -839,7 +840,7 @@ def grow_qcow2(path: str | os.PathLike, size_bytes: int) -> None:
         r = _run(["qemu-img", "resize", "-q", "-f", "qcow2", path, str(size_bytes)])
         if r.returncode != 0:
             raise ImageError(f"{path}: qemu-img resize failed: {_text(r.stdout + r.stderr)}")
-    with raw_view(path) as raw:
+    with raw_view(path, on_helper=on_helper) as raw:
         sb = _superblock(raw)
         if sb.size + sb.block_size <= size_bytes:
             _fsck_and_resize(raw)
@@ -926,8 +927,9 @@ def raw_view(qcow2_path: str | os.PathLike, writable: bool = True, on_helper=Non
     Yields the path of the raw file (in a private temporary directory). On exit the
     daemon is stopped, the FUSE mount is gone and the temporary directory removed, also
     when the body raised. Writes through the view go into the qcow2 image.
-    ``on_helper(pid, mountpoint)``, if given, is called once the daemon runs (so that a
-    caller can record it and stop it should this process die)."""
+    ``on_helper(pidfile, mountpoint)``, if given, is called before the daemon starts, so
+    that a caller can record where to find it and stop it should this process die at any
+    moment (the daemon writes its pid into ``pidfile``)."""
     src = os.path.abspath(os.fspath(qcow2_path))
     if not os.path.exists(src):
         raise ImageError(f"{src}: image not found")
@@ -949,6 +951,8 @@ def raw_view(qcow2_path: str | os.PathLike, writable: bool = True, on_helper=Non
             "--pidfile", pidfile,
             "--daemonize",
         ]
+        if on_helper is not None:
+            on_helper(pidfile, raw)
         started = True
         with open(log, "wb") as logf:
             try:
@@ -961,9 +965,6 @@ def raw_view(qcow2_path: str | os.PathLike, writable: bool = True, on_helper=Non
                 msg = _text(f.read())
             raise ImageError(f"{src}: qemu-storage-daemon could not export the image "
                              f"(rc {r.returncode}): {msg}")
-        if on_helper is not None:
-            with open(pidfile) as f:
-                on_helper(int(f.read().strip()), raw)
         yield raw
     finally:
         problems = _stop_daemon(pidfile, raw) if started else []

@@ -104,7 +104,7 @@ def mln_create_disk(host, ctx):
             imagefs.create_overlay(template.path, path)
             if size > template_size:
                 if ext or imagefs.is_qcow2(template.path):
-                    imagefs.grow_qcow2(path, size)
+                    imagefs.grow_qcow2(path, size, on_helper=getattr(ctx, "record_helper", None))
                 else:
                     subprocess.run(["qemu-img", "resize", "-q", path, str(size)], check=True,
                                    capture_output=True)

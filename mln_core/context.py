@@ -23,7 +23,7 @@ class Context:
     store: object | None = None     # mln_core.store.Store
     templates: object | None = None  # mln_core.templates.TemplateRegistry
     staging: str | None = None      # set while a build writes into its staging directory
-    record_helper: object | None = None  # (pid, mountpoint) -> None: lets a killed build be cleaned up
+    record_helper: object | None = None  # (pidfile, mountpoint) -> None: lets a killed build be cleaned up
 
     @property
     def hook(self):

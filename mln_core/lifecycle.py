@@ -162,7 +162,7 @@ class Engine:
         project = loaded.project
         self._bind(project, staging)
         self.ctx.staging = staging
-        self.ctx.record_helper = lambda pid, mountpoint=None: record_helper(staging, pid, mountpoint)
+        self.ctx.record_helper = lambda pidfile, mountpoint=None: record_helper(staging, pidfile, mountpoint)
         for d in ("images", "hosts", "switches"):
             os.makedirs(os.path.join(staging, d))
         with open(self.store.source_path(project.name, staging), "w") as f:

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 
 from .errors import MlnError
@@ -148,34 +149,53 @@ def _alive(pid: int) -> bool:
     return True
 
 
-HELPERS = "helpers.pids"
+HELPERS = "helpers"
 
 
-def record_helper(staging: str, pid: int, mountpoint: str | None = None) -> None:
-    """Remember a helper process (e.g. a FUSE export) so a later cleanup can stop it."""
+def record_helper(staging: str, pidfile: str, mountpoint: str | None = None) -> None:
+    """Remember a helper process (e.g. a FUSE export) before it starts: where it will
+    write its pid, and what it mounts, so that a later cleanup can stop it."""
     with open(os.path.join(staging, HELPERS), "a") as f:
-        f.write(f"{pid} {mountpoint or '-'}\n")
+        f.write(f"{pidfile}\t{mountpoint or '-'}\n")
 
 
 def kill_recorded_helpers(staging: str) -> None:
+    """Stop the recorded helpers of a dead build, unmount what they mounted, remove their
+    temporary directories. A pid is signalled only if that process names its pidfile."""
     try:
         with open(os.path.join(staging, HELPERS)) as f:
-            entries = [line.split() for line in f if line.strip()]
+            entries = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     except FileNotFoundError:
         return
-    for pid_text, mnt in entries:
-        pid = int(pid_text)
-        if _alive(pid):
+    for pidfile, mnt in entries:
+        pid = _pid_from(pidfile)
+        if pid is not None:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            for _ in range(50):
-                if not _alive(pid):
+            for _ in range(100):
+                if not _alive(pid) or _pid_from(pidfile) is None:
                     break
                 time.sleep(0.05)
         if mnt != "-" and _is_mounted(mnt):
-            os.system(f"umount -l '{mnt}' 2>/dev/null || fusermount3 -u '{mnt}' 2>/dev/null")
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+        tmp = os.path.dirname(pidfile)
+        if os.path.basename(tmp).startswith("mln-") and not (mnt != "-" and _is_mounted(mnt)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_from(pidfile: str) -> int | None:
+    """The pid in ``pidfile`` if that process is alive and was started with that pidfile."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if pidfile.encode() not in f.read():
+                return None
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
 
 
 def _is_mounted(path: str) -> bool:

@@ -121,7 +121,7 @@ class MlnEnv:
                 state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 continue
-            if state != "Z" and any(m in cmd for m in marks) and "pytest" not in cmd:
+            if state != "Z" and any(m in cmd for m in marks) and int(pid) not in _ancestors():
                 found.append(f"{pid} {cmd.strip()}")
         return found
 
@@ -137,8 +137,12 @@ class MlnEnv:
         return out
 
     def fuse_mounts(self) -> list[str]:
+        """FUSE exports of this environment's images (their mount points are elsewhere)."""
+        mine = {line.split("\t")[1].strip() for f in self.projects.glob(".*.build-*/helpers")
+                for line in f.read_text().splitlines() if "\t" in line}
         with open("/proc/mounts") as f:
-            return [line for line in f if "fuse" in line.split()[2] and str(self.root) in line]
+            return [line for line in f if "fuse" in line.split()[2] and
+                    (str(self.root) in line or line.split()[1] in mine)]
 
     def cleanup(self) -> list[str]:
         """Stop and remove every project; return what was still left afterwards."""
@@ -156,6 +160,18 @@ class MlnEnv:
         for d in self.runtime_dirs():
             shutil.rmtree(d, ignore_errors=True)
         return left
+
+
+def _ancestors() -> set[int]:
+    """This process and its parents (pytest itself must not count as a leftover)."""
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            break
+    return out
 
 
 def _net_devices() -> set[str]:

@@ -615,10 +615,11 @@ def test_create_overlay_and_edit_through_raw_view(img, work, qemu_tools):
     assert not os.path.exists(os.path.dirname(raw))
 
     helpers = []
-    with open_image(ov, on_helper=lambda pid, mnt: helpers.append((pid, mnt))) as fs:  # reopen
+    with open_image(ov, on_helper=lambda pidfile, mnt: helpers.append((pidfile, mnt))) as fs:  # reopen
         assert fs.read("/etc/hostname") == b"vm1\n"  # the change is in the overlay
         assert len(helpers) == 1 and helpers[0][1] == fs.path and helpers[0][1] in fuse_mounts()
-        assert our_qsd_processes(os.path.dirname(fs.path)) == [helpers[0][0]]
+        with open(helpers[0][0]) as f:   # the recorded pidfile names the running daemon
+            assert our_qsd_processes(os.path.dirname(fs.path)) == [int(f.read())]
         assert fs.is_dir("/root/.ssh")
         fs.write("/etc/motd", b"hello\n")
     with open_image(ov) as fs:

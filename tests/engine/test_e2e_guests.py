@@ -129,12 +129,13 @@ def test_kill_9_during_build_then_rebuild(mln_env):
     p = mln_env.popen("build", "-f", str(path), "-j", "2")
     staging = mln_env.projects / f".killme.build-{p.pid}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((staging / "images").glob("*.qcow2")):
-        time.sleep(0.02)
-    assert staging.exists(), "the build did not get to the disk step"
-    time.sleep(0.3)
+    # kill it while a qemu-storage-daemon FUSE export (to grow a disk) is running
+    while time.monotonic() < deadline and not [x for x in mln_env.processes() if "qemu-storage-daemon" in x]:
+        time.sleep(0.01)
+    assert (staging / "helpers").exists(), "the build did not get to the disk step"
     p.send_signal(signal.SIGKILL)
     p.wait()
+    assert [x for x in mln_env.processes() if "qemu-storage-daemon" in x], "nothing was left running"
     assert not (mln_env.projects / "killme").exists()
 
     r = mln_env.mln("build", "-f", str(path), "-r")
