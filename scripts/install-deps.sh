@@ -9,6 +9,7 @@ apt_packages=(
   qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2
   e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
   iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client
+  xen-utils-4.17
 )
 missing=()
 for p in "${apt_packages[@]}"; do
