@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""fake_xl: a FAKE ``xl`` for the tests of the Xen backend (Xen cannot run on test machines).
+
+It is not Xen. The tests put an executable named ``xl`` that runs this script first on
+PATH; it imitates the few ``xl`` commands mln uses, well enough to test the command runner:
+
+* every call is appended to ``$FAKE_XL_LOG`` as one JSON line ``{"argv": [...], "cwd": ...}``;
+* the domains that "exist" are kept in the JSON file ``$FAKE_XL_STATE`` (name -> state letters);
+* ``create CFG`` reads ``name = "..."`` from CFG (relative to the current directory, as xl
+  does) and makes that domain exist (``-b----``); it fails if the domain exists already;
+* ``list NAME`` prints xl's table and exits 0 if NAME exists, else prints xl's error and
+  exits 1; ``list`` alone lists every domain;
+* ``shutdown [-F] NAME`` / ``destroy NAME`` remove the domain (as if it stopped at once);
+  with ``$FAKE_XL_SLOW_SHUTDOWN`` set, ``shutdown`` only marks it ``--s---`` (shutting down);
+* ``save NAME FILE`` writes FILE (holding the name) and removes the domain;
+  ``restore [CFG] FILE`` brings the domain of FILE back.
+
+Tests change ``$FAKE_XL_STATE`` directly to imitate a domain that crashed or stopped.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def _save(path: str, state: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def _no_domain(name: str) -> int:
+    print(f"{name} is an invalid domain identifier (rc=-6)", file=sys.stderr)
+    return 1
+
+
+def _table(domains: dict) -> None:
+    print(f"{'Name':<40}{'ID':>5}{'Mem':>6}{'VCPUs':>6}\t{'State':<8}Time(s)")
+    for n, (name, st) in enumerate(sorted(domains.items()), 1):
+        print(f"{name:<40}{n:>5}{128:>6}{1:>6}\t{st:<8}{1.5:>7}")
+
+
+def main(argv: list[str]) -> int:
+    # mln starts hosts in parallel: one call at a time, like xl's own lock
+    with open(os.environ["FAKE_XL_STATE"] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
+    log, state_file = os.environ["FAKE_XL_LOG"], os.environ["FAKE_XL_STATE"]
+    with open(log, "a") as f:
+        f.write(json.dumps({"argv": argv, "cwd": os.getcwd()}) + "\n")
+    state = _load(state_file)
+    if not argv:
+        print("Usage xl [-vfNtT] <subcommand> [args]", file=sys.stderr)
+        return 1
+    cmd, args = argv[0], [a for a in argv[1:] if not a.startswith("-")]
+    if cmd == "create":
+        if not args or not os.path.isfile(args[0]):
+            print(f"Failed to read config file: {args[0] if args else ''}: No such file or directory",
+                  file=sys.stderr)
+            return 1
+        with open(args[0]) as f:
+            m = re.search(r'^name\s*=\s*"([^"]+)"', f.read(), re.M)
+        if not m:
+            print("Domain name must be specified.", file=sys.stderr)
+            return 1
+        if m.group(1) in state:
+            print(f"domain with name {m.group(1)} already exists", file=sys.stderr)
+            return 1
+        state[m.group(1)] = "-b----"
+    elif cmd == "list":
+        if not args:
+            _table(state)
+            return 0
+        if args[0] not in state:
+            return _no_domain(args[0])
+        _table({args[0]: state[args[0]]})
+        return 0
+    elif cmd in ("shutdown", "destroy"):
+        if not args or args[0] not in state:
+            return _no_domain(args[0] if args else "")
+        if cmd == "shutdown" and os.environ.get("FAKE_XL_SLOW_SHUTDOWN"):
+            state[args[0]] = "--s---"
+        else:
+            del state[args[0]]
+    elif cmd == "save":
+        if len(args) < 2 or args[0] not in state:
+            return _no_domain(args[0] if args else "")
+        with open(args[1], "w") as f:
+            f.write(args[0] + "\n")
+        del state[args[0]]
+    elif cmd == "restore":
+        with open(args[-1]) as f:
+            state[f.read().strip()] = "-b----"
+    else:
+        print(f"fake_xl: '{cmd}' is not imitated", file=sys.stderr)
+        return 2
+    _save(state_file, state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
