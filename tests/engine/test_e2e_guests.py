@@ -183,3 +183,31 @@ def test_filepath_disks_survive_a_rebuild(mln_env, tmp_path):
     assert mln_env.mln("stop", "-p", "fp").returncode == 0
     assert mln_env.mln("remove", "-f", "-p", "fp").returncode == 0
     assert list(store.iterdir()) == []
+
+
+def test_simple_network_example_runs_with_the_defaults(mln_env):
+    """The spec's smallest project: no hypervisor, template or size given."""
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "core" / "examples" / "simple_network.mln"
+    path = mln_env.write("simple_network.mln", example.read_text())
+    r = mln_env.mln("build", "-f", str(path))
+    assert r.returncode == 0, r.output
+    assert "2 hosts (uml), 1 switch" in r.stderr
+    assert mln_env.mln("start", "-p", "simple_network").returncode == 0
+    r = mln_env.mln("status", "-p", "simple_network")
+    assert r.returncode == 0 and r.stdout.count(" up") == 3
+    # the guests booted far enough for UML's mconsole to answer with their own names
+    import subprocess
+    from mln_backends.runtime import runtime_dir
+    from types import SimpleNamespace
+    for host in ("starfish", "catfish"):
+        ctx = SimpleNamespace(project_dir=str(mln_env.projects / "simple_network"))
+        sock = f"{runtime_dir(ctx, 'uml', host)}/{host}.simple_network/mconsole"
+        out = ""
+        for _ in range(60):
+            out = subprocess.run(["uml_mconsole", sock, "version"], capture_output=True, text=True).stdout
+            if out.startswith("OK") and f" {host} " in out:   # rcS has set the hostname
+                break
+            time.sleep(0.5)
+        assert out.startswith("OK") and f" {host} " in out, out
+    assert mln_env.mln("stop", "-p", "simple_network").returncode == 0
