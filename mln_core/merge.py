@@ -81,6 +81,8 @@ class Resolved:
         self.project = project
         self._merged: dict[tuple[str, str], Block] = {}
         self._resolved: dict[tuple[str, str], Block] = {}
+        self._chains: dict[tuple[str, str], list[Block]] = {}
+        self._parents: dict[int, str | None] = {}
 
     def _raw_global_scalar(self, key: str) -> str | None:
         g = self.doc.global_block
@@ -92,24 +94,36 @@ class Resolved:
 
     # -- superclass chains ---------------------------------------------------------------
     def parent_name(self, block: Block) -> str | None:
+        key = id(block)
+        if key in self._parents:
+            return self._parents[key]
         line = block.line("superclass")
-        if line is None:
-            return None
-        return self.resolver.resolve_in_scopes(line.value, [block.vars, self.global_vars], {},
-                                               line.pos).replace(ESC_DOLLAR, "$")
+        name = None if line is None else self.resolver.resolve_in_scopes(
+            line.value, [block.vars, self.global_vars], {}, line.pos).replace(ESC_DOLLAR, "$")
+        self._parents[key] = name
+        return name
 
     def chain(self, kind: str, name: str) -> list[Block]:
         """[the block, its superclass, that one's superclass, ...]."""
+        hit = self._chains.get((kind, name))
+        if hit is not None:
+            return hit
         table = self.doc.root.named(kind)
         if name not in table:
             raise MlnError(f"no {kind} named '{name}'")
         block = table[name]
+        parent = self.parent_name(block)
+        if kind != "superclass" and parent is not None and parent in self.doc.superclasses():
+            out = [block] + self.chain("superclass", parent)   # superclass chains are shared
+            self._chains[(kind, name)] = out
+            return out
         out = [block]
         seen = {(kind, name)}
         supers = self.doc.superclasses()
         while True:
             parent = self.parent_name(block)
             if parent is None:
+                self._chains[(kind, name)] = out
                 return out
             if parent not in supers:
                 line = block.line("superclass")

@@ -122,8 +122,19 @@ class Host:
     family: str | None = None
     term: str | None = None
     superclasses: list[str] = field(default_factory=list)
-    origins: dict[str, str] = field(default_factory=dict, repr=False)
+    defaults: dict = field(default_factory=dict, repr=False)   # keyword -> "default" or the Line used
     tree: Block | None = field(default=None, repr=False)
+
+    @property
+    def origins(self) -> dict[str, str]:
+        """keyword -> where its value came from: ``superclass basic (p.mln:12:5)``, ``default``."""
+        def label(ln):
+            if isinstance(ln, str):
+                return ln
+            return f"{ln.origin} ({ln.pos})" if ln.pos else str(ln.origin)
+        out = {kw: label(ln) for kw, ln in (self.tree.values.items() if self.tree is not None else ())}
+        out.update((kw, label(v)) for kw, v in self.defaults.items())
+        return out
 
     @property
     def fqname(self) -> str:
@@ -203,8 +214,7 @@ def _size(block: Block, key: str, problems: Problems) -> int | None:
 def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_flags: dict,
                superclasses: list[str], switches: set[str], problems: Problems) -> Host:
     """One Host from its effective, resolved tree."""
-    origins = {ln.words[0]: f"{ln.origin} ({ln.pos})" if ln.pos else str(ln.origin)
-               for ln in eff.values.values()}
+    origins: dict = {}   # only what did not come from a line of its own
 
     def get(key, default=None):
         line = eff.values.get(key)
@@ -228,7 +238,7 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
     elif found:
         hypervisor = found[0]
         flag = next(k for k in eff.values if hypervisor_flags.get(k) == hypervisor)
-        origins["hypervisor"] = origins[flag]
+        origins["hypervisor"] = eff.values[flag]
     else:
         hypervisor = defaults.get("default_hypervisor", "uml")
         origins["hypervisor"] = "default"
@@ -259,7 +269,7 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
         root_passwd=get("root_passwd") or get("root_password"),
         nameserver=get("nameserver"), kernel=get("kernel"), ramdisk=get("ramdisk"),
         family=get("family"), term=get("term"),
-        superclasses=superclasses, origins=origins, tree=eff,
+        superclasses=superclasses, defaults=origins, tree=eff,
     )
     fam = eff.line("family")
     if fam is not None and fam.value not in FAMILIES:
