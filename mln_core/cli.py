@@ -416,6 +416,12 @@ def _register_plugin_commands():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mln`` console script: errors become one message and an exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    from .project import no_gc
+    with no_gc():   # a short-lived command: the collector would only walk the project again
+        return _main(args)
+
+
+def _main(args: list[str]) -> int:
     pm = _register_plugin_commands()
     try:
         rv = cli.main(args=args, prog_name="mln", standalone_mode=False, obj={"pm": pm, "disabled": set()})

@@ -6,6 +6,7 @@ from: ``host rome``, ``superclass basic``, ``global`` or ``default``.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -189,15 +190,20 @@ def _ip(value: str, line: Line, what: str, problems: Problems) -> str | None:
         return None
 
 
-def _netmask(value: str, line: Line, problems: Problems) -> str | None:
+@functools.lru_cache(maxsize=256)
+def _netmask_text(value: str) -> str | None:
+    """``255.255.255.0`` or ``24`` -> ``255.255.255.0``; None if it is no netmask."""
     try:
-        if value.isdigit():
-            return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
-        net = ipaddress.IPv4Network(f"0.0.0.0/{value}")
-        return str(net.netmask)
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
     except ValueError:
-        problems.error(f"bad netmask '{value}'", line.pos)
         return None
+
+
+def _netmask(value: str, line: Line, problems: Problems) -> str | None:
+    mask = _netmask_text(value)
+    if mask is None:
+        problems.error(f"bad netmask '{value}'", line.pos)
+    return mask
 
 
 def _size(block: Block, key: str, problems: Problems) -> int | None:

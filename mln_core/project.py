@@ -27,15 +27,14 @@ class Loaded:
 def no_gc():
     """Reading a project makes millions of small objects that all live on: the cyclic
     garbage collector would walk them again and again (60% of the time for 10,000
-    hosts) and find nothing to free. It is off while a project is read, and what was read
-    is then moved out of its sight (``gc.freeze``)."""
+    hosts) and find nothing to free. It is off while a project is read (the ``mln``
+    command keeps it off for its whole, short life: see ``cli.main``)."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
-            gc.freeze()   # what was read lives on: later collections need not look at it
             gc.enable()
 
 
@@ -147,6 +146,7 @@ def _check_hypervisors(project: Project, registry, problems: Problems) -> None:
 
 def load_project(path: str, ctx, text: str | None = None) -> Loaded:
     """Read and resolve a project; raise the first error (with its position)."""
-    loaded = build_model(load_document(path, ctx, text), ctx)
+    with no_gc():
+        loaded = build_model(load_document(path, ctx, text), ctx)
     loaded.problems.raise_first_error()
     return loaded

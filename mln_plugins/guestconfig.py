@@ -246,14 +246,23 @@ def _rcs_section(guest, name: str, body: str | None) -> None:
     guest.write_text("/etc/init.d/rcS", set_section(rcs, name, body), 0o755)
 
 
+def _static_address_lines(project) -> list[str]:
+    """``address name`` for every static address of the project (made once per project)."""
+    cached = getattr(project, "_mln_static_hosts", None)
+    if cached is None:
+        cached = [f"{i.address}\t{h.name}" for h in project.hosts.values()
+                  for i in h.interfaces if i.address and not i.dhcp]
+        project._mln_static_hosts = cached
+    return cached
+
+
 def _hosts_file(host, guest, ctx) -> None:
     lines = [f"127.0.0.1\tlocalhost {host.name}" if not _static(host) else "127.0.0.1\tlocalhost"]
     project = getattr(ctx, "project", None)
-    hosts = project.hosts.values() if project is not None else [host]
-    for h in hosts:
-        for i in h.interfaces:
-            if i.address and not i.dhcp:
-                lines.append(f"{i.address}\t{h.name}")
+    if project is not None:
+        lines += _static_address_lines(project)
+    else:
+        lines += [f"{i.address}\t{host.name}" for i in host.interfaces if i.address and not i.dhcp]
     lines += ["", "::1\tlocalhost ip6-localhost ip6-loopback", "ff02::1\tip6-allnodes",
               "ff02::2\tip6-allrouters"]
     guest.write_text("/etc/hosts", "\n".join(lines) + "\n")
