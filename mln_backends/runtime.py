@@ -17,6 +17,8 @@ import re
 import signal
 import time
 
+from mln_core.store import alive  # noqa: F401  (the backends' liveness test)
+
 IFNAMSIZ = 15
 _IFNAME_OK = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
@@ -55,22 +57,6 @@ def read_pid(path: str) -> int | None:
         return int(text) if text.isdigit() else None
     except FileNotFoundError:
         return None
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def kill_and_wait(pid: int | None, timeout: float = 5.0) -> None:

@@ -5,6 +5,7 @@ renames it into place only when every host was built (see ``store``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -104,6 +105,13 @@ class Engine:
         return self.ctx.pm.hook
 
     # -- loading a stored project ------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, project_name: str):
+        """Hold the project's lock and yield the stored project, read afresh."""
+        self.store.require(project_name)
+        with self.store.lock(project_name):
+            yield self.open(project_name)
+
     def open(self, project: str) -> Loaded:
         pdir = self.store.require(project)
         self.store.clean_stale_builds(project, self.ctx.log)
@@ -281,10 +289,8 @@ class Engine:
                            f"first: mln stop -p {project_name}")
 
     def status(self, project_name: str, host: str | None = None) -> list[dict]:
-        self.store.require(project_name)
-        with self.store.lock(project_name):
-            loaded = self.open(project_name)
-        project = loaded.project
+        with self.locked(project_name) as loaded:
+            project = loaded.project
         rows = []
         hosts = [self._host(project, host)] if host else list(project.hosts.values())
         for h in hosts:
@@ -307,9 +313,7 @@ class Engine:
 
     # -- start / stop --------------------------------------------------------------------------
     def start(self, project_name: str, host: str | None = None) -> None:
-        self.store.require(project_name)
-        with self.store.lock(project_name):
-            loaded = self.open(project_name)
+        with self.locked(project_name) as loaded:
             project = loaded.project
             if host is not None:
                 h = self._host(project, host)
@@ -353,9 +357,7 @@ class Engine:
 
     def stop(self, project_name: str, host: str | None = None, hard: bool = False,
              wait_s: float = 60.0) -> None:
-        self.store.require(project_name)
-        with self.store.lock(project_name):
-            loaded = self.open(project_name)
+        with self.locked(project_name) as loaded:
             project = loaded.project
             if host is not None:
                 h = self._host(project, host)
@@ -403,9 +405,7 @@ class Engine:
 
     # -- remove ---------------------------------------------------------------------------------
     def remove(self, project_name: str, confirm=None) -> None:
-        self.store.require(project_name)
-        with self.store.lock(project_name):
-            loaded = self.open(project_name)
+        with self.locked(project_name) as loaded:
             project = loaded.project
             up = [h.name for h in project.hosts.values() if self.host_status(h).startswith("up")]
             up += [f"switch {s.name}" for s in project.switches.values() if self.switch_status(s) == "up"]
