@@ -68,7 +68,7 @@ class Progress:
         self.stream.flush()
 
 
-def _parallel(items, fn, jobs: int, describe) -> None:
+def _parallel(items, fn, jobs: int) -> None:
     """Run ``fn(item)`` on a bounded pool; on the first failure finish the running ones
     and raise that failure."""
     if not items:
@@ -138,8 +138,9 @@ class Engine:
             self.store.clean_stale_builds(project.name, self.ctx.log)
             old_dir = self.store.project_dir(project.name)
             existed = self.store.exists(project.name)
+            old = None
             if existed:
-                self._refuse_if_running(project.name)
+                old = self._refuse_if_running(project.name)
                 if not replace:
                     if confirm is None or not confirm(f"project '{project.name}' exists; replace it?"):
                         raise MlnError(f"project '{project.name}' exists in {self.store.root}; use -r to "
@@ -156,7 +157,9 @@ class Engine:
                 self._discard(staging, project)
                 raise
             if existed:
-                self._remove_outside(project.name)
+                if old is not None:
+                    self._bind(old.project, old_dir)   # the old project's own state
+                    self._remove_outside(old)
                 trash = f"{old_dir}.old-{os.getpid()}"
                 os.replace(old_dir, trash)
                 os.replace(staging, old_dir)
@@ -186,8 +189,7 @@ class Engine:
             state["switches"][switch.name] = data if isinstance(data, dict) else {}
         progress = Progress("building hosts", len(project.hosts))
         try:
-            _parallel(list(project.hosts.values()), lambda h: self._build_host(h, progress),
-                      self.jobs, lambda h: h.name)
+            _parallel(list(project.hosts.values()), lambda h: self._build_host(h, progress), self.jobs)
         finally:
             progress.close()
         Store.write_state(staging, state)
@@ -278,15 +280,17 @@ class Engine:
     def switch_status(self, switch: Switch) -> str:
         return self.hook.mln_switch_status(switch=switch, ctx=self.ctx) or "down"
 
-    def _refuse_if_running(self, project_name: str) -> None:
+    def _refuse_if_running(self, project_name: str) -> Loaded | None:
+        """The stored project (None if it cannot be read); an error if any host runs."""
         try:
             loaded = self.open(project_name)
         except MlnError:
-            return  # an unreadable old project cannot be running anything we know of
+            return None  # an unreadable old project cannot be running anything we know of
         up = [h.name for h in loaded.project.hosts.values() if self.host_status(h).startswith("up")]
         if up:
             raise MlnError(f"project '{project_name}' has running hosts ({', '.join(up)}); stop them "
                            f"first: mln stop -p {project_name}")
+        return loaded
 
     def status(self, project_name: str, host: str | None = None) -> list[dict]:
         with self.locked(project_name) as loaded:
@@ -332,7 +336,7 @@ class Engine:
                         self.ctx.log(f"+---> {h.name}: already running")
                     else:
                         todo.append(h)
-                _parallel(todo, self._start_host, self.jobs, lambda h: h.name)
+                _parallel(todo, self._start_host, self.jobs)
             self.run_hook_script("afterHostsStart")
             self.run_hook_script("afterProjectStart")
 
@@ -414,7 +418,7 @@ class Engine:
                                f"mln stop -p {project_name}")
             if confirm is not None and not confirm(f"remove project '{project_name}' and all its disks?"):
                 raise MlnError("not removed")
-            self._remove_outside(project_name, loaded)
+            self._remove_outside(loaded)
             shutil.rmtree(self.ctx.project_dir)
         try:
             os.unlink(self.store.lock(project_name).path)
@@ -422,9 +426,9 @@ class Engine:
             pass
         self.ctx.log(f"+---> project {project_name} removed")
 
-    def _remove_outside(self, project_name: str, loaded: Loaded | None = None) -> None:
-        """Let plugins delete what they made outside the project directory."""
-        loaded = loaded or self.open(project_name)
+    def _remove_outside(self, loaded: Loaded) -> None:
+        """Let plugins delete what they made outside the project directory (``self.ctx``
+        must be bound to that project)."""
         for h in loaded.project.hosts.values():
             self.hook.mln_remove_host(host=h, ctx=self.ctx)
         for s in loaded.project.switches.values():

@@ -88,7 +88,7 @@ def _build_model(doc: Document, ctx, fragment_ok: bool) -> Loaded:
     defaults = ctx.config.values
     flags = registry.hypervisor_flags()
     switch_names = set(doc.switches())
-    for sname, sblock in doc.switches().items():
+    for sname in doc.switches():
         project.switches[sname] = build_switch(sname, resolved.effective("switch", sname), project.name)
     for sc in doc.superclasses():
         try:

@@ -130,7 +130,7 @@ class Store:
             if not name.startswith(prefix):
                 continue
             pid = name[len(prefix):]
-            if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+            if pid.isdigit() and (int(pid) == os.getpid() or alive(int(pid))):
                 continue
             path = os.path.join(self.root, name)
             kill_recorded_helpers(path)
@@ -155,8 +155,6 @@ def alive(pid: int | None) -> bool:
     except (FileNotFoundError, IndexError):
         return False
 
-
-_alive = alive
 
 
 HELPERS = "helpers"
@@ -185,7 +183,7 @@ def kill_recorded_helpers(staging: str) -> None:
             except ProcessLookupError:
                 pass
             for _ in range(100):
-                if not _alive(pid) or _pid_from(pidfile) is None:
+                if not alive(pid) or _pid_from(pidfile) is None:
                     break
                 time.sleep(0.05)
         if mnt != "-" and _is_mounted(mnt):
@@ -205,7 +203,7 @@ def _pid_from(pidfile: str) -> int | None:
                 return None
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
 def _is_mounted(path: str) -> bool:

@@ -141,3 +141,15 @@ def test_wrong_options_are_usage_errors(mln_plain, args, needle):
     r = mln_plain.mln(*args)
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rebuild_over_an_unreadable_stored_project(mln_env):
+    """A stored project that no longer reads (edited by hand, say) can still be replaced."""
+    path = mln_env.quickstart("uml", project="broken")
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    (mln_env.projects / "broken" / "broken.mln").write_text("host {\n")
+    r = mln_env.mln("status", "-p", "broken")
+    assert r.returncode == 1 and "'host' needs a name" in r.stderr
+    r = mln_env.mln("build", "-f", str(path), "-r")
+    assert r.returncode == 0, r.output
+    assert mln_env.mln("status", "-p", "broken").stdout.count(" down") == 3
