@@ -11,6 +11,7 @@ line: the "powered on" VMs) and ``calls.jsonl`` (every argv, one JSON list per l
 With ``FAKE_VMRUN_NO_TOOLS=1`` a soft stop fails as it does when the guest has no
 VMware Tools.
 """
+import fcntl
 import json
 import os
 import sys
@@ -18,6 +19,14 @@ import sys
 
 def main(argv: list[str]) -> int:
     state = os.environ["FAKE_VMRUN_DIR"]
+    # The real vmrun serializes on VMware's own inventory; mln starts hosts in parallel,
+    # so the fake holds a lock across its read-modify-write of ``running``.
+    with open(os.path.join(state, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _main(state, argv)
+
+
+def _main(state: str, argv: list[str]) -> int:
     with open(os.path.join(state, "calls.jsonl"), "a") as f:
         f.write(json.dumps(argv) + "\n")
     running_file = os.path.join(state, "running")
