@@ -255,12 +255,16 @@ def start(click_ctx, project, host, jobs):
 @_project_option
 @click.option("-h", "host", metavar="HOST", help="Stop only this host.")
 @click.option("-H", "hard", is_flag=True, help="Hard stop: destroy the virtual machines at once.")
+@click.option("-S", "save", is_flag=True,
+              help="Save each host's memory instead of shutting it down (Xen, QEMU); start resumes it.")
 @click.option("-w", "wait_s", type=click.FloatRange(0), default=60, show_default=True, metavar="SEC",
               help="Wait this long for guests to shut down, then destroy them.")
 @click.pass_context
-def stop(click_ctx, project, host, hard, wait_s):
+def stop(click_ctx, project, host, hard, save, wait_s):
     """Stop a project's hosts in reverse boot order, then its switches (or one host)."""
-    _engine(click_ctx).stop(project, host, hard=hard, wait_s=wait_s)
+    if hard and save:
+        raise click.UsageError("give -H (destroy) or -S (save), not both")
+    _engine(click_ctx).stop(project, host, hard=hard, wait_s=wait_s, save=save)
 
 
 @cli.command()

@@ -160,6 +160,18 @@ def mln_stop_host(host, hard, ctx):
     """
 
 
+@hookspec(firstresult=True)
+def mln_save_host(host, ctx):
+    """Save a running host's memory to a file in the project directory and stop it
+    (``mln stop -S``); the backend's ``mln_start_host`` resumes from that file next time
+    and deletes it.
+
+    Return True when the host was saved (it is down afterwards), None if the host is not
+    yours or your backend cannot save; the core then shuts the host down normally and
+    says so.
+    """
+
+
 @hookspec
 def mln_host_stopped(host, ctx):
     """The host was seen down after a stop: remove its runtime files (sockets, pid files).

@@ -360,20 +360,20 @@ class Engine:
         self.ctx.log(f"+---> {h.name}: started")
 
     def stop(self, project_name: str, host: str | None = None, hard: bool = False,
-             wait_s: float = 60.0) -> None:
+             wait_s: float = 60.0, save: bool = False) -> None:
         with self.locked(project_name) as loaded:
             project = loaded.project
             if host is not None:
                 h = self._host(project, host)
                 if not self.host_status(h).startswith("up"):
                     raise MlnError(f"host '{host}' of project '{project.name}' is not running")
-                self._stop_hosts([h], hard, wait_s)
+                self._stop_hosts([h], hard, wait_s, save)
                 return
             self.run_hook_script("beforeProjectStop")
             self.run_hook_script("beforeHostsStop")
             for group in reversed(_boot_groups(project.boot_sequence())):
                 running = [h for h in group if self.host_status(h).startswith("up")]
-                self._stop_hosts(running, hard, wait_s)
+                self._stop_hosts(running, hard, wait_s, save)
             self.run_hook_script("afterHostsStop")
             for s in project.switches.values():
                 if self.switch_status(s) == "up":
@@ -381,8 +381,13 @@ class Engine:
                     self.ctx.log(f"+---> switch {s.name}: stopped")
             self.run_hook_script("afterProjectStop")
 
-    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float) -> None:
+    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float, save: bool = False) -> None:
         for h in hosts:
+            if save:
+                if self.hook.mln_save_host(host=h, ctx=self.ctx):
+                    self.ctx.log(f"+---> {h.name}: saved; 'mln start' resumes it")
+                    continue
+                self.ctx.log(f"warning: {h.name}: {h.hypervisor} hosts cannot be saved; shutting it down")
             if not self.hook.mln_stop_host(host=h, hard=hard, ctx=self.ctx):
                 raise MlnError(f"no installed backend stops '{h.hypervisor}' hosts", f"host {h.name}")
         deadline = time.monotonic() + (5 if hard else wait_s)
