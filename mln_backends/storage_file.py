@@ -78,8 +78,8 @@ def _disk_paths(host, ctx, fmt: str) -> tuple[str, str]:
     if filepath:
         if not os.path.isdir(filepath):
             raise MlnError(f"filepath {filepath} is not a directory")
-        path = os.path.join(filepath, f"{host.fqname}{suffix}")
-        return path, path
+        final = os.path.join(os.path.abspath(filepath), f"{host.fqname}{suffix}")
+        return ctx.outside(final), final      # written aside, moved in place when the build succeeds
     rel = os.path.join("images", host.name + suffix)
     return ctx.path(rel), rel
 
@@ -130,8 +130,6 @@ def mln_create_disk(host, ctx):
         if r.returncode != 0:
             raise MlnError(f"mkswap {swap}: {r.stderr.strip()}")
         extra["swap"] = swap_rel
-    if os.path.isabs(record):   # outside the project: remember which file is ours
-        extra["inode"] = os.stat(path).st_ino
     return Disk(path=record, format=fmt, kind="file", size=size, extra=extra)
 
 
@@ -147,7 +145,7 @@ def _sparse_copy(src: str, dst: str) -> None:
 def mln_open_image(host, disk, ctx):
     if disk.kind != "file":
         return None
-    path = disk.path if os.path.isabs(disk.path) else ctx.path(disk.path)
+    path = ctx.path(disk.path)
     if not imagefs.is_ext_filesystem(path) and not imagefs.is_qcow2(path):
         return None
     try:
@@ -158,10 +156,10 @@ def mln_open_image(host, disk, ctx):
 
 @hookimpl
 def mln_remove_host(host, ctx):
-    """Delete a ``filepath`` disk, but only the very file this project's build made (a
-    rebuild has already put a new file there, which is not ours to delete)."""
+    """Delete a ``filepath`` disk (a failed build's is still in its staging folder, which
+    ``ctx.path`` names; the old project's file in its place is not touched)."""
     disk = ctx.host_state(host).get("disk") or {}
-    path = disk.get("path", "")
-    if disk.get("kind") == "file" and os.path.isabs(path) and os.path.isfile(path):
-        if os.stat(path).st_ino == disk.get("extra", {}).get("inode"):
+    if disk.get("kind") == "file" and os.path.isabs(disk.get("path", "")):
+        path = ctx.path(disk["path"])
+        if os.path.isfile(path):
             os.unlink(path)

@@ -15,7 +15,9 @@ Keywords (host or superclass):
 
 The volume gets ``size`` (or the template's size + ``free_space``), rounded up to whole
 extents; the template is copied in and its ext2/3/4 filesystem grown with resize2fs. A
-volume of the same name that exists already (a rebuild) is removed and made again.
+rebuild that replaces a project makes the new volume as ``<host>.<project>-mln-new`` beside
+the old one (the volume group needs room for both) and renames it once the whole build has
+succeeded and the old volume is removed; a failed rebuild leaves the old volume as it was.
 
 Machines without device-mapper
 ------------------------------
@@ -439,17 +441,14 @@ def mln_create_disk(host, ctx):
         vgi = _require_vg(ctx, vg, dm)
         ext = vgi["extent_size"]
         extents = -(-size // ext)
-        old = lv_info(ctx, vg, lv, dm)
-        free = vgi["free_count"] + (sum(sg["size_pe"] for sg in old["segments"]) if old else 0)
+        lv, replacing = _staged_name(ctx, vg, lv, dm, host)
+        free = vgi["free_count"]
         if extents > free:
             rounded = f" ({format_size(size)} rounded up to {format_size(ext)} extents)" \
                 if extents * ext != size else ""
-            raise MlnError(f"volume group {vg} has {format_size(free * ext)} free"
-                           f"{' (counting the old volume ' + lv + ')' if old else ''}, but the disk needs "
+            kept = f" (the old volume {host.fqname} is kept until the new one is built)" if replacing else ""
+            raise MlnError(f"volume group {vg} has {format_size(free * ext)} free{kept}, but the disk needs "
                            f"{format_size(extents * ext)}{rounded}")
-        if old:
-            ctx.log(f"+---> {host.name}: replacing logical volume {vg}/{lv}")
-            _lvremove(ctx, vg, lv, dm)
         argv = ["lvcreate", "-y", "-n", lv, "-l", str(extents)]
         argv += ["-Wy"] if dm else ["-an", "-Zn"]
         _lvm(ctx, argv + s.options + [vg], f"creating logical volume {vg}/{lv}", dm)
@@ -459,7 +458,7 @@ def mln_create_disk(host, ctx):
     if not dm:
         _note_no_activation(ctx)
     extra = {"vg": vg, "lv": lv, "lv_uuid": info["uuid"], "template": template.name,
-             "activation": "device-mapper" if dm else "none"}
+             "activation": "device-mapper" if dm else "none", **_final(lv, host)}
     try:
         with device(ctx, vg, lv, dm) as dev:
             _fill(ctx, template.path, dev, template_size, info["size"])
@@ -469,7 +468,54 @@ def mln_create_disk(host, ctx):
         with contextlib.suppress(Exception), _locked(s, ctx):
             _lvremove(ctx, vg, lv, dm)
         raise
-    return Disk(path=f"/dev/{vg}/{lv}", format="raw", kind="lvm", size=info["size"], extra=extra)
+    return Disk(path=f"/dev/{vg}/{host.fqname}", format="raw", kind="lvm", size=info["size"], extra=extra)
+
+
+STAGED_SUFFIX = "-mln-new"
+
+
+def _staged_name(ctx, vg: str, lv: str, dm: bool, host) -> tuple[str, bool]:
+    """The name to create the volume under, and whether it replaces one: while ``lv``
+    exists (the project being replaced), the new volume is made as ``<lv>-mln-new`` and
+    renamed at ``mln_commit_host``, so a failed rebuild leaves the old volume alone. A
+    staged volume left by a killed build (the project lock excludes a running one) goes."""
+    staged = lv + STAGED_SUFFIX
+    if lv_info(ctx, vg, staged, dm):
+        ctx.log(f"+---> {host.name}: removing {vg}/{staged}, left by an interrupted build")
+        _lvremove(ctx, vg, staged, dm)
+    if not lv_info(ctx, vg, lv, dm):
+        return lv, False
+    if _check_lv_name(staged):
+        raise MlnError(f"cannot replace {vg}/{lv}: the temporary name {staged} {_check_lv_name(staged)}")
+    ctx.log(f"+---> {host.name}: replacing logical volume {vg}/{lv} (the new one is {staged} until "
+            "the build succeeds)")
+    return staged, True
+
+
+def _final(lv: str, host) -> dict:
+    return {"final_lv": host.fqname} if lv != host.fqname else {}
+
+
+@hookimpl
+def mln_commit_host(host, ctx):
+    """Rename a volume made under its temporary name to the host's (the old project's
+    volume of that name has been removed by now)."""
+    disk = ctx.host_state(host).get("disk") or {}
+    extra = disk.get("extra") or {}
+    if disk.get("kind") != "lvm" or "final_lv" not in extra:
+        return
+    vg, lv, final = extra["vg"], extra["lv"], extra["final_lv"]
+    dm = have_device_mapper()
+    try:
+        s = settings(host, ctx)
+    except MlnError:
+        s = None
+    with _locked(s or Settings(vg, [], False, False), ctx):
+        if lv_info(ctx, vg, final, dm):     # the replaced project could not be read: its volume
+            _lvremove(ctx, vg, final, dm)
+        _lvm(ctx, ["lvrename", vg, lv, final], f"renaming logical volume {vg}/{lv} to {final}", dm)
+    extra["lv"] = final
+    del extra["final_lv"]
 
 
 _noted = threading.Event()
@@ -542,9 +588,7 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
             ctx.log(f"warning: host {host.name}: a snapshot has the size of its origin {vg}/{oname} "
                     f"({format_size(oinfo['size'])}); size/free_space are ignored")
         extents = max(1, -(-oinfo["size"] // vgi["extent_size"] // 2))
-        if lv_info(ctx, vg, lv, dm):
-            ctx.log(f"+---> {host.name}: replacing logical volume {vg}/{lv}")
-            _lvremove(ctx, vg, lv, dm)
+        lv, _ = _staged_name(ctx, vg, lv, dm, host)
         if extents > vgi["free_count"]:
             raise MlnError(f"volume group {vg} has {format_size(vgi['free'])} free, but the snapshot needs "
                            f"{format_size(extents * vgi['extent_size'])} (half of {oname})")
@@ -553,7 +597,8 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
         info = lv_info(ctx, vg, lv, dm)
         if info is None:
             raise MlnError(f"lvcreate reported success but {vg}/{lv} is not listed by lvs")
-    extra = {"vg": vg, "lv": lv, "lv_uuid": info["uuid"], "snapshot_of": oname, "activation": "device-mapper"}
+    extra = {"vg": vg, "lv": lv, "lv_uuid": info["uuid"], "snapshot_of": oname, "activation": "device-mapper",
+             **_final(lv, host)}
     try:
         if host.swap:
             extra["swap"] = _make_swap(host, ctx)
@@ -561,7 +606,7 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
         with contextlib.suppress(Exception), _locked(s, ctx):
             _lvremove(ctx, vg, lv, dm)
         raise
-    return Disk(path=f"/dev/{vg}/{lv}", format="raw", kind="lvm", size=info["size"], extra=extra)
+    return Disk(path=f"/dev/{vg}/{host.fqname}", format="raw", kind="lvm", size=info["size"], extra=extra)
 
 
 class LvmImage(imagefs.Ext4Image):
@@ -609,10 +654,8 @@ def mln_open_image(host, disk, ctx):
 
 @hookimpl
 def mln_remove_host(host, ctx):
-    """Remove the volume recorded for ``host``, if it is still the one that build made.
-
-    The recorded LV uuid matters on a rebuild: the new build has already replaced the
-    volume of the same name, and removing the old project must not remove the new one."""
+    """Remove the volume recorded for ``host``, if it is still the one that build made
+    (same uuid: a volume someone made later under that name is kept)."""
     entry = (ctx.state or {}).get("hosts", {}).get(host.name) or {}
     disk = entry.get("disk") or {}
     if disk.get("kind") != "lvm":

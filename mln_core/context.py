@@ -24,14 +24,30 @@ class Context:
     templates: object | None = None  # mln_core.templates.TemplateRegistry
     staging: str | None = None      # set while a build writes into its staging directory
     record_helper: object | None = None  # (pidfile, mountpoint) -> None: lets a killed build be cleaned up
+    outside_files: object | None = None  # mln_core.store.OutsideFiles of the build in progress
 
     @property
     def hook(self):
         return self.pm.hook
 
     def path(self, *parts: str) -> str:
-        """An absolute path inside the project directory (relative paths stay portable)."""
-        return os.path.join(self.project_dir, *parts)
+        """An absolute path inside the project directory (relative paths stay portable).
+
+        An absolute path stays as it is, except a file that the build in progress placed
+        with :meth:`outside`: for it, the path where its bytes are until the build is done.
+        """
+        path = os.path.join(self.project_dir, *parts)
+        return self.outside_files.where(path) if self.outside_files is not None else path
+
+    def outside(self, final: str) -> str:
+        """Where to write a file whose place is ``final``, outside the project directory.
+
+        During a build, a staged path that the core moves to ``final`` only when the whole
+        build succeeded (so a failed ``build -r`` leaves the old project's file alone); the
+        file is recorded, and written into configuration files, as ``final``. Outside a
+        build, ``final`` itself.
+        """
+        return self.outside_files.place(final) if self.outside_files is not None else final
 
     def host_dir(self, host) -> str:
         """``<project>/hosts/<host>/``: where a backend keeps a host's runtime files."""

@@ -146,6 +146,22 @@ def mln_stop_switch(switch, ctx):
     """Stop a switch and delete what ``mln_start_switch`` made. True if handled."""
 
 
+@hookspec
+def mln_commit_host(host, ctx):
+    """A build succeeded: put what it made for ``host`` outside the project directory
+    under a temporary name in its place.
+
+    Called for every host once all hosts are built and the project being replaced (if
+    any) has been removed (``mln_remove_host`` with the old project's state), just before
+    the new project directory is renamed into place; ``ctx.state`` is the new project's
+    state, and changes to it are saved. Files written through ``ctx.outside()`` are moved
+    by the core after this hook; a plugin with other outside resources (an LVM volume made
+    under a temporary name, say) renames them here. A failed build never calls this hook:
+    ``mln_remove_host`` with the new build's state removes what it made instead.
+    Return value: ignored.
+    """
+
+
 @hookspec(firstresult=True)
 def mln_start_host(host, ctx):
     """Start a host's virtual machine. Return True when it was started, None if not yours."""

@@ -20,7 +20,7 @@ from .guest import detect_family
 from .lang.writer import write_tree
 from .model import Disk, Host, Project, Switch
 from .project import Loaded, load_project
-from .store import Store, record_helper
+from .store import OutsideFiles, Store, record_helper
 from .templates import TemplateRegistry
 
 HOOK_SCRIPTS = ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",
@@ -151,15 +151,23 @@ class Engine:
             staging = self.store.staging_dir(project.name)
             shutil.rmtree(staging, ignore_errors=True)
             os.makedirs(staging)
+            outside = self.ctx.outside_files = OutsideFiles(staging)
             try:
                 self._build_into(staging, loaded, version)
             except BaseException:
                 self._discard(staging, project)
                 raise
+            finally:
+                self.ctx.outside_files = None
+            if existed and old is not None:
+                self._bind(old.project, old_dir)   # the old project's own state
+                self._remove_outside(old)
+            try:
+                self._commit(staging, project, outside)
+            except BaseException:
+                self._discard(staging, project)
+                raise
             if existed:
-                if old is not None:
-                    self._bind(old.project, old_dir)   # the old project's own state
-                    self._remove_outside(old)
                 trash = f"{old_dir}.old-{os.getpid()}"
                 os.replace(old_dir, trash)
                 os.replace(staging, old_dir)
@@ -228,6 +236,15 @@ class Engine:
         except OSError as e:
             raise MlnError(f"{step}: {e}", f"host {host.name}") from None
 
+    def _commit(self, staging: str, project: Project, outside: OutsideFiles) -> None:
+        """Put what the build made outside the project directory in its place (the old
+        project's has just been removed)."""
+        self._bind(project, staging)
+        for host in project.hosts.values():
+            self.hook.mln_commit_host(host=host, ctx=self.ctx)
+        outside.commit()
+        Store.write_state(staging, self.ctx.state)
+
     def _discard(self, staging: str, project: Project) -> None:
         from .store import kill_recorded_helpers
         kill_recorded_helpers(staging)
@@ -241,6 +258,7 @@ class Engine:
                 self.hook.mln_remove_switch(switch=switch, ctx=self.ctx)
             except Exception as e:
                 self.ctx.log(f"warning: cleaning up switch {switch.name}: {e}")
+        OutsideFiles.discard_recorded(staging)
         shutil.rmtree(staging, ignore_errors=True)
 
     def _write_hook_scripts(self, project: Project, pdir: str) -> None:

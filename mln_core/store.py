@@ -14,6 +14,10 @@ A build writes everything into its staging directory and renames it into place o
 when every host was built, so a failed or killed build never touches the project that
 was there before; the next command on that project removes stale staging directories
 (after stopping any helper process they recorded).
+
+Files a build makes outside the project directory (``filepath`` disks) are staged too,
+by :class:`OutsideFiles`: each is written under its own name into a hidden folder
+``.<project>.build-<pid>`` beside its place and moved there when the build is put in place.
 """
 from __future__ import annotations
 
@@ -24,11 +28,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 from .errors import MlnError
 
 STATE = "state.json"
+OUTSIDE = "outside"   # in a staging directory: the folders its build staged files in, one per line
 
 
 class ProjectLock:
@@ -136,7 +142,63 @@ class Store:
             kill_recorded_helpers(path)
             if log:
                 log(f"removing what an interrupted build left: {path}")
+            OutsideFiles.discard_recorded(path)
             shutil.rmtree(path, ignore_errors=True)
+
+
+class OutsideFiles:
+    """The files one build writes outside its project directory.
+
+    ``place(final)`` gives the path to write instead: the same name in a hidden folder
+    beside ``final`` (same filesystem, so moving it is a rename, and a file that names
+    itself, such as a VMDK, keeps its name). ``commit()`` moves every staged file to its
+    place once the build has succeeded and the project it replaces has been removed;
+    ``discard()`` deletes them. The folders are recorded in the staging directory before
+    they are made, so the build that finds a killed build's staging directory deletes them.
+    """
+
+    def __init__(self, staging: str):
+        self.staging = staging
+        self.folder = os.path.basename(staging)           # .<project>.build-<pid>
+        self.staged: dict[str, str] = {}                  # final path -> staged path
+        self._lock = threading.Lock()
+
+    def place(self, final: str) -> str:
+        final = os.path.abspath(final)
+        with self._lock:
+            if final not in self.staged:
+                folder = os.path.join(os.path.dirname(final), self.folder)
+                if not os.path.isdir(folder):
+                    with open(os.path.join(self.staging, OUTSIDE), "a") as f:
+                        f.write(folder + "\n")
+                    os.makedirs(folder)
+                self.staged[final] = os.path.join(folder, os.path.basename(final))
+            return self.staged[final]
+
+    def where(self, path: str) -> str:
+        """Where the bytes of ``path`` are during the build."""
+        return self.staged.get(os.path.normpath(path), path) if self.staged else path
+
+    def commit(self) -> None:
+        for final, staged in self.staged.items():
+            if os.path.lexists(staged):
+                os.replace(staged, final)
+        self.discard()
+
+    def discard(self) -> None:
+        self.discard_recorded(self.staging)
+
+    @staticmethod
+    def discard_recorded(staging: str) -> None:
+        try:
+            with open(os.path.join(staging, OUTSIDE)) as f:
+                folders = f.read().splitlines()
+        except FileNotFoundError:
+            return
+        name = os.path.basename(staging)
+        for folder in folders:
+            if os.path.basename(folder) == name:     # never anything but our own hidden folders
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def alive(pid: int | None) -> bool:

@@ -8,6 +8,7 @@ test if any process, socket directory, tap, bridge or FUSE mount of it survived.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -180,16 +181,21 @@ def _net_devices() -> set[str]:
 
 @pytest.fixture
 def mln_env(tmp_path, test_template):
-    """An isolated mln set-up with the test template registered; checks for leaks after."""
-    before = _net_devices()
-    env = MlnEnv(tmp_path, test_template)
-    yield env
-    left = env.cleanup()
-    new_devices = _net_devices() - before
-    for dev in new_devices:
-        subprocess.run(["ip", "link", "del", dev], capture_output=True)
-    assert not left, f"the test left these behind: {left}"
-    assert not new_devices, f"the test left network devices behind: {sorted(new_devices)}"
+    """An isolated mln set-up with the test template registered; checks for leaks after.
+
+    Network devices are checked machine-wide, so tests of two pytest runs on one machine
+    take turns (a file lock), or each would count (and delete) the other's devices."""
+    with open("/tmp/mln-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = _net_devices()
+        env = MlnEnv(tmp_path, test_template)
+        yield env
+        left = env.cleanup()
+        new_devices = _net_devices() - before
+        for dev in new_devices:
+            subprocess.run(["ip", "link", "del", dev], capture_output=True)
+        assert not left, f"the test left these behind: {left}"
+        assert not new_devices, f"the test left network devices behind: {sorted(new_devices)}"
 
 
 @pytest.fixture

@@ -119,12 +119,15 @@ def test_start_and_stop_one_host_and_already_running(mln_env):
     assert mln_env.mln("status", "-p", "one", "-d").returncode == 0
 
 
-def test_kill_9_during_build_then_rebuild(mln_env):
-    """A build killed while it makes disks leaves nothing running; build -r then works."""
+def test_kill_9_during_build_then_rebuild(mln_env, tmp_path):
+    """A build killed while it makes disks leaves nothing running; build -r then works and
+    also removes what the killed build staged outside the project directory (filepath)."""
+    store = tmp_path / "shared-storage"
+    store.mkdir()
     hosts = "\n".join(f"host h{i:02d} {{ superclass node; network eth0 {{ address 10.0.0.{i + 1} }} }}"
                       for i in range(24))
     text = ("global { project killme }\nswitch lan { }\n"
-            "superclass node { hypervisor qemu; template busybox.ext4; size 600M\n"
+            f"superclass node {{ hypervisor qemu; template busybox.ext4; size 600M; filepath {store}\n"
             "  network eth0 { switch lan; netmask 255.255.255.0 } }\n" + hosts + "\n")
     path = mln_env.write("killme.mln", text)
     p = mln_env.popen("build", "-f", str(path), "-j", "2")
@@ -138,6 +141,7 @@ def test_kill_9_during_build_then_rebuild(mln_env):
     p.wait()
     assert [x for x in mln_env.processes() if "qemu-storage-daemon" in x], "nothing was left running"
     assert not (mln_env.projects / "killme").exists()
+    assert [x.name for x in store.iterdir()] == [staging.name]      # the staged disks, nothing in place
 
     r = mln_env.mln("build", "-f", str(path), "-r")
     assert r.returncode == 0, r.output
@@ -146,7 +150,7 @@ def test_kill_9_during_build_then_rebuild(mln_env):
     assert sorted(x.name for x in mln_env.projects.iterdir() if x.name.startswith(".killme.build"))  == []
     assert mln_env.fuse_mounts() == []
     assert [x for x in mln_env.processes() if "qemu-storage-daemon" in x] == []
-    assert len(list((mln_env.projects / "killme" / "images").glob("*.qcow2"))) == 24
+    assert sorted(x.name for x in store.iterdir()) == [f"h{i:02d}.killme.qcow2" for i in range(24)]
 
 
 def test_uml_copy_on_write_over_a_shared_base(mln_env):
@@ -176,9 +180,17 @@ def test_filepath_disks_survive_a_rebuild(mln_env, tmp_path):
     path = mln_env.write("fp.mln", text)
     assert mln_env.mln("build", "-f", str(path)).returncode == 0
     assert sorted(p.name for p in store.iterdir()) == ["alpha.fp", "beta.fp"]
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.iterdir()}
+    # a rebuild that fails (beta's kernel is missing) leaves the old disks alone and no
+    # staging folder behind
+    broken = mln_env.write("fp-broken.mln", text.replace("host beta {", "host beta {\n    kernel /nope"))
+    r = mln_env.mln("build", "-f", str(broken), "-r")
+    assert r.returncode != 0 and "host beta" in r.stderr, r.output
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.iterdir()} == before
     r = mln_env.mln("build", "-f", str(path), "-r")
     assert r.returncode == 0, r.output
     assert sorted(p.name for p in store.iterdir()) == ["alpha.fp", "beta.fp"]
+    assert all(p.stat().st_ino != before[p.name][0] for p in store.iterdir())     # the new disks
     assert mln_env.mln("start", "-p", "fp").returncode == 0
     _check_quickstart_consoles(mln_env, "fp")
     assert mln_env.mln("stop", "-p", "fp").returncode == 0

@@ -71,14 +71,27 @@ def test_build_rebuild_remove(mln_env, test_vg):
     assert vg.read("web.lvmt", "/bin/busybox").startswith("\x7fELF")     # from the template
     assert not vg.imitation_loops()
 
-    # rebuild: the volume is replaced by a new one (new uuid, new size), which survives
-    # the removal of the old project's volumes
+    # a rebuild that fails after web's new volume was made (its configure step refuses a
+    # file from outside the files directory) leaves the old volume as it was
     old_uuid = vg.lv_uuid("web.lvmt")
+    (mln_env.root / "files").mkdir(exist_ok=True)
+    f.write_text(project(vg.name, size="120M", extra="files { ../../etc/passwd /etc/x }"))
+    r = mln_env.mln("build", "-r", "-f", str(f))
+    assert r.returncode != 0 and "host web" in r.stderr, r.output
+    assert "web.lvmt-mln-new" in r.output                 # the new volume was made aside ...
+    assert vg.lvs() == {"web.lvmt": 100 * M}               # ... and is gone; the old one is untouched
+    assert vg.lv_uuid("web.lvmt") == old_uuid
+    assert vg.read("web.lvmt", "/etc/hostname") == "web\n"
+    assert state(mln_env, "lvmt")["hosts"]["web"]["disk"]["extra"]["lv_uuid"] == old_uuid
+
+    # rebuild: the volume is replaced by a new one (new uuid, new size), made aside and
+    # renamed into place once the old project's volume is removed
     f.write_text(project(vg.name, size="120M").replace("host web {", "host web {\n    memory 64M"))
     r = mln_env.mln("build", "-r", "-f", str(f))
     assert r.returncode == 0, r.output
     assert "replacing logical volume" in r.output
     assert vg.lvs() == {"web.lvmt": 120 * M}
+    assert "final_lv" not in state(mln_env, "lvmt")["hosts"]["web"]["disk"]["extra"]
     assert vg.lv_uuid("web.lvmt") != old_uuid
     assert state(mln_env, "lvmt")["hosts"]["web"]["disk"]["extra"]["lv_uuid"] == vg.lv_uuid("web.lvmt")
     assert vg.fs_size("web.lvmt") == 120 * M
