@@ -28,6 +28,7 @@ class Keyword:
     help: str = ""
     plugin: str = "core"
     block: str | None = None  # None for a keyword line; "keywords" | "lines" | "free" for a block
+    no_effect: str | None = None  # accepted (the original's language) but not acted on: why
 
 
 @dataclass
@@ -44,8 +45,11 @@ class KeywordRegistry:
     hypervisors: dict[str, Hypervisor] = field(default_factory=dict)
     current_plugin: str = "core"
 
-    def keyword(self, context: str, name: str, help: str = "") -> None:
-        self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin)
+    def keyword(self, context: str, name: str, help: str = "", no_effect: str | None = None) -> None:
+        """Declare a keyword line; ``no_effect`` says why a keyword of the original's language
+        is accepted but does nothing here (``check`` then warns once where it is used)."""
+        self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
+                                                             no_effect=no_effect)
 
     def block(self, context: str, name: str, contents: str = "free", help: str = "") -> None:
         if contents not in ("keywords", "lines", "free"):
@@ -80,27 +84,38 @@ class KeywordRegistry:
 
     # -- checking ----------------------------------------------------------------------
     def check(self, doc: Document, problems: Problems) -> None:
-        """Warn about every keyword and block that nobody declared."""
+        """Warn about every keyword and block that nobody declared, and once about each
+        keyword that is accepted but has no effect."""
         root = doc.root
+        no_effect: dict[tuple[str, str], list] = {}
         for key, child in root.blocks.items():
             if child.container:
                 ctx = {"host": "host", "superclass": "host", "switch": "switch"}.get(child.kind)
                 for named in child.blocks.values():
-                    self._check_block(named, ctx, problems)
+                    self._check_block(named, ctx, problems, no_effect)
             else:
                 spec = self.lookup("root", key)
                 if spec is None:
                     self._unknown("block", key, "root", child, problems, "at the top level")
                 elif spec.block == "keywords":
-                    self._check_block(child, f"root.{key}" if key != "global" else "global", problems)
+                    self._check_block(child, f"root.{key}" if key != "global" else "global", problems,
+                                      no_effect)
+        for (name, why), lines in no_effect.items():
+            more = f" (and {len(lines) - 1} more line{'s' * (len(lines) > 2)})" if len(lines) > 1 else ""
+            first = min(lines, key=lambda ln: (ln.pos.file, ln.pos.line, ln.pos.col)).pos
+            problems.warn(f"'{name}' has no effect in this version{more}: {why}", first)
 
-    def _check_block(self, block: Block, ctx: str, problems: Problems) -> None:
+    def _check_block(self, block: Block, ctx: str, problems: Problems, no_effect: dict) -> None:
         where = f"in {block.label}"
         for line in block.lines:
             kw = line.words[0]
-            if kw.startswith("$") or self.lookup(ctx, kw) is not None:
+            if kw.startswith("$"):
                 continue
-            self._unknown("keyword", kw, ctx, line, problems, where)
+            spec = self.lookup(ctx, kw)
+            if spec is None:
+                self._unknown("keyword", kw, ctx, line, problems, where)
+            elif spec.no_effect:
+                no_effect.setdefault((kw, spec.no_effect), []).append(line)
         for key, child in block.blocks.items():
             if child.container:
                 sub_ctx = "network" if child.kind == "network" and ctx == "host" else f"{ctx}.{child.kind}"
@@ -109,13 +124,13 @@ class KeywordRegistry:
                     self._unknown("block", child.kind, ctx, child, problems, where)
                     continue
                 for named in child.blocks.values():
-                    self._check_block(named, sub_ctx, problems)
+                    self._check_block(named, sub_ctx, problems, no_effect)
                 continue
             spec = self.lookup(ctx, key)
             if spec is None or spec.block is None:
                 self._unknown("block", key, ctx, child, problems, where)
             elif spec.block == "keywords":
-                self._check_block(child, f"{ctx}.{key}", problems)
+                self._check_block(child, f"{ctx}.{key}", problems, no_effect)
 
     def _unknown(self, what: str, name: str, ctx: str, node, problems: Problems, where: str) -> None:
         known = list(self.entries.get(ctx, {}))
@@ -140,24 +155,29 @@ def core_keywords(reg: KeywordRegistry) -> None:
         "size": "disk size, e.g. 2G",
         "free_space": "disk = template size + this (overrides size)",
         "swap": "size of a swap disk",
-        "service_host": "the physical server that runs this host",
-        "location": "alias of service_host",
         "boot_order": "start order 1..99 (low first); stop runs in reverse",
-        "term": "console: xterm, screen or none",
-        "color": "xterm foreground colour",
         "kernel": "kernel for UML/QEMU/Xen guests",
         "ramdisk": "initial ramdisk",
         "family": "guest OS family, normally detected from the image",
         "root_passwd": "root password (a crypt hash is installed as-is)",
         "root_password": "alias of root_passwd",
         "nameserver": "written to /etc/resolv.conf",
-        "owner": "owner of the host's files and process",
-        "group": "group of the host's files",
-        "sudo": "run the host as this user",
         "hypervisor": "the hypervisor backend by name (instead of a flag such as xen)",
     }
     for name, text in host.items():
         reg.keyword("host", name, text)
+    local = "every host is built and run on the machine that runs mln (no distribution to servers yet)"
+    console = "each guest's console is written to hosts/<host>/console.log (no terminal is opened)"
+    as_caller = "guests run as the user who runs mln"
+    for name, text, why in (
+            ("service_host", "the physical server that runs this host", local),
+            ("location", "alias of service_host", local),
+            ("term", "console: xterm, screen or none", console),
+            ("color", "xterm foreground colour", console),
+            ("owner", "owner of the host's files and process", as_caller),
+            ("group", "group of the host's files", as_caller),
+            ("sudo", "run the host as this user", as_caller)):
+        reg.keyword("host", name, text, no_effect=why)
     for name, text in {"users": "users: name passwordhash [homedir] [uid]",
                        "startup": "shell lines run at the end of boot",
                        "shutdown": "shell lines run at shutdown",
@@ -173,7 +193,8 @@ def core_keywords(reg: KeywordRegistry) -> None:
                        "gateway": "default gateway", "mac": "fixed MAC address",
                        "auto": "'no' to leave the interface down at boot"}.items():
         reg.keyword("network", name, text)
-    reg.keyword("switch", "service_host", "the server that creates this switch")
+    reg.keyword("switch", "service_host", "the server that creates this switch",
+                no_effect="every switch is made on the machine that runs mln (no distribution to servers yet)")
     reg.block("switch", "hosts", "free", "filled in automatically: which hosts are on the switch")
     reg.hypervisor("uml", ("uml",), "User-Mode Linux (the default)")
     reg.hypervisor("qemu", ("qemu", "kvm"), "QEMU with KVM, or TCG where KVM does not work")

@@ -162,6 +162,18 @@ def test_check_unknown_keyword_in_a_network_block(mln, write):
     assert f"{path}:4:3: warning: unknown keyword 'adress' in network eth0 (did you mean 'address'?)" in err
 
 
+def test_check_says_once_which_keywords_have_no_effect(mln, write):
+    """The original's console keywords are accepted, but a user is told they do nothing."""
+    path = write("global { project p }\nsuperclass s {\n term screen\n}\nhost a {\n superclass s\n}\n"
+                 "host b {\n term xterm\n color red\n}\n")
+    code, _, err = mln("check", "-f", path)
+    assert code == 0
+    assert err.count("no effect") == 2
+    assert (f"{path}:3:2: warning: 'term' has no effect in this version (and 1 more line): each guest's "
+            "console is written to hosts/<host>/console.log (no terminal is opened)") in err
+    assert f"{path}:10:2: warning: 'color' has no effect in this version: " in err
+
+
 def test_check_unknown_block_and_top_level_block(mln, write):
     path = write("global { project p }\nhost a {\n startpu {\n  x\n }\n}\nstuff {\n}\n")
     code, _, err = mln("check", "-f", path)
