@@ -48,6 +48,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
+from mln_core.errors import MlnError
 from mln_core.guest import GuestFS
 
 __all__ = [
@@ -64,8 +65,9 @@ __all__ = [
 ]
 
 
-class ImageError(Exception):
-    """A guest image could not be opened, read or changed."""
+class ImageError(MlnError):
+    """A guest image could not be opened, read or changed (a user-facing error: the core
+    reports it with the host and the step, as any MlnError)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ class Ext4Image(GuestFS):
         self._dirs: dict[str, dict[str, _Ent]] = {}
         self._root: _Ent | None = None
         self._links: dict[str, str] = {}
-        self._data: dict[str, bytes] = {}  # pending contents of written files
+        self._data: dict[str, bytes | str] = {}  # pending contents of written files (str: a host file's)
         # speculative results of the last prefetch (validated by inode number before use)
         self._spec_dirs: dict[str, tuple[int, _Ent, dict[str, _Ent]]] = {}
         self._spec_stat: dict[str, tuple[int, str, str | None]] = {}
@@ -478,7 +480,11 @@ class Ext4Image(GuestFS):
         if status != "found" or not _stat.S_ISREG(e.mode):
             return None
         if canon in self._data:
-            return self._data[canon]
+            pending = self._data[canon]
+            if isinstance(pending, str):
+                with open(pending, "rb") as f:
+                    return f.read()
+            return pending
         st = self._spec_stat.get(canon)
         if canon in self._spec_data and st is not None and e.ino is not None and st[0] == e.ino:
             return self._spec_data[canon]
@@ -579,22 +585,28 @@ class Ext4Image(GuestFS):
 
     def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
         self._check_open()
-        self._check_ids(mode, uid, gid)
         data = bytes(data)
+        local = self._tmp("w")
+        with open(local, "wb") as f:
+            f.write(data)
+        self._files.append(local)        # deleted at the next flush, also if this write fails
+        canon = self._write_from(path, local, mode, uid, gid)
+        self._data[canon] = data
+
+    def write_file(self, path: str, source: str, mode: int | None = None, uid: int = 0, gid: int = 0) -> None:
+        """debugfs copies ``source`` itself at the next flush: no copy, nothing kept in memory."""
+        self._check_open()
+        source = os.path.abspath(source)
+        canon = self._write_from(path, source, os.stat(source).st_mode & 0o7777 if mode is None else mode, uid, gid)
+        self._data[canon] = source
+
+    def _write_from(self, path: str, local: str, mode: int, uid: int, gid: int) -> str:
+        self._check_ids(mode, uid, gid)
         res = self._resolve(path, follow_last=False)
         if res[0] == "found" and _stat.S_ISDIR(res[2].mode):
             raise self._err(path, "cannot write a file: it is a directory")
-        local = self._tmp("w")
-        try:
-            with open(local, "wb") as f:
-                f.write(data)
-            cmds: list[bytes] = []
-            parent, name, old = self._place(path, res, cmds, "write")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(local)
-            raise
-        self._files.append(local)
+        cmds: list[bytes] = []
+        parent, name, old = self._place(path, res, cmds, "write")
         canon = _join(parent, name)
         if old is not None:
             cmds.append(b"rm " + _quote(canon))
@@ -603,8 +615,8 @@ class Ext4Image(GuestFS):
         mode_full = _stat.S_IFREG | mode
         cmds += self._sif(canon, mode_full, uid, gid)
         self._dirs[parent][name] = _Ent(None, mode_full, uid, gid)
-        self._data[canon] = data
         self._emit("write", path, cmds)
+        return canon
 
     def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
         self._check_open()
@@ -731,7 +743,10 @@ class Ext4Image(GuestFS):
                 else:
                     what, gpath = ops[k]
                     parts.append(f"{gpath}: {what} failed: {msg}")
-            raise ImageError(f"{self.path}: " + "; ".join(parts))
+            full = "the filesystem is full (give the host a larger size or free_space): " \
+                if any("Could not allocate" in msg for _, msg in errors) else ""
+            more = f" (and {len(parts) - 3} more errors)" if len(parts) > 3 else ""
+            raise ImageError(f"{self.path}: {full}" + "; ".join(parts[:3]) + more)
 
     def _invalidate(self):
         self._dirs.clear()

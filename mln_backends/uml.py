@@ -23,6 +23,7 @@ from .umlcow import write_cow
 from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
 
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
+DEFAULT_MODULES = "/usr/lib/uml/modules"      # Debian's user-mode-linux: one directory per kernel version
 NAME = "uml"
 
 
@@ -30,6 +31,8 @@ NAME = "uml"
 def mln_register_keywords(registry):
     registry.hypervisor(NAME, ("uml",), "User-Mode Linux (the default)", disk_formats=("raw",))
     registry.keyword("host", "nice", "UML: run the guest with this nice value")
+    registry.keyword("host", "modules_dir", "UML: the kernel modules copied into the guest when it has "
+                                            "modules {} (default: default_modules, else " + DEFAULT_MODULES + ")")
 
 
 def _mine(host) -> bool:
@@ -52,6 +55,25 @@ def _kernel(host, ctx) -> str:
                        "(install the user-mode-linux package, or set 'kernel PATH' in the host or "
                        "'default_kernel PATH' in mln.conf)")
     return kernel
+
+
+@hookimpl
+def mln_configure_image(host, guest, ctx):
+    """A UML guest with ``modules {}`` gets the UML kernel's modules: every version
+    directory of ``modules_dir`` (or ``default_modules``) is copied to /lib/modules/."""
+    if not _mine(host) or not host.modules:
+        return
+    src = (host.tree.get("modules_dir") if host.tree is not None else None) or \
+        ctx.config.get("default_modules") or DEFAULT_MODULES
+    versions = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d))) \
+        if os.path.isdir(src) else []
+    if not versions:
+        raise MlnError(f"modules: no UML kernel modules in {src} (one directory per kernel version is "
+                       "expected; install the user-mode-linux package, or set modules_dir in the host or "
+                       "default_modules in mln.conf)")
+    for v in versions:
+        size = guest.copy_tree(os.path.join(src, v), f"/lib/modules/{v}")
+        ctx.debug(f"host {host.name}: copied {size} bytes of modules to /lib/modules/{v}")
 
 
 @hookimpl

@@ -13,6 +13,8 @@ image gives the same image.
 from __future__ import annotations
 
 import abc
+import os
+import posixpath
 
 
 class GuestFS(abc.ABC):
@@ -65,6 +67,32 @@ class GuestFS(abc.ABC):
         """Flush pending changes and release the image. Called once by the core."""
 
     # Helpers built on the primitives above -------------------------------------------------
+
+    def write_file(self, path: str, source: str, mode: int | None = None, uid: int = 0, gid: int = 0) -> None:
+        """Write the managing host's file ``source`` into the guest as ``path`` (default
+        mode: the source's). Implementations may copy without reading it into memory."""
+        with open(source, "rb") as f:
+            data = f.read()
+        self.write(path, data, os.stat(source).st_mode & 0o7777 if mode is None else mode, uid, gid)
+
+    def copy_tree(self, source: str, path: str) -> int:
+        """Copy the managing host's directory ``source`` into the guest as ``path``:
+        directories, files and symlinks with their modes, owned by root. Returns the number
+        of bytes of file data copied."""
+        total = 0
+        for top, dirs, files in os.walk(source):
+            rel = os.path.relpath(top, source)
+            gdir = path if rel == "." else posixpath.join(path, *rel.split(os.sep))
+            self.mkdir(gdir, os.stat(top).st_mode & 0o7777)
+            for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(top, d))):
+                src = os.path.join(top, name)
+                if os.path.islink(src):
+                    self.symlink(os.readlink(src), posixpath.join(gdir, name))
+                else:
+                    self.write_file(posixpath.join(gdir, name), src)
+                    total += os.path.getsize(src)
+            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(top, d)))
+        return total
 
     def read_text(self, path: str) -> str | None:
         data = self.read(path)

@@ -315,9 +315,7 @@ def _copy_in(src: str, guest, dest: str, mode: int | None) -> None:
         for name in sorted(os.listdir(src)):
             _copy_in(os.path.join(src, name), guest, dest.rstrip("/") + "/" + name, mode)
     else:
-        with open(src, "rb") as fh:
-            data = fh.read()
-        guest.write(dest, data, mode if mode is not None else os.stat(src).st_mode & 0o7777)
+        guest.write_file(dest, src, mode)
 
 
 def _modules(host, guest, family: str) -> None:

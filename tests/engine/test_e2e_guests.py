@@ -224,3 +224,40 @@ def test_simple_network_example_runs_with_the_defaults(mln_env):
             time.sleep(0.5)
         assert out.startswith("OK") and f" {host} " in out, out
     assert mln_env.mln("stop", "-p", "simple_network").returncode == 0
+
+
+UML_MODULES = """
+global { project mods }
+host m {
+    hypervisor uml
+    template busybox.ext4
+    memory 96M
+    SIZE
+    modules {
+        dummy
+    }
+    startup {
+        echo "MLN-CHECK dummy loaded: $(lsmod | grep -c '^dummy ')"
+        ip link show dummy0 > /dev/null && echo "MLN-CHECK dummy0 exists"
+    }
+}
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/lib/uml/modules"), reason="needs Debian's user-mode-linux modules")
+def test_uml_modules_are_copied_into_the_guest_and_loaded(mln_env):
+    """modules {} on a UML host: the UML kernel's modules go to /lib/modules/ and the
+    guest loads the named ones at boot."""
+    small = mln_env.write("small.mln", UML_MODULES.replace("SIZE", "size 40M"))
+    r = mln_env.mln("build", "-f", str(small))
+    assert r.returncode == 1
+    assert "host m: configure image:" in r.stderr and "the filesystem is full" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 12 and len(r.stderr) < 3000     # one line, not thousands
+    assert not (mln_env.projects / "mods").exists()
+
+    path = mln_env.write("mods.mln", UML_MODULES.replace("SIZE", "size 250M"))
+    r = mln_env.mln("build", "-f", str(path))
+    assert r.returncode == 0, r.output
+    assert mln_env.mln("start", "-p", "mods").returncode == 0
+    out = mln_env.wait_console("mods", "m", r"MLN-CHECK dummy0 exists")
+    assert "MLN-CHECK dummy loaded: 1" in out
