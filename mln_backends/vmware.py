@@ -47,8 +47,11 @@ Through ``vmrun -T <vmware_type>`` (default ``ws``; ``player`` and ``fusion`` al
 ``vmrun start <vmx> nogui``, ``vmrun stop <vmx> soft`` (without VMware Tools in the
 guest a soft stop fails, and mln stops the VM hard at once, as the original's
 ``trysoft``), ``vmrun stop <vmx> hard``; a host is up while ``vmrun list`` lists its
-.vmx. Workstation needs no registration, so ``remove`` deletes only the files outside
-the project directory. Without vmrun installed every host is down.
+.vmx. ``mln stop -S`` runs ``vmrun suspend <vmx>`` (VMware writes the memory into a
+``.vmss`` file next to the .vmx and notes it as ``checkpoint.vmState`` in the .vmx: such
+a host is "down: saved"); ``vmrun start`` resumes a suspended VM. Workstation needs no
+registration, so nothing is unregistered at ``remove``. Without vmrun installed every
+host is down.
 """
 from __future__ import annotations
 
@@ -166,17 +169,14 @@ def _image_format(path: str) -> str:
     return {b"KDMV": "vmdk", b"QFI\xfb": "qcow2"}.get(head, "raw")
 
 
-def _abs(ctx, path: str) -> str:
-    return path if os.path.isabs(path) else ctx.path(path)
-
-
 def to_vmdk(ctx, src_record: str, what: str) -> str:
     """Convert the image ``src_record`` (relative to the project or absolute) into
     ``<same>.vmdk`` and delete the source; return the record of the VMDK."""
     dst_record = src_record + ".vmdk"
-    src, dst = _abs(ctx, src_record), _abs(ctx, dst_record)
-    # written straight to its final name: a monolithicSparse VMDK names its own file in
-    # its embedded descriptor, so it must not be renamed afterwards
+    src = ctx.path(src_record)
+    dst = ctx.outside(dst_record) if os.path.isabs(dst_record) else ctx.path(dst_record)
+    # written under its final file name (a filepath disk in the build's staging folder, which
+    # keeps the name): a monolithicSparse VMDK names its own file in its embedded descriptor
     try:
         ctx.run(["qemu-img", "convert", "-q", "-f", _image_format(src), "-O", "vmdk", "-o", VMDK_OPTIONS,
                  src, dst], what=f"converting {what} {src} to VMDK", timeout=3600)
@@ -246,7 +246,7 @@ def mln_build_host(host, disk, ctx):
         raise MlnError(f"too many mount disks for one SCSI controller ({len(host.mounts)})")
 
     if disk.format != "vmdk":
-        if imagefs.is_ext_filesystem(_abs(ctx, disk.path)):
+        if imagefs.is_ext_filesystem(ctx.path(disk.path)):
             ctx.log(f"warning: host {host.name}: template {host.template} is a bare filesystem with no boot "
                     "loader; VMware boots disks through its BIOS, so this VM will not boot under VMware")
         disk.path = to_vmdk(ctx, disk.path, "the disk")
@@ -491,6 +491,24 @@ def mln_stop_host(host, hard, ctx):
     return True
 
 
+@hookimpl
+def mln_save_host(host, ctx):
+    if not _mine(host):
+        return None
+    ctx.run(_vmrun(ctx) + ["suspend", vmx_path(host, ctx)], what="vmrun suspend", timeout=900)
+    return True
+
+
+def is_suspended(host, ctx) -> bool:
+    """VMware writes ``checkpoint.vmState = "<vm>.vmss"`` into the .vmx of a suspended VM
+    (and empties it when the VM resumes)."""
+    try:
+        with open(vmx_path(host, ctx), encoding="utf-8", errors="replace") as f:
+            return any(re.fullmatch(r'\s*checkpoint\.vmState\s*=\s*"[^"]+"\s*', line) for line in f)
+    except OSError:
+        return False
+
+
 def running_vmx(ctx) -> list[str] | None:
     """The .vmx files ``vmrun list`` shows (real paths); None without vmrun."""
     if shutil.which("vmrun") is None:
@@ -504,38 +522,7 @@ def mln_host_status(host, ctx):
     if not _mine(host):
         return None
     running = running_vmx(ctx)
-    if running is None:
-        return "down"
-    return "up" if os.path.realpath(vmx_path(host, ctx)) in running else "down"
+    if running is not None and os.path.realpath(vmx_path(host, ctx)) in running:
+        return "up"
+    return "down: saved" if is_suspended(host, ctx) else "down"
 
-
-def _kept_by_replacing_build(ctx) -> set[str]:
-    """Disks that a build replacing this project has already recorded.
-
-    ``filepath`` disks are not staged: the replacing build writes them where the old
-    project had its own, and the core removes the old project (``mln_remove_host``)
-    after that build succeeded; those files belong to the new project now."""
-    staging = getattr(ctx, "staging", None)
-    if not staging or os.path.realpath(staging) == os.path.realpath(ctx.project_dir or ""):
-        return set()
-    from mln_core.store import Store
-    kept = set()
-    for entry in Store.read_state(staging).get("hosts", {}).values():
-        disk = entry.get("disk", {})
-        for p in (disk.get("path"), disk.get("extra", {}).get("swap")):
-            if p and os.path.isabs(p):
-                kept.add(os.path.realpath(p))
-    return kept
-
-
-@hookimpl
-def mln_remove_host(host, ctx):
-    if not _mine(host):
-        return
-    filepath = host.tree.get("filepath") if host.tree is not None else None
-    if filepath:
-        kept = _kept_by_replacing_build(ctx)
-        for name in (f"{host.fqname}.vmdk", host.fqname):
-            path = os.path.join(filepath, name)
-            if os.path.isfile(path) and os.path.realpath(path) not in kept:
-                os.unlink(path)

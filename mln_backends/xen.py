@@ -4,13 +4,15 @@ spec 8.3 item 6).
 
 Build writes ``<project>/<host>_xen.cfg`` (PV) or ``<project>/<host>_xen.hvm`` (HVM) from
 the Jinja templates ``templates/xen_pv.cfg.j2`` and ``templates/xen_hvm.cfg.j2``; ``mln
-start`` runs ``xl create <file>`` in the project directory (``xl restore <host>.ram`` when a
-saved state exists), ``mln stop`` runs ``xl shutdown <host>.<project>`` (``xl destroy`` with
+start`` runs ``xl create <file>`` in the project directory (``xl restore
+hosts/<host>/<host>.ram`` when a saved state exists; the file is deleted once the guest
+runs again), ``mln stop`` runs ``xl shutdown <host>.<project>`` (``xl destroy`` with
 ``-H``; HVM guests ``xl shutdown -F``, the ACPI power button, for guests without PV
-drivers), ``mln status`` asks ``xl list <host>.<project>`` (exit 0: up; paused, crashed,
-shutting down and dying domains are "up" with that detail). Every command goes through
-``ctx.run``. ``save(host, ctx)`` (``xl save`` to ``<host>.ram``) and ``migrate(host,
-target, ctx)`` (``xl migrate``) are helpers for commands that do not exist yet.
+drivers), ``mln stop -S`` runs ``xl save <host>.<project> <project>/hosts/<host>/<host>.ram``
+(``save``), ``mln status`` asks ``xl list <host>.<project>`` (exit 0: up; paused, crashed,
+shutting down and dying domains are "up" with that detail; a host that is down with a
+saved state is "down: saved"). Every command goes through ``ctx.run``. ``migrate(host,
+target, ctx)`` (``xl migrate``) is a helper for a command that does not exist yet.
 
 Decisions (see also docs and the golden files in ``tests/xen/golden``):
 
@@ -512,8 +514,8 @@ def _need_xl() -> None:
 
 
 def saved_state(host, ctx) -> str:
-    """``<project>/<host>.ram``: where ``save`` puts a suspended guest (spec 7.1)."""
-    return ctx.path(f"{host.name}.ram")
+    """``<project>/hosts/<host>/<host>.ram``: where ``save`` puts a suspended guest (spec 7.1)."""
+    return ctx.path("hosts", host.name, f"{host.name}.ram")
 
 
 @hookimpl
@@ -525,7 +527,12 @@ def mln_start_host(host, ctx):
     cfg = backend.get("cfg") or cfg_name(host)
     ram = saved_state(host, ctx)
     if os.path.exists(ram):
-        ctx.run([XL, "restore", os.path.basename(ram)], what=_what(host, "restore"), cwd=ctx.project_dir)
+        try:
+            ctx.run([XL, "restore", os.path.relpath(ram, ctx.project_dir)], what=_what(host, "restore"),
+                    cwd=ctx.project_dir, timeout=900)
+        except MlnError as e:
+            raise MlnError(f"{e.message}; the saved state {ram} is kept: delete it to boot the host "
+                           "afresh") from None
         os.unlink(ram)
         return True
     if not os.path.exists(ctx.path(cfg)):
@@ -565,12 +572,20 @@ def domain_state(host, ctx) -> str | None:
 
 
 @hookimpl
+def mln_save_host(host, ctx):
+    if not _mine(host):
+        return None
+    save(host, ctx)
+    return True
+
+
+@hookimpl
 def mln_host_status(host, ctx):
     if not _mine(host):
         return None
     state = domain_state(host, ctx)
     if state is None:
-        return "down"
+        return "down: saved" if os.path.exists(saved_state(host, ctx)) else "down"
     detail = [text for letter, text in STATES.items() if letter in state]
     return f"up: {', '.join(detail)}" if detail else "up"
 
@@ -584,8 +599,10 @@ def mln_remove_host(host, ctx):
 
 
 def save(host, ctx) -> str:
-    """Suspend a running guest to ``<project>/<host>.ram``; the next start restores it."""
+    """Suspend a running guest to ``<project>/hosts/<host>/<host>.ram`` (``mln stop -S``);
+    the next start restores it."""
     _need_xl()
+    ctx.host_dir(host)
     ram = saved_state(host, ctx)
     ctx.run([XL, "save", host.fqname, ram], what=_what(host, "save"), timeout=900)
     return ram

@@ -408,6 +408,42 @@ def test_soft_stop_without_tools_falls_back_to_hard(vm):
 
 
 @pytest.mark.guests
+def test_stop_save_suspends_and_start_resumes(vm):
+    """``stop -S`` runs ``vmrun suspend``; the suspended VM (``checkpoint.vmState`` in its
+    .vmx) is "down (saved)"; ``vmrun start`` resumes it and its .vmss goes away."""
+    vm.build("vmt.mln", TWOHOST)
+    pdir = vm.env.projects / "vmt"
+    web, db = str(pdir / "web.vmx"), str(pdir / "db.vmx")
+    assert vm.env.mln("start", "-p", "vmt").returncode == 0
+    vm.clear_calls()
+    r = vm.env.mln("stop", "-p", "vmt", "-S")
+    assert r.returncode == 0, r.output
+    assert sorted(vm.actions()) == sorted([["-T", "ws", "suspend", web], ["-T", "ws", "suspend", db]])
+    assert "web: saved; 'mln start' resumes it" in r.stderr and "warning" not in r.stderr
+    assert sorted((vm.fake / "suspended").read_text().split()) == sorted([web, db])
+    assert (pdir / "web.vmss").exists() and 'checkpoint.vmState = "web.vmss"' in vm.vmx("vmt", "web")
+    assert not (vm.dev / "vmnet10").exists()                    # the switch stopped as usual
+    r = vm.env.mln("status", "-p", "vmt")
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == ["vmt host web down (saved)", "vmt host db down (saved)",
+                                     "vmt switch lan down"]
+    assert vm.env.mln("status", "-p", "vmt", "-d").returncode == 0
+
+    vm.clear_calls()
+    r = vm.env.mln("start", "-p", "vmt", "-h", "web")
+    assert r.returncode == 0, r.output
+    assert vm.actions() == [["-T", "ws", "start", web, "nogui"]]
+    assert not (pdir / "web.vmss").exists() and (pdir / "db.vmss").exists()
+    assert (vm.fake / "suspended").read_text().split() == [db]
+    r = vm.env.mln("status", "-p", "vmt")
+    assert r.stdout.splitlines()[:2] == ["vmt host web up", "vmt host db down (saved)"]
+    assert vm.env.mln("start", "-p", "vmt").returncode == 0
+    assert not (pdir / "db.vmss").exists()
+    assert vm.env.mln("status", "-p", "vmt").returncode == 0
+    assert vm.env.mln("stop", "-p", "vmt").returncode == 0
+
+
+@pytest.mark.guests
 def test_vmware_type_and_errors(vm):
     vm.conf("vmware_type player")
     vm.build("vmt.mln", TWOHOST)

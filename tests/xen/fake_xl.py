@@ -12,8 +12,9 @@ PATH; it imitates the few ``xl`` commands mln uses, well enough to test the comm
   exits 1; ``list`` alone lists every domain;
 * ``shutdown [-F] NAME`` / ``destroy NAME`` remove the domain (as if it stopped at once);
   with ``$FAKE_XL_SLOW_SHUTDOWN`` set, ``shutdown`` only marks it ``--s---`` (shutting down);
-* ``save NAME FILE`` writes FILE (holding the name) and removes the domain;
-  ``restore [CFG] FILE`` brings the domain of FILE back.
+* ``save NAME FILE`` writes FILE (xl's header line, then the name) and removes the domain;
+  ``restore [CFG] FILE`` brings the domain of FILE back; it fails as xl does when FILE is
+  missing or has no xl header (corrupt), or when the domain exists already.
 
 Tests change ``$FAKE_XL_STATE`` directly to imitate a domain that crashed or stopped.
 """
@@ -43,6 +44,10 @@ def _save(path: str, state: dict) -> None:
 def _no_domain(name: str) -> int:
     print(f"{name} is an invalid domain identifier (rc=-6)", file=sys.stderr)
     return 1
+
+
+#: the first line of a file written by ``xl save`` (xl_saverestore.c: savefileheader_magic)
+SAVE_MAGIC = "Xen saved domain, xl format"
 
 
 def _table(domains: dict) -> None:
@@ -100,11 +105,22 @@ def _main(argv: list[str]) -> int:
         if len(args) < 2 or args[0] not in state:
             return _no_domain(args[0] if args else "")
         with open(args[1], "w") as f:
-            f.write(args[0] + "\n")
+            f.write(f"{SAVE_MAGIC}\n{args[0]}\n")
         del state[args[0]]
     elif cmd == "restore":
-        with open(args[-1]) as f:
-            state[f.read().strip()] = "-b----"
+        try:
+            with open(args[-1] if args else "") as f:
+                magic, _, name = f.read().partition("\n")
+        except OSError as e:
+            print(f"xl: cannot open restore file {args[-1] if args else ''}: {e.strerror}", file=sys.stderr)
+            return 1
+        if magic != SAVE_MAGIC or not name.strip():
+            print("File has wrong magic number - corrupt or for a different tool?", file=sys.stderr)
+            return 1
+        if name.strip() in state:
+            print(f"domain with name {name.strip()} already exists", file=sys.stderr)
+            return 1
+        state[name.strip()] = "-b----"
     else:
         print(f"fake_xl: '{cmd}' is not imitated", file=sys.stderr)
         return 2

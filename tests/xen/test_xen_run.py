@@ -3,8 +3,8 @@
 and deleted on stop (``mln_env`` fails the test if a bridge is left)."""
 from __future__ import annotations
 
+import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -94,40 +94,126 @@ def test_slow_shutdown_is_waited_for_then_destroyed(ldaptest, fake_xl: FakeXl):
     assert env.mln("stop", "-p", "ldaptest").returncode == 0      # takes the bridge down
 
 
-SAVE = """
-import sys
-from mln_core.config import load_config
-from mln_core.context import Context
-from mln_core.lifecycle import Engine
-from mln_core.plugins import PluginManager
-from mln_backends import xen
-pm = PluginManager()
-pm.load()
-ctx = Context(config=load_config(), pm=pm)
-loaded = Engine(ctx).open(sys.argv[1])
-print(xen.save(loaded.project.hosts[sys.argv[2]], ctx))
-"""
-
-
-def test_saved_state_is_restored(ldaptest, fake_xl: FakeXl):
-    """A ``<host>.ram`` (from the backend's ``save`` helper) makes start restore the guest
-    instead of creating it, and the file is removed (spec 7.1)."""
+def test_stop_save_then_start_restores(ldaptest, fake_xl: FakeXl):
+    """``stop -S`` saves every running guest to ``hosts/<host>/<host>.ram`` with ``xl save``;
+    status says "down (saved)"; start runs ``xl restore`` instead of ``xl create`` and
+    deletes the file (spec 7.1)."""
     env = ldaptest
-    assert env.mln("start", "-p", "ldaptest", "-h", "ldapclient").returncode == 0
-    p = subprocess.run([sys.executable, "-c", SAVE, "ldaptest", "ldapclient"], env=env.env, cwd=env.root,
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    ram = env.projects / "ldaptest" / "ldapclient.ram"
-    assert p.stdout.strip() == str(ram) and ram.exists()
-    assert ["save", "ldapclient.ldaptest", str(ram)] in fake_xl.argvs()
-    assert fake_xl.domains() == {}
+    pdir = env.projects / "ldaptest"
+    ram = {h: pdir / "hosts" / h / f"{h}.ram" for h in ("ldapclient", "ldapserver")}
+    assert env.mln("start", "-p", "ldaptest").returncode == 0
+    fake_xl.clear()
+    r = env.mln("stop", "-p", "ldaptest", "-S")
+    assert r.returncode == 0, r.output
+    assert sorted(a for a in fake_xl.argvs() if a[0] != "list") == [
+        ["save", "ldapclient.ldaptest", str(ram["ldapclient"])],
+        ["save", "ldapserver.ldaptest", str(ram["ldapserver"])]]          # no shutdown
+    assert "ldapclient: saved; 'mln start' resumes it" in r.stderr and "warning" not in r.stderr
+    assert all(p.exists() for p in ram.values()) and fake_xl.domains() == {}
+    assert not os.path.exists("/sys/class/net/lan.ldaptest")               # the switch stopped
+
+    r = env.mln("status", "-p", "ldaptest")
+    assert r.returncode == 1                                               # down is down
+    assert r.stdout.splitlines() == ["ldaptest host ldapclient down (saved)",
+                                     "ldaptest host ldapserver down (saved)", "ldaptest switch lan down"]
+    r = env.mln("status", "-p", "ldaptest", "--format", "json")
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert (rows["ldapclient"]["state"], rows["ldapclient"]["detail"]) == ("down", "saved")
+    assert env.mln("status", "-p", "ldaptest", "-d").returncode == 0      # nothing is up
+    assert env.mln("status", "-p", "ldaptest", "-u").returncode == 1
+
     fake_xl.clear()
     r = env.mln("start", "-p", "ldaptest", "-h", "ldapclient")
     assert r.returncode == 0, r.output
-    assert [a for a in fake_xl.argvs() if a[0] in ("create", "restore")] == [["restore", "ldapclient.ram"]]
-    assert not ram.exists()
+    restores = [c for c in fake_xl.calls() if c["argv"][0] in ("create", "restore")]
+    assert [c["argv"] for c in restores] == [["restore", "hosts/ldapclient/ldapclient.ram"]]
+    assert restores[0]["cwd"] == str(pdir)
+    assert not ram["ldapclient"].exists() and ram["ldapserver"].exists()
     assert set(fake_xl.domains()) == {"ldapclient.ldaptest"}
+    r = env.mln("status", "-p", "ldaptest")
+    assert "ldaptest host ldapclient up" in r.stdout and "ldaptest host ldapserver down (saved)" in r.stdout
+
+    # one host saved with -h, the other one restored by a whole-project start
+    assert env.mln("stop", "-p", "ldaptest", "-h", "ldapclient", "-S").returncode == 0
+    fake_xl.clear()
+    assert env.mln("start", "-p", "ldaptest").returncode == 0
+    assert sorted(a for a in fake_xl.argvs() if a[0] in ("create", "restore")) == [
+        ["restore", "hosts/ldapclient/ldapclient.ram"], ["restore", "hosts/ldapserver/ldapserver.ram"]]
+    assert not any(p.exists() for p in ram.values())
+    assert set(fake_xl.domains()) == {"ldapclient.ldaptest", "ldapserver.ldaptest"}
     assert env.mln("stop", "-p", "ldaptest").returncode == 0
+
+
+def test_failed_restore_keeps_the_saved_state(ldaptest, fake_xl: FakeXl):
+    """When ``xl restore`` fails, start fails naming the host and xl's message, and the
+    saved state is kept (not replaced by a fresh boot)."""
+    env = ldaptest
+    ram = env.projects / "ldaptest" / "hosts" / "ldapclient" / "ldapclient.ram"
+    assert env.mln("start", "-p", "ldaptest", "-h", "ldapclient").returncode == 0
+    assert env.mln("stop", "-p", "ldaptest", "-h", "ldapclient", "-S").returncode == 0
+    ram.write_text("not a saved domain\n")                                # corrupt
+    fake_xl.clear()
+    r = env.mln("start", "-p", "ldaptest", "-h", "ldapclient")
+    assert r.returncode == 1
+    assert "host ldapclient: start: restore Xen guest ldapclient.ldaptest: 'xl restore " \
+           "hosts/ldapclient/ldapclient.ram' failed (exit 1)" in r.stderr
+    assert "File has wrong magic number" in r.stderr
+    assert f"the saved state {ram} is kept: delete it to boot the host afresh" in r.stderr
+    assert [a for a in fake_xl.argvs() if a[0] in ("create", "restore")] == [
+        ["restore", "hosts/ldapclient/ldapclient.ram"]]                   # no xl create after it
+    assert ram.exists() and fake_xl.domains() == {}
+    assert "ldaptest host ldapclient down (saved)" in env.mln("status", "-p", "ldaptest").stdout
+    ram.unlink()                                                           # boot afresh
+    fake_xl.clear()
+    assert env.mln("start", "-p", "ldaptest", "-h", "ldapclient").returncode == 0
+    assert [a for a in fake_xl.argvs() if a[0] in ("create", "restore")] == [["create", "ldapclient_xen.cfg"]]
+    assert env.mln("stop", "-p", "ldaptest").returncode == 0
+
+
+MIXED = """global {
+    project mixed
+}
+host x {
+    xen
+    template busybox.ext4
+}
+host u {
+    uml
+    template busybox.ext4
+    memory 64M
+}
+"""
+
+
+@pytest.mark.guests
+def test_stop_save_of_a_mixed_project_shuts_down_what_cannot_be_saved(mln_env):
+    """UML cannot save: ``stop -S`` shuts the UML host down with a warning and saves the
+    Xen host; the next start boots the one and restores the other."""
+    kernel = mln_env.root / "vmlinuz"
+    kernel.write_bytes(b"not a kernel: Xen cannot run here\n")
+    with open(mln_env.config, "a") as f:
+        f.write(f"xen_kernel {kernel}\n")
+    fake_xl = FakeXl(mln_env)
+    path = mln_env.write("mixed.mln", MIXED)
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    r = mln_env.mln("start", "-p", "mixed")
+    assert r.returncode == 0, r.output
+    fake_xl.clear()
+    r = mln_env.mln("stop", "-p", "mixed", "-S")
+    assert r.returncode == 0, r.output
+    assert "warning: u: uml hosts cannot be saved; shutting it down" in r.stderr
+    assert "x: saved" in r.stderr and "warning: x" not in r.stderr
+    ram = mln_env.projects / "mixed" / "hosts" / "x" / "x.ram"
+    assert [a for a in fake_xl.argvs() if a[0] != "list"] == [["save", "x.mixed", str(ram)]]
+    r = mln_env.mln("status", "-p", "mixed")
+    assert r.stdout.splitlines() == ["mixed host x down (saved)", "mixed host u down"]
+    fake_xl.clear()
+    r = mln_env.mln("start", "-p", "mixed")
+    assert r.returncode == 0, r.output
+    assert [a for a in fake_xl.argvs() if a[0] != "list"] == [["restore", "hosts/x/x.ram"]]
+    assert not ram.exists()
+    assert mln_env.mln("status", "-p", "mixed").returncode == 0            # both up
+    assert mln_env.mln("stop", "-p", "mixed", "-H").returncode == 0
 
 
 def test_xl_failure_is_reported(ldaptest, fake_xl: FakeXl):
