@@ -304,10 +304,15 @@ class Engine:
             loaded = self.open(project_name)
         except MlnError:
             return None  # an unreadable old project cannot be running anything we know of
-        up = [h.name for h in loaded.project.hosts.values() if self.host_status(h).startswith("up")]
+        status = {h.name: self.host_status(h) for h in loaded.project.hosts.values()}
+        up = [name for name, st in status.items() if st.startswith("up")]
         if up:
             raise MlnError(f"project '{project_name}' has running hosts ({', '.join(up)}); stop them "
                            f"first: mln stop -p {project_name}")
+        saved = [name for name, st in status.items() if st.replace(" ", "") == "down:saved"]
+        if saved:
+            self.ctx.log(f"warning: replacing the project discards the saved state of {', '.join(saved)} "
+                         "(mln stop -S); the rebuilt hosts boot afresh")
         return loaded
 
     def status(self, project_name: str, host: str | None = None) -> list[dict]:

@@ -213,7 +213,12 @@ def test_stop_save_of_a_mixed_project_shuts_down_what_cannot_be_saved(mln_env):
     assert [a for a in fake_xl.argvs() if a[0] != "list"] == [["restore", "hosts/x/x.ram"]]
     assert not ram.exists()
     assert mln_env.mln("status", "-p", "mixed").returncode == 0            # both up
-    assert mln_env.mln("stop", "-p", "mixed", "-H").returncode == 0
+    # a rebuild of a project with a saved host says that the saved state goes
+    assert mln_env.mln("stop", "-p", "mixed", "-S").returncode == 0
+    r = mln_env.mln("build", "-r", "-f", str(path))
+    assert r.returncode == 0, r.output
+    assert "warning: replacing the project discards the saved state of x (mln stop -S)" in r.stderr
+    assert mln_env.mln("status", "-p", "mixed").stdout.splitlines() == ["mixed host x down", "mixed host u down"]
 
 
 def test_xl_failure_is_reported(ldaptest, fake_xl: FakeXl):
