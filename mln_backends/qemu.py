@@ -11,8 +11,17 @@
   in the host, else the kernel and initrd registered with the template
   (``mln register_template --kernel K --initrd I``), else ``qemu_kernel``/``qemu_initrd``
   in mln.conf. A whole-disk template boots through its own boot loader.
+* NIC ``ethN`` sits in PCI slot ``2 + N``, and every missing index below the highest gets
+  an unconnected placeholder NIC, so the guest kernel (which names NICs in PCI order)
+  calls them exactly as the project file does: a host with eth0 and eth2 has an eth2.
 * The serial console goes to ``hosts/<host>/console.log``; status and shutdown use the
   QMP socket (``system_powerdown`` for a clean stop, ``quit`` for a hard one).
+* ``mln stop -S`` saves a host: QMP ``stop`` (the disk is not written after that), then a
+  migration into ``hosts/<host>/<host>.ram`` through a file descriptor passed over QMP
+  (``fd:``, works on QEMU 7.2, which has no ``file:`` migration), then ``quit``. The next
+  start runs the same command line with ``-incoming defer``, loads that file
+  (``migrate-incoming``), continues the guest and deletes the file; the console log is
+  appended to, not truncated. A failed resume keeps the file and says so.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError
@@ -112,7 +122,21 @@ def _paths(host, ctx, create=False):
     return d, os.path.join(d, "qmp.sock"), os.path.join(ctx.path("hosts", host.name), "pid")
 
 
-def command_line(host, ctx) -> list[str]:
+MAX_NIC_INDEX = 29            # ethN is in PCI slot 2 + N; slots 0 and 1 are the host and ISA bridges
+
+
+def save_path(host, ctx) -> str:
+    """Where ``mln stop -S`` saves the host's memory: ``hosts/<host>/<host>.ram``."""
+    return ctx.path("hosts", host.name, f"{host.name}.ram")
+
+
+def _chardev_path(path: str) -> str:
+    return path.replace(",", ",,")     # QEMU option syntax: a literal comma is doubled
+
+
+def command_line(host, ctx, resume: bool = False) -> list[str]:
+    """The QEMU command line; ``resume``: wait for the saved state (``-incoming defer``) and
+    append to the console log instead of starting it afresh."""
     b = ctx.host_state(host).get("backend", {})
     disk = disk_of(ctx, host)
     d, qmp, pidfile = _paths(host, ctx)
@@ -120,7 +144,8 @@ def command_line(host, ctx) -> list[str]:
     argv = [QEMU, "-name", host.fqname, "-accel", b.get("accel", "tcg"), "-m", str(b.get("memory_mb", 128)),
             "-smp", str(b.get("vcpus", 1)), "-nodefaults", "-no-user-config", "-display", "none",
             "-daemonize", "-pidfile", pidfile, "-qmp", f"unix:{qmp},server=on,wait=off",
-            "-serial", f"file:{log}",
+            "-chardev", f"file,id=serial0,path={_chardev_path(log)}" + (",append=on" if resume else ""),
+            "-serial", "chardev:serial0",
             "-drive", f"file={disk.path},format={disk.format},if=virtio,cache=writeback"]
     if disk.extra.get("swap"):
         argv += ["-drive", f"file={ctx.path(disk.extra['swap'])},format=raw,if=virtio"]
@@ -132,58 +157,115 @@ def command_line(host, ctx) -> list[str]:
         if b.get("initrd"):
             argv += ["-initrd", b["initrd"]]
         argv += ["-append", b["append"]]
-    for i in host.interfaces:
-        mac = i.mac or mac_address("52:54:00", host.project, host.name, i.name)
-        nid = f"n{i.index}"
-        slirp = i.tree.get("slirp") if i.tree is not None else None
-        if slirp is not None:
-            netdev = f"user,id={nid}" + (",restrict=on" if slirp == "restrict" else "")
-            netdev += "".join(f",hostfwd={ln.value}" for ln in i.tree.lines if ln.words[0] == "hostfwd")
-        elif i.switch and i.switch.startswith("/"):
-            netdev = f"vde,id={nid},sock={i.switch}"
-        else:
-            att = ctx.attachment(host, i) if i.switch else None
-            if att is None:
-                continue
-            if att["kind"] == "vde":
-                netdev = f"vde,id={nid},sock={att['socket']}"
-            elif att["kind"] == "tap":
-                netdev = f"tap,id={nid},ifname={att['tap']},script=no,downscript=no"
-            else:
-                raise MlnError(f"{i.name}: QEMU cannot join a switch of kind {att['kind']}")
-        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={nid},mac={mac}"]
+    argv += _nics(host, ctx)
+    if resume:
+        argv += ["-incoming", "defer"]
     return argv
+
+
+def _nics(host, ctx) -> list[str]:
+    """One virtio NIC per index from eth0 to the highest interface, ethN in PCI slot 2 + N.
+
+    Linux names NICs in PCI order, so a gap in the project file (eth0 and eth2) gets an
+    unconnected placeholder NIC (eth1 in the guest) and eth2 lands on the right NIC. An
+    interface that is connected to nothing gets a NIC without a network too."""
+    if not host.interfaces:
+        return []
+    top = max(i.index for i in host.interfaces)
+    if top > MAX_NIC_INDEX:
+        raise MlnError(f"eth{top}: QEMU hosts have interfaces eth0 to eth{MAX_NIC_INDEX} only")
+    by_index = {i.index: i for i in host.interfaces}
+    argv = []
+    for n in range(top + 1):
+        i = by_index.get(n)
+        name = i.name if i is not None else f"eth{n}"
+        mac = (i.mac if i is not None else None) or mac_address("52:54:00", host.project, host.name, name)
+        nid = f"n{n}"
+        netdev = _netdev(host, ctx, i, nid) if i is not None else None
+        device = f"virtio-net-pci,id=nic{n},mac={mac},addr=0x{2 + n:02x}"
+        if netdev is not None:
+            argv += ["-netdev", netdev]
+            device = f"virtio-net-pci,netdev={nid},id=nic{n},mac={mac},addr=0x{2 + n:02x}"
+        argv += ["-device", device]
+    return argv
+
+
+def _netdev(host, ctx, i, nid: str) -> str | None:
+    """The -netdev for interface ``i``, or None if it is connected to nothing."""
+    slirp = i.tree.get("slirp") if i.tree is not None else None
+    if slirp is not None:
+        netdev = f"user,id={nid}" + (",restrict=on" if slirp == "restrict" else "")
+        return netdev + "".join(f",hostfwd={ln.value}" for ln in i.tree.lines if ln.words[0] == "hostfwd")
+    if i.switch and i.switch.startswith("/"):
+        return f"vde,id={nid},sock={i.switch}"
+    att = ctx.attachment(host, i) if i.switch else None
+    if att is None:
+        return None
+    if att["kind"] == "vde":
+        return f"vde,id={nid},sock={att['socket']}"
+    if att["kind"] == "tap":
+        return f"tap,id={nid},ifname={att['tap']},script=no,downscript=no"
+    raise MlnError(f"{i.name}: QEMU cannot join a switch of kind {att['kind']}")
 
 
 @hookimpl
 def mln_start_host(host, ctx):
     if not _mine(host):
         return None
-    d, qmp, pidfile = _paths(host, ctx, create=True)
+    d, qmp_sock, pidfile = _paths(host, ctx, create=True)
     if alive(read_pid(pidfile)):
         raise MlnError("is already running")
-    if os.path.exists(qmp):
-        os.unlink(qmp)
-    argv = command_line(host, ctx)
+    if os.path.exists(qmp_sock):
+        os.unlink(qmp_sock)
+    saved = save_path(host, ctx)
+    resume = os.path.exists(saved)
+    argv = command_line(host, ctx, resume=resume)
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        raise MlnError(f"QEMU did not start: {(r.stderr or r.stdout).strip()}")
+        _undo_start(host, ctx)
+        kept = f"; its saved state is kept in {saved}" if resume else ""
+        raise MlnError(f"QEMU did not start: {(r.stderr or r.stdout).strip()}{kept}")
+    if resume:
+        _resume(host, ctx, saved)
     return True
 
 
-async def _qmp(sock: str, command: str, timeout: float):
+def _undo_start(host, ctx) -> None:
+    """After a failed start: end QEMU, detach the interfaces, remove the runtime files."""
+    d, qmp_sock, pidfile = _paths(host, ctx)
+    kill_and_wait(read_pid(pidfile), timeout=3)
+    for i in host.interfaces:
+        try:
+            ctx.detach(host, i)
+        except Exception:   # cleanup must not hide the error being reported
+            pass
+    mln_host_stopped(host, ctx)
+
+
+# -- QMP ------------------------------------------------------------------------------------------
+
+class QmpFailure(Exception):
+    """A QMP exchange did not go as it must (the message says what happened)."""
+
+
+async def _session(sock: str, work, timeout: float = 5.0):
+    """Connect to ``sock``, run ``await work(client)``, disconnect."""
     from qemu.qmp import QMPClient
     client = QMPClient("mln")
     try:
         await asyncio.wait_for(client.connect(sock), timeout)
-        return await asyncio.wait_for(client.execute(command), timeout)
+        return await work(client)
     finally:
         try:
             await asyncio.wait_for(client.disconnect(), timeout)
         except Exception:
             pass
+
+
+async def _qmp(sock: str, command: str, timeout: float):
+    return await _session(sock, lambda c: asyncio.wait_for(c.execute(command), timeout), timeout)
 
 
 def qmp(sock: str, command: str, timeout: float = 5.0):
@@ -196,13 +278,142 @@ def qmp(sock: str, command: str, timeout: float = 5.0):
         return None
 
 
+def _describe(e: BaseException) -> str:
+    if isinstance(e, QmpFailure):
+        return str(e)
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        return "QEMU did not answer on QMP in time"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+# -- save and resume (mln stop -S / mln start) --------------------------------------------------------
+
+SAVE_TIMEOUT = 300.0
+RESUME_TIMEOUT = 300.0
+FDNAME = "mln-state"
+
+
+async def _save_to_fd(client, fd: int, timeout: float) -> None:
+    """Stop the guest, migrate it into ``fd``, wait until done; the guest runs on if it fails."""
+    status = (await client.execute("query-status"))["status"]
+    if status in ("inmigrate", "finish-migrate", "postmigrate", "save-vm", "restore-vm"):
+        raise QmpFailure(f"QEMU is busy with a migration ({status})")
+    await client.execute("stop")       # from here on the guest does not write its disk
+    try:
+        client.send_fd_scm(fd)
+        await client.execute("getfd", {"fdname": FDNAME})
+        # the default limit (32 MiB/s) only slows a stopped guest's save down
+        await client.execute("migrate-set-parameters", {"max-bandwidth": 8 * 2**30})
+        await client.execute("migrate", {"uri": f"fd:{FDNAME}"})
+        end = time.monotonic() + timeout
+        while True:
+            info = await client.execute("query-migrate")
+            state = info.get("status")
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled"):
+                raise QmpFailure(f"the migration into the save file {state}: "
+                                 f"{info.get('error-desc', 'QEMU gave no reason')}")
+            if time.monotonic() > end:
+                await client.execute("migrate_cancel")
+                for _ in range(100):      # let the cancel settle before the guest goes on
+                    if (await client.execute("query-migrate")).get("status") not in \
+                            ("setup", "active", "cancelling", "pre-switchover", "device"):
+                        break
+                    await asyncio.sleep(0.05)
+                raise QmpFailure(f"the migration into the save file did not finish in {timeout:g} s")
+            await asyncio.sleep(0.05)
+    except BaseException:
+        if status == "running":
+            try:
+                await client.execute("cont")
+            except Exception:
+                pass
+        raise
+
+
+def _wait_gone(pid: int | None, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    kill_and_wait(pid, timeout=3)
+
+
+@hookimpl
+def mln_save_host(host, ctx):
+    if not _mine(host):
+        return None
+    d, qmp_sock, pidfile = _paths(host, ctx)
+    pid = read_pid(pidfile)
+    where = f"host {host.name}"
+    if not alive(pid) or not os.path.exists(qmp_sock):
+        raise MlnError("cannot save: QEMU is not running", where)
+    saved = save_path(host, ctx)
+    part = saved + ".part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            asyncio.run(_session(qmp_sock, lambda c: _save_to_fd(c, fd, SAVE_TIMEOUT)))
+        except Exception as e:
+            raise MlnError(f"saving failed: {_describe(e)}; the host keeps running", where) from None
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(part)
+        raise
+    os.close(fd)
+    os.replace(part, saved)
+    # the guest is stopped and its state is in the file: end QEMU (it flushes the disk)
+    qmp(qmp_sock, "quit", timeout=5)
+    _wait_gone(pid, timeout=10)
+    return True
+
+
+async def _load_from_fd(client, fd: int, timeout: float) -> None:
+    client.send_fd_scm(fd)
+    await client.execute("getfd", {"fdname": FDNAME})
+    await client.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"})
+    end = time.monotonic() + timeout
+    while True:
+        status = (await client.execute("query-status"))["status"]
+        if status == "running":
+            return
+        if status in ("paused", "postmigrate", "prelaunch"):
+            await client.execute("cont")       # it was saved stopped, so it arrives stopped
+        elif status != "inmigrate":
+            raise QmpFailure(f"the guest is '{status}' after loading its saved state")
+        if time.monotonic() > end:
+            raise QmpFailure(f"loading the saved state did not finish in {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
+def _resume(host, ctx, saved: str) -> None:
+    """Load ``saved`` into the QEMU just started with ``-incoming defer``; delete it once the
+    guest runs. On failure QEMU is ended and the file is kept."""
+    d, qmp_sock, pidfile = _paths(host, ctx)
+    fd = os.open(saved, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        asyncio.run(_session(qmp_sock, lambda c: _load_from_fd(c, fd, RESUME_TIMEOUT)))
+    except Exception as e:
+        reason = _describe(e)
+        if not alive(read_pid(pidfile)):
+            reason = ("QEMU exited while loading it (the file is damaged, or was saved from another "
+                      "build of this host)")
+        _undo_start(host, ctx)
+        raise MlnError(f"resuming from the saved state {saved} failed: {reason}. The file is kept; "
+                       f"delete it to boot {host.name} afresh") from None
+    finally:
+        os.close(fd)
+    os.unlink(saved)
+
+
 @hookimpl
 def mln_host_status(host, ctx):
     if not _mine(host):
         return None
     d, qmp_sock, pidfile = _paths(host, ctx)
     if not alive(read_pid(pidfile)):
-        return "down"
+        return "down: saved" if os.path.exists(save_path(host, ctx)) else "down"
     st = qmp(qmp_sock, "query-status", timeout=3)
     if st is None:
         return "up: not answering on QMP"

@@ -256,7 +256,8 @@ def start(click_ctx, project, host, jobs):
 @click.option("-h", "host", metavar="HOST", help="Stop only this host.")
 @click.option("-H", "hard", is_flag=True, help="Hard stop: destroy the virtual machines at once.")
 @click.option("-S", "save", is_flag=True,
-              help="Save each host's memory instead of shutting it down (Xen, QEMU); start resumes it.")
+              help="Save each host's memory instead of shutting it down (Xen, QEMU, VMware); start "
+                   "resumes it.")
 @click.option("-w", "wait_s", type=click.FloatRange(0), default=60, show_default=True, metavar="SEC",
               help="Wait this long for guests to shut down, then destroy them.")
 @click.pass_context
