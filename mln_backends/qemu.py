@@ -14,8 +14,9 @@
 * NIC ``ethN`` sits in PCI slot ``2 + N``, and every missing index below the highest gets
   an unconnected placeholder NIC, so the guest kernel (which names NICs in PCI order)
   calls them exactly as the project file does: a host with eth0 and eth2 has an eth2.
-* The serial console goes to ``hosts/<host>/console.log``; status and shutdown use the
-  QMP socket (``system_powerdown`` for a clean stop, ``quit`` for a hard one).
+* The serial console is the socket ``console.sock`` in the runtime directory (``mln
+  console`` attaches to it), and QEMU logs it to ``hosts/<host>/console.log``; status and
+  shutdown use the QMP socket (``system_powerdown`` for a clean stop, ``quit`` for a hard one).
 * ``mln stop -S`` saves a host: QMP ``stop`` (the disk is not written after that), then a
   migration into ``hosts/<host>/<host>.ram`` through a file descriptor passed over QMP
   (``fd:``, works on QEMU 7.2, which has no ``file:`` migration), then ``quit``. The next
@@ -130,6 +131,18 @@ def save_path(host, ctx) -> str:
     return ctx.path("hosts", host.name, f"{host.name}.ram")
 
 
+def _console_socket(runtime: str) -> str:
+    return os.path.join(runtime, "console.sock")
+
+
+@hookimpl
+def mln_console(host, ctx):
+    if not _mine(host):
+        return None
+    sock = _console_socket(_paths(host, ctx)[0])
+    return {"socket": sock} if os.path.exists(sock) else None
+
+
 def _chardev_path(path: str) -> str:
     return path.replace(",", ",,")     # QEMU option syntax: a literal comma is doubled
 
@@ -144,7 +157,8 @@ def command_line(host, ctx, resume: bool = False) -> list[str]:
     argv = [QEMU, "-name", host.fqname, "-accel", b.get("accel", "tcg"), "-m", str(b.get("memory_mb", 128)),
             "-smp", str(b.get("vcpus", 1)), "-nodefaults", "-no-user-config", "-display", "none",
             "-daemonize", "-pidfile", pidfile, "-qmp", f"unix:{qmp},server=on,wait=off",
-            "-chardev", f"file,id=serial0,path={_chardev_path(log)}" + (",append=on" if resume else ""),
+            "-chardev", f"socket,id=serial0,path={_chardev_path(_console_socket(d))},server=on,wait=off,"
+                        f"logfile={_chardev_path(log)},logappend={'on' if resume else 'off'}",
             "-serial", "chardev:serial0",
             "-drive", f"file={disk.path},format={disk.format},if=virtio,cache=writeback"]
     if disk.extra.get("swap"):

@@ -1,8 +1,9 @@
 """Hypervisor backend ``uml``: User-Mode Linux guests (the default hypervisor).
 
 The guest runs as ``<kernel> ubd0=<disk> root=/dev/ubda mem=<M> umid=<host>.<project>
-uml_dir=<dir> ethN=vde,<socket>,<mac> | ethN=tuntap,<tap>,<mac> con=null con0=null,fd:1 quiet``
-with its console written to ``hosts/<host>/console.log``. ``kernel`` in the host (or
+uml_dir=<dir> ethN=vde,<socket>,<mac> | ethN=tuntap,<tap>,<mac> con=null con0=fd:3,fd:1 quiet``
+with its console written to ``hosts/<host>/console.log`` and read from the named pipe
+``console.in`` in its runtime directory (fd 3; ``mln console`` types into it). ``kernel`` in the host (or
 ``default_kernel`` in mln.conf) names the UML binary; default ``/usr/bin/linux.uml``.
 Status and shutdown go through the mconsole socket (``uml_mconsole``): ``cad`` for a
 clean shutdown, ``halt`` for a hard one.
@@ -119,7 +120,7 @@ def command_line(host, ctx) -> list[str]:
         if m.fstype != "hostfs":
             argv.append(f"ubd{n + 2}={m.source}")
     argv += ["root=/dev/ubda", "rw", f"mem={backend.get('memory_mb', host.memory // 2**20)}M",
-             f"umid={umid}", f"uml_dir={d}", "con=null", "con0=null,fd:1", "quiet"]
+             f"umid={umid}", f"uml_dir={d}", "con=null", "con0=fd:3,fd:1", "quiet"]
     for i in host.interfaces:
         mac = i.mac or mac_address("fe:fd:00", host.project, host.name, i.name)
         if i.switch and i.switch.startswith("/"):
@@ -154,8 +155,13 @@ def mln_start_host(host, ctx):
     log = os.path.join(hdir, "console.log")
     with open(os.path.join(hdir, "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
+    # The console reads keystrokes from a named pipe (mln console writes them; opened
+    # read-write, so the guest never sees end-of-file) and writes to the log.
+    fifo = _console_input(host, ctx)
+    if not os.path.exists(fifo):
+        os.mkfifo(fifo, 0o600)
     # Start it detached through a shell that exits at once, so the guest is not our child.
-    script = f"{shlex.join(argv)} </dev/null >>{shlex.quote(log)} 2>&1 & echo $!"
+    script = f"{shlex.join(argv)} 3<>{shlex.quote(fifo)} </dev/null >>{shlex.quote(log)} 2>&1 & echo $!"
     out = subprocess.run(["setsid", "sh", "-c", script], capture_output=True, text=True, check=True)
     pid = int(out.stdout.strip())
     with open(os.path.join(hdir, "pid"), "w") as f:
@@ -168,6 +174,18 @@ def mln_start_host(host, ctx):
             raise MlnError(f"UML exited at once; the end of {log}:\n{_tail(log)}")
         time.sleep(0.05)
     return True
+
+
+def _console_input(host, ctx) -> str:
+    return os.path.join(_paths(host, ctx)[0], "console.in")
+
+
+@hookimpl
+def mln_console(host, ctx):
+    if not _mine(host):
+        return None
+    fifo = _console_input(host, ctx)
+    return {"input": fifo, "log": ctx.path("hosts", host.name, "console.log")} if os.path.exists(fifo) else None
 
 
 def _tail(path: str, n: int = 15) -> str:

@@ -304,6 +304,31 @@ def status(click_ctx, project, host, only_up, only_down, fmt):
         sys.exit(0 if rows and all(r["state"] == "up" for r in rows) else 1)
 
 
+@cli.command()
+@_project_option
+@click.option("-h", "host", required=True, metavar="HOST", help="The host whose console to attach to.")
+@click.option("-w", "quiet", type=click.FloatRange(0.1), default=2, show_default=True, metavar="SEC",
+              help="Without a terminal: print the output until the guest was quiet this long.")
+@click.pass_context
+def console(click_ctx, project, host, quiet):
+    """Attach to a running host's console (Ctrl-] leaves).
+
+    Without a terminal, standard input is typed into the console and the output printed:
+    echo hostname | mln console -p P -h HOST
+    """
+    from .console import batch, interactive, open_console
+    con = open_console(_engine(click_ctx).console(project, host))
+    try:
+        if sys.stdin.isatty():
+            click.echo(f"console of {host} ({project}): Ctrl-] leaves; press Enter for a prompt", err=True)
+            interactive(con)
+            click.echo("", err=True)
+        else:
+            batch(con, sys.stdin.buffer.read(), quiet)
+    finally:
+        con.close()
+
+
 @cli.command("list")
 @click.pass_context
 def list_(click_ctx):

@@ -92,6 +92,17 @@ def mln_build_switch(switch, ctx):
 
 
 @hookspec(firstresult=True)
+def mln_console(host, ctx):
+    """How ``mln console`` reaches the console of the running ``host``.
+
+    Return ``{"socket": PATH}`` for a Unix stream socket that carries the console both ways,
+    or ``{"input": FIFO, "log": PATH}`` when keystrokes are written into the named pipe
+    FIFO and the console's output is appended to the file PATH; None if the host is not
+    yours or your backend has no console mln can attach to.
+    """
+
+
+@hookspec(firstresult=True)
 def mln_create_disk(host, ctx):
     """Create the host's disk from its template (file copy, overlay, logical volume...).
 

@@ -167,7 +167,8 @@ def core_keywords(reg: KeywordRegistry) -> None:
     for name, text in host.items():
         reg.keyword("host", name, text)
     local = "every host is built and run on the machine that runs mln (no distribution to servers yet)"
-    console = "each guest's console is written to hosts/<host>/console.log (no terminal is opened)"
+    console = ("no terminal is opened at start: 'mln console' attaches to a guest's console, which is also "
+               "written to hosts/<host>/console.log")
     as_caller = "guests run as the user who runs mln"
     for name, text, why in (
             ("service_host", "the physical server that runs this host", local),

@@ -435,6 +435,21 @@ class Engine:
             self.hook.mln_host_stopped(host=h, ctx=self.ctx)
             self.ctx.log(f"+---> {h.name}: stopped")
 
+    # -- console --------------------------------------------------------------------------------
+    def console(self, project_name: str, host: str) -> dict:
+        """Where the console of a running host is (see ``mln_console``); the lock is not
+        kept for the session."""
+        with self.locked(project_name) as loaded:
+            h = self._host(loaded.project, host)
+            if not self.host_status(h).startswith("up"):
+                raise MlnError(f"host '{host}' of project '{project_name}' is not running")
+            where = self.hook.mln_console(host=h, ctx=self.ctx)
+        if not where:
+            raise MlnError(f"mln cannot attach to the console of {h.hypervisor} hosts; what the guest "
+                           f"printed is in {os.path.join(self.ctx.project_dir, 'hosts', host, 'console.log')}",
+                           f"host {host}")
+        return where
+
     # -- remove ---------------------------------------------------------------------------------
     def remove(self, project_name: str, confirm=None) -> None:
         with self.locked(project_name) as loaded:

@@ -37,6 +37,8 @@ KERNEL_IMG=$OUTDIR/vmlinux
 INITRD_IMG=$OUTDIR/initrd.gz
 MANIFEST=$OUTDIR/manifest
 ROOTFS_SIZE=64M
+# Raised whenever the root filesystem's contents change, so that a cached one is rebuilt.
+ROOTFS_REVISION=2
 KERNEL_APPEND="console=ttyS0 root=/dev/vda rw quiet"
 UML_KERNEL=/usr/bin/linux.uml
 
@@ -55,8 +57,12 @@ print_outputs() {
     echo "MANIFEST=$MANIFEST"
 }
 
-if [ "$FORCE" = 0 ] && [ -s "$ROOTFS_IMG" ] && [ -s "$KERNEL_IMG" ] \
-        && [ -s "$INITRD_IMG" ] && [ -s "$MANIFEST" ]; then
+rootfs_current() {
+    [ -s "$ROOTFS_IMG" ] && [ -s "$MANIFEST" ] && grep -qx "ROOTFS_REVISION=$ROOTFS_REVISION" "$MANIFEST"
+}
+
+if [ "$FORCE" = 0 ] && rootfs_current && [ -s "$KERNEL_IMG" ] \
+        && [ -s "$INITRD_IMG" ]; then
     log "up to date (use --force to rebuild)"
     print_outputs
     exit 0
@@ -134,9 +140,10 @@ build_rootfs() {
     chmod 0700 "$R/root"
 
     cat >"$R/etc/inittab" <<'EOF'
-# mln busybox test template.  No getty/shell on the console: the console has
-# no input (stdin is /dev/null or a log file), a respawning shell would spin.
+# mln busybox test template.  The console is a root shell once Enter is
+# pressed on it (mln console); until then nothing runs there.
 ::sysinit:/etc/init.d/rcS
+::askfirst:-/bin/sh
 ::ctrlaltdel:/sbin/poweroff
 ::shutdown:/bin/echo "mln-guest: shutting down"
 ::shutdown:/bin/kill -TERM -1
@@ -337,7 +344,7 @@ EOF
 }
 
 # ---------------------------------------------------------------- main
-if [ "$FORCE" = 1 ] || [ ! -s "$ROOTFS_IMG" ]; then
+if [ "$FORCE" = 1 ] || ! rootfs_current; then
     build_rootfs
 fi
 chmod 0644 "$ROOTFS_IMG"
@@ -359,6 +366,7 @@ fi
     printf 'KERNEL=%q\n' "$KERNEL_IMG"
     printf 'INITRD=%q\n' "$INITRD_IMG"
     printf 'ROOTFS=%q\n' "$ROOTFS_IMG"
+    printf 'ROOTFS_REVISION=%q\n' "$ROOTFS_REVISION"
     printf 'KERNEL_APPEND=%q\n' "$KERNEL_APPEND"
     printf 'UML_KERNEL=%q\n' "$UML_KERNEL"
 } >"$WORK/manifest"

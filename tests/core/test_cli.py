@@ -169,8 +169,8 @@ def test_check_says_once_which_keywords_have_no_effect(mln, write):
     code, _, err = mln("check", "-f", path)
     assert code == 0
     assert err.count("no effect") == 2
-    assert (f"{path}:3:2: warning: 'term' has no effect in this version (and 1 more line): each guest's "
-            "console is written to hosts/<host>/console.log (no terminal is opened)") in err
+    assert (f"{path}:3:2: warning: 'term' has no effect in this version (and 1 more line): no terminal is "
+            "opened at start: 'mln console' attaches to a guest's console") in err
     assert f"{path}:10:2: warning: 'color' has no effect in this version: " in err
 
 
