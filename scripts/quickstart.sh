@@ -39,6 +39,8 @@ echo "== what the guests printed on their consoles"
 grep -h "MLN-CHECK" "$logs"/*/console.log
 echo "== mln status"
 mln status -p quickstart
+echo "== typing into alpha's console: printf '\\nhostname; ping -c 1 10.0.0.2\\n' | mln console -p quickstart -h alpha"
+printf '\nhostname; ping -c 1 10.0.0.2\n' | mln console -p quickstart -h alpha -w 3 | tr -d '\r' | sed 's/\x1b\[6n//g' | grep -v '^$'
 echo "== mln stop"
 mln stop -p quickstart
 grep -q "MLN-CHECK ping 10.0.0.2 ok" "$logs/alpha/console.log" && grep -q "MLN-CHECK ping 10.0.0.1 ok" "$logs/beta/console.log"
