@@ -241,18 +241,57 @@ def _project_option(f):
     return click.option("-p", "project", required=True, metavar="PROJECT", help="Project name.")(f)
 
 
+def _projects(engine, project: str | None, every: bool, host: str | None) -> list[str]:
+    """The projects of ``-p PROJECT`` or ``-a``."""
+    if every == bool(project):
+        raise click.UsageError("give -p PROJECT or -a (all projects)")
+    if every and host:
+        raise click.UsageError("-h needs -p PROJECT, not -a")
+    return [project] if project else engine.store.list()
+
+
+def _each(names: list[str], work) -> None:
+    """``work(name)`` for every project; with several, a failure does not stop the others,
+    and each is reported (exit code 1)."""
+    if len(names) == 1:
+        work(names[0])
+        return
+    failed = []
+    for name in names:
+        click.echo(f"+---> project {name}", err=True)
+        try:
+            work(name)
+        except MlnError as e:
+            click.echo(f"mln: error: {e}", err=True)
+            failed.append(name)
+    if failed:
+        raise MlnError(f"{len(failed)} of {len(names)} projects failed: {', '.join(failed)}")
+
+
+_all_option = click.option("-a", "every", is_flag=True, help="All projects (instead of -p).")
+
+
 @cli.command()
-@_project_option
+@click.option("-p", "project", metavar="PROJECT", help="Project name.")
+@_all_option
 @click.option("-h", "host", metavar="HOST", help="Start only this host.")
 @_jobs
 @click.pass_context
-def start(click_ctx, project, host, jobs):
+def start(click_ctx, project, every, host, jobs):
     """Start a project's switches, then its hosts in boot order (or one host)."""
-    _engine(click_ctx, jobs).start(project, host)
+    engine = _engine(click_ctx, jobs)
+
+    def work(name):
+        if every and all(r["state"] == "up" for r in engine.status(name) if r["kind"] == "host"):
+            click.echo("+---> every host is running already", err=True)
+        else:
+            engine.start(name, host)
+    _each(_projects(engine, project, every, host), work)
 
 
 @cli.command()
-@_project_option
+@click.option("-p", "project", metavar="PROJECT", help="Project name.")
+@_all_option
 @click.option("-h", "host", metavar="HOST", help="Stop only this host.")
 @click.option("-H", "hard", is_flag=True, help="Hard stop: destroy the virtual machines at once.")
 @click.option("-S", "save", is_flag=True,
@@ -261,11 +300,18 @@ def start(click_ctx, project, host, jobs):
 @click.option("-w", "wait_s", type=click.FloatRange(0), default=60, show_default=True, metavar="SEC",
               help="Wait this long for guests to shut down, then destroy them.")
 @click.pass_context
-def stop(click_ctx, project, host, hard, save, wait_s):
+def stop(click_ctx, project, every, host, hard, save, wait_s):
     """Stop a project's hosts in reverse boot order, then its switches (or one host)."""
     if hard and save:
         raise click.UsageError("give -H (destroy) or -S (save), not both")
-    _engine(click_ctx).stop(project, host, hard=hard, wait_s=wait_s, save=save)
+    engine = _engine(click_ctx)
+
+    def work(name):
+        if every and not any(r["state"] == "up" for r in engine.status(name)):
+            click.echo("+---> nothing is running", err=True)
+        else:
+            engine.stop(name, host, hard=hard, wait_s=wait_s, save=save)
+    _each(_projects(engine, project, every, host), work)
 
 
 @cli.command()

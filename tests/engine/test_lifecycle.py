@@ -108,3 +108,31 @@ def test_disks_grow_to_size_and_swap(mln_env):
     blocks = int(re.search(r"Block count:\s+(\d+)", out).group(1))
     bsize = int(re.search(r"Block size:\s+(\d+)", out).group(1))
     assert blocks * bsize == 300 * 2**20
+
+
+@pytest.mark.guests
+def test_start_and_stop_all_projects(mln_env):
+    for name in ("p1", "p2"):
+        assert mln_env.mln("build", "-f", str(mln_env.quickstart("uml", project=name))).returncode == 0
+    r = mln_env.mln("start", "-a")
+    assert r.returncode == 0, r.output
+    assert re.findall(r"\+---> project (\w+)", r.stderr) == ["p1", "p2"]
+    r = mln_env.mln("status")
+    assert r.returncode == 0 and r.stdout.count(" up") == 6, r.output
+    # what runs already is left alone; a host that was stopped is started again
+    r = mln_env.mln("start", "-a")
+    assert r.returncode == 0 and r.stderr.count("every host is running already") == 2, r.output
+    assert mln_env.mln("stop", "-p", "p2", "-h", "beta", "-H").returncode == 0
+    r = mln_env.mln("start", "-a")
+    assert r.returncode == 0, r.output
+    assert re.findall(r"\+---> (\w+): started", r.stderr) == ["beta"]
+    r = mln_env.mln("stop", "-a", "-H")
+    assert r.returncode == 0, r.output
+    assert len(re.findall(r"\+---> \w+: stopped", r.stderr)) == 4
+    assert mln_env.mln("status", "-d").returncode == 0                 # nothing is up
+    r = mln_env.mln("stop", "-a")
+    assert r.returncode == 0 and r.stderr.count("nothing is running") == 2, r.output
+    # -p or -a, exactly one; -h only with -p
+    for args in (["start"], ["start", "-a", "-p", "p1"], ["stop", "-a", "-h", "alpha"]):
+        r = mln_env.mln(*args)
+        assert r.returncode == 2 and ("give -p PROJECT or -a" in r.stderr or "-h needs -p" in r.stderr), args
