@@ -76,9 +76,11 @@ def _disk_paths(host, ctx, fmt: str) -> tuple[str, str]:
     suffix = ".qcow2" if fmt == "qcow2" else ""
     filepath = host.tree.get("filepath")
     if filepath:
-        if not os.path.isdir(filepath):
-            raise MlnError(f"filepath {filepath} is not a directory")
-        final = os.path.join(os.path.abspath(filepath), f"{host.fqname}{suffix}")
+        directory = ctx.project.local_path(filepath)
+        if not os.path.isdir(directory):
+            raise MlnError(f"filepath {filepath} is not a directory" +
+                           (f" ({directory})" if directory != filepath else ""))
+        final = os.path.join(directory, f"{host.fqname}{suffix}")
         return ctx.outside(final), final      # written aside, moved in place when the build succeeds
     rel = os.path.join("images", host.name + suffix)
     return ctx.path(rel), rel

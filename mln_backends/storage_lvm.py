@@ -15,7 +15,7 @@ Keywords (host or superclass):
 
 The volume gets ``size`` (or the template's size + ``free_space``), rounded up to whole
 extents; the template is copied in and its ext2/3/4 filesystem grown with resize2fs. A
-rebuild that replaces a project makes the new volume as ``<host>.<project>-mln-new`` beside
+rebuild that replaces a project makes the new volume as ``<host>.<project>+mln-new`` beside
 the old one (the volume group needs room for both) and renames it once the whole build has
 succeeded and the old volume is removed; a failed rebuild leaves the old volume as it was.
 
@@ -438,10 +438,11 @@ def mln_create_disk(host, ctx):
         raise MlnError(str(e)) from None
     size = _wanted_size(host, template_size, ctx)
     with _vg_lock(vg), _locked(s, ctx):
-        vgi = _require_vg(ctx, vg, dm)
+        _require_vg(ctx, vg, dm)
+        lv, replacing = _staged_name(ctx, vg, lv, dm, host)
+        vgi = _require_vg(ctx, vg, dm)        # after a leftover volume is gone
         ext = vgi["extent_size"]
         extents = -(-size // ext)
-        lv, replacing = _staged_name(ctx, vg, lv, dm, host)
         free = vgi["free_count"]
         if extents > free:
             rounded = f" ({format_size(size)} rounded up to {format_size(ext)} extents)" \
@@ -471,12 +472,12 @@ def mln_create_disk(host, ctx):
     return Disk(path=f"/dev/{vg}/{host.fqname}", format="raw", kind="lvm", size=info["size"], extra=extra)
 
 
-STAGED_SUFFIX = "-mln-new"
+STAGED_SUFFIX = "+mln-new"      # '+' is in no host or project name, so in no other host's volume
 
 
 def _staged_name(ctx, vg: str, lv: str, dm: bool, host) -> tuple[str, bool]:
     """The name to create the volume under, and whether it replaces one: while ``lv``
-    exists (the project being replaced), the new volume is made as ``<lv>-mln-new`` and
+    exists (the project being replaced), the new volume is made as ``<lv>+mln-new`` and
     renamed at ``mln_commit_host``, so a failed rebuild leaves the old volume alone. A
     staged volume left by a killed build (the project lock excludes a running one) goes."""
     staged = lv + STAGED_SUFFIX
@@ -490,6 +491,16 @@ def _staged_name(ctx, vg: str, lv: str, dm: bool, host) -> tuple[str, bool]:
     ctx.log(f"+---> {host.name}: replacing logical volume {vg}/{lv} (the new one is {staged} until "
             "the build succeeds)")
     return staged, True
+
+
+def _locked_for(host, vg: str, ctx):
+    """The lock of ``host``'s volume group (its own settings, or plain ones if they no
+    longer read)."""
+    try:
+        s = settings(host, ctx)
+    except MlnError:
+        s = None
+    return _locked(s or Settings(vg, [], False, False), ctx)
 
 
 def _final(lv: str, host) -> dict:
@@ -506,14 +517,14 @@ def mln_commit_host(host, ctx):
         return
     vg, lv, final = extra["vg"], extra["lv"], extra["final_lv"]
     dm = have_device_mapper()
-    try:
-        s = settings(host, ctx)
-    except MlnError:
-        s = None
-    with _locked(s or Settings(vg, [], False, False), ctx):
+    with _locked_for(host, vg, ctx):
         if lv_info(ctx, vg, final, dm):     # the replaced project could not be read: its volume
             _lvremove(ctx, vg, final, dm)
-        _lvm(ctx, ["lvrename", vg, lv, final], f"renaming logical volume {vg}/{lv} to {final}", dm)
+        try:
+            _lvm(ctx, ["lvrename", vg, lv, final], f"renaming logical volume {vg}/{lv} to {final}", dm)
+        except MlnError as e:
+            raise MlnError(f"{e.message}; the new volume stays {vg}/{lv} (rebuild, or rename it with "
+                           f"lvrename {vg} {lv} {final})") from None
     extra["lv"] = final
     del extra["final_lv"]
 
@@ -666,11 +677,10 @@ def mln_remove_host(host, ctx):
         return None
     dm = have_device_mapper()
     try:
-        s = settings(host, ctx)
-    except MlnError:
-        s = None
-    try:
-        with _locked(s or Settings(vg, [], False, False), ctx):
+        with _locked_for(host, vg, ctx):
+            leftover = lv + STAGED_SUFFIX          # a killed build's (during a build: this build's)
+            if ctx.staging is None and not lv.endswith(STAGED_SUFFIX) and lv_info(ctx, vg, leftover, dm):
+                _lvremove(ctx, vg, leftover, dm)
             info = lv_info(ctx, vg, lv, dm)
             if info is None:
                 ctx.debug(f"{host.name}: logical volume {vg}/{lv} is already gone")

@@ -64,14 +64,18 @@ def mln_configure_image(host, guest, ctx):
     directory of ``modules_dir`` (or ``default_modules``) is copied to /lib/modules/."""
     if not _mine(host) or not host.modules:
         return
-    src = (host.tree.get("modules_dir") if host.tree is not None else None) or \
-        ctx.config.get("default_modules") or DEFAULT_MODULES
+    named = (host.tree.get("modules_dir") if host.tree is not None else None) or ctx.config.get("default_modules")
+    src = named or DEFAULT_MODULES
     versions = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d))) \
         if os.path.isdir(src) else []
     if not versions:
-        raise MlnError(f"modules: no UML kernel modules in {src} (one directory per kernel version is "
-                       "expected; install the user-mode-linux package, or set modules_dir in the host or "
-                       "default_modules in mln.conf)")
+        why = (f"modules: no UML kernel modules in {src} (one directory per kernel version is expected; "
+               "install the user-mode-linux package, or set modules_dir in the host or default_modules in "
+               "mln.conf)")
+        if named:
+            raise MlnError(why)
+        ctx.log(f"warning: host {host.name}: {why}; the guest gets none")   # its kernel may need none
+        return
     for v in versions:
         size = guest.copy_tree(os.path.join(src, v), f"/lib/modules/{v}")
         ctx.debug(f"host {host.name}: copied {size} bytes of modules to /lib/modules/{v}")

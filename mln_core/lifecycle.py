@@ -149,24 +149,20 @@ class Engine:
                 raise MlnError(f"{old_dir} exists but is not an mln project; move it away first")
             version = self.store.version(project.name) + 1
             staging = self.store.staging_dir(project.name)
-            shutil.rmtree(staging, ignore_errors=True)
+            Store.discard_staging(staging)      # one of an earlier build that had our pid
             os.makedirs(staging)
             outside = self.ctx.outside_files = OutsideFiles(staging)
             try:
                 self._build_into(staging, loaded, version)
+                outside.commit()                 # files outside move in; the ones replaced go aside
             except BaseException:
                 self._discard(staging, project)
                 raise
-            finally:
-                self.ctx.outside_files = None
-            if existed and old is not None:
-                self._bind(old.project, old_dir)   # the old project's own state
-                self._remove_outside(old)
-            try:
-                self._commit(staging, project, outside)
-            except BaseException:
-                self._discard(staging, project)
-                raise
+            if existed and old is not None:      # ctx.path now names the replaced files, set aside
+                self._bind(old.project, old_dir)
+                self._remove_outside(old, best_effort=True)
+            self.ctx.outside_files = None
+            self._commit(staging, project, outside)
             if existed:
                 trash = f"{old_dir}.old-{os.getpid()}"
                 os.replace(old_dir, trash)
@@ -237,12 +233,16 @@ class Engine:
             raise MlnError(f"{step}: {e}", f"host {host.name}") from None
 
     def _commit(self, staging: str, project: Project, outside: OutsideFiles) -> None:
-        """Put what the build made outside the project directory in its place (the old
-        project's has just been removed)."""
+        """Let plugins put in place what they made outside the project directory under a
+        temporary name (the replaced project's has been removed). A plugin that fails here
+        leaves its resource under the temporary name, recorded in the state, and says so."""
         self._bind(project, staging)
         for host in project.hosts.values():
-            self.hook.mln_commit_host(host=host, ctx=self.ctx)
-        outside.commit()
+            try:
+                self.hook.mln_commit_host(host=host, ctx=self.ctx)
+            except MlnError as e:
+                self.ctx.log(f"warning: host {host.name}: {e.message}")
+        outside.discard()                         # the replaced files, if still there
         Store.write_state(staging, self.ctx.state)
 
     def _discard(self, staging: str, project: Project) -> None:
@@ -258,8 +258,7 @@ class Engine:
                 self.hook.mln_remove_switch(switch=switch, ctx=self.ctx)
             except Exception as e:
                 self.ctx.log(f"warning: cleaning up switch {switch.name}: {e}")
-        OutsideFiles.discard_recorded(staging)
-        shutil.rmtree(staging, ignore_errors=True)
+        Store.discard_staging(staging)
 
     def _write_hook_scripts(self, project: Project, pdir: str) -> None:
         for name in HOOK_SCRIPTS:
@@ -390,13 +389,15 @@ class Engine:
                 h = self._host(project, host)
                 if not self.host_status(h).startswith("up"):
                     raise MlnError(f"host '{host}' of project '{project.name}' is not running")
-                self._stop_hosts([h], hard, wait_s, save)
+                self._not_saved(self._stop_hosts([h], hard, wait_s, save))
                 return
             self.run_hook_script("beforeProjectStop")
             self.run_hook_script("beforeHostsStop")
+            unsaved = []
             for group in reversed(_boot_groups(project.boot_sequence())):
                 running = [h for h in group if self.host_status(h).startswith("up")]
-                self._stop_hosts(running, hard, wait_s, save)
+                unsaved += self._stop_hosts(running, hard, wait_s, save)
+            self._not_saved(unsaved)
             self.run_hook_script("afterHostsStop")
             for s in project.switches.values():
                 if self.switch_status(s) == "up":
@@ -404,15 +405,31 @@ class Engine:
                     self.ctx.log(f"+---> switch {s.name}: stopped")
             self.run_hook_script("afterProjectStop")
 
-    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float, save: bool = False) -> None:
+    @staticmethod
+    def _not_saved(hosts: list[Host]) -> None:
+        if hosts:
+            raise MlnError(f"{', '.join(h.name for h in hosts)} could not be saved and still "
+                           f"run{'s' * (len(hosts) == 1)} (the switches stay up); the errors are above")
+
+    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float, save: bool = False) -> list[Host]:
+        """Stop (or save) ``hosts`` and wait for them; returns the ones whose save failed,
+        which keep running."""
+        unsaved = []
         for h in hosts:
             if save:
-                if self.hook.mln_save_host(host=h, ctx=self.ctx):
+                try:
+                    saved = self.hook.mln_save_host(host=h, ctx=self.ctx)
+                except MlnError as e:
+                    self.ctx.log(f"mln: error: {e}")
+                    unsaved.append(h)
+                    continue
+                if saved:
                     self.ctx.log(f"+---> {h.name}: saved; 'mln start' resumes it")
                     continue
                 self.ctx.log(f"warning: {h.name}: {h.hypervisor} hosts cannot be saved; shutting it down")
             if not self.hook.mln_stop_host(host=h, hard=hard, ctx=self.ctx):
                 raise MlnError(f"no installed backend stops '{h.hypervisor}' hosts", f"host {h.name}")
+        hosts = [h for h in hosts if h not in unsaved]
         deadline = time.monotonic() + (5 if hard else wait_s)
         pending = list(hosts)
         while pending and time.monotonic() < deadline:
@@ -434,6 +451,7 @@ class Engine:
                 self.ctx.detach(h, i)
             self.hook.mln_host_stopped(host=h, ctx=self.ctx)
             self.ctx.log(f"+---> {h.name}: stopped")
+        return unsaved
 
     # -- console --------------------------------------------------------------------------------
     def console(self, project_name: str, host: str) -> dict:
@@ -445,9 +463,8 @@ class Engine:
                 raise MlnError(f"host '{host}' of project '{project_name}' is not running")
             where = self.hook.mln_console(host=h, ctx=self.ctx)
         if not where:
-            raise MlnError(f"mln cannot attach to the console of {h.hypervisor} hosts; what the guest "
-                           f"printed is in {os.path.join(self.ctx.project_dir, 'hosts', host, 'console.log')}",
-                           f"host {host}")
+            raise MlnError(f"mln cannot attach to the console of {h.hypervisor} hosts (use the "
+                           "hypervisor's own tool, such as 'xl console')", f"host {host}")
         return where
 
     # -- remove ---------------------------------------------------------------------------------
@@ -469,14 +486,21 @@ class Engine:
             pass
         self.ctx.log(f"+---> project {project_name} removed")
 
-    def _remove_outside(self, loaded: Loaded) -> None:
+    def _remove_outside(self, loaded: Loaded, best_effort: bool = False) -> None:
         """Let plugins delete what they made outside the project directory (``self.ctx``
-        must be bound to that project)."""
-        for h in loaded.project.hosts.values():
-            self.hook.mln_remove_host(host=h, ctx=self.ctx)
-        for s in loaded.project.switches.values():
-            self.hook.mln_remove_switch(switch=s, ctx=self.ctx)
-        self.hook.mln_remove_project(project=loaded.project, ctx=self.ctx)
+        must be bound to that project). ``best_effort`` (a project being replaced by a build
+        that has succeeded): a failure is a warning, and the rest is still removed."""
+        calls = [(f"host {h.name}", self.hook.mln_remove_host, {"host": h}) for h in loaded.project.hosts.values()]
+        calls += [(f"switch {s.name}", self.hook.mln_remove_switch, {"switch": s})
+                  for s in loaded.project.switches.values()]
+        calls.append((f"project {loaded.project.name}", self.hook.mln_remove_project, {"project": loaded.project}))
+        for what, hook, kwargs in calls:
+            try:
+                hook(ctx=self.ctx, **kwargs)
+            except Exception as e:
+                if not best_effort:
+                    raise
+                self.ctx.log(f"warning: removing the replaced project's {what}: {e}")
 
 
 def _boot_groups(hosts: list[Host]) -> list[list[Host]]:

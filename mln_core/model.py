@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -172,6 +173,15 @@ class Project:
     def boot_sequence(self) -> list[Host]:
         """Hosts in start order: boot_order, then the order of the file."""
         return sorted(self.hosts.values(), key=lambda h: h.boot_order)
+
+    def local_path(self, text: str) -> str:
+        """A path written in the project file, on the managing host: ``~`` expanded, and a
+        relative one taken from the project file's directory (as ``#include`` does)."""
+        path = os.path.expanduser(text)
+        if not os.path.isabs(path):
+            base = os.path.dirname(os.path.abspath(self.source)) if self.source else os.getcwd()
+            path = os.path.join(base, path)
+        return os.path.normpath(path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ by :class:`OutsideFiles`: each is written under its own name into a hidden folde
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -139,11 +140,16 @@ class Store:
             if pid.isdigit() and (int(pid) == os.getpid() or alive(int(pid))):
                 continue
             path = os.path.join(self.root, name)
-            kill_recorded_helpers(path)
             if log:
                 log(f"removing what an interrupted build left: {path}")
-            OutsideFiles.discard_recorded(path)
-            shutil.rmtree(path, ignore_errors=True)
+            self.discard_staging(path)
+
+    @staticmethod
+    def discard_staging(path: str) -> None:
+        """Delete a staging directory, its helpers' processes and its staged outside files."""
+        kill_recorded_helpers(path)
+        OutsideFiles.discard_recorded(path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class OutsideFiles:
@@ -152,15 +158,20 @@ class OutsideFiles:
     ``place(final)`` gives the path to write instead: the same name in a hidden folder
     beside ``final`` (same filesystem, so moving it is a rename, and a file that names
     itself, such as a VMDK, keeps its name). ``commit()`` moves every staged file to its
-    place once the build has succeeded and the project it replaces has been removed;
-    ``discard()`` deletes them. The folders are recorded in the staging directory before
-    they are made, so the build that finds a killed build's staging directory deletes them.
+    place once the whole build succeeded, and the file it replaces into the folder, where
+    the replaced project's removal finds it (``where``); ``discard()`` deletes the folders.
+    The folders are recorded in the staging directory before they are made, so the build
+    that finds a killed build's staging directory deletes them.
     """
+
+    ASIDE = ".replaced."
 
     def __init__(self, staging: str):
         self.staging = staging
         self.folder = os.path.basename(staging)           # .<project>.build-<pid>
         self.staged: dict[str, str] = {}                  # final path -> staged path
+        self.now: dict[str, str] = {}                     # final path -> where its bytes are now
+        self._folders: set[str] = set()
         self._lock = threading.Lock()
 
     def place(self, final: str) -> str:
@@ -168,22 +179,44 @@ class OutsideFiles:
         with self._lock:
             if final not in self.staged:
                 folder = os.path.join(os.path.dirname(final), self.folder)
-                if not os.path.isdir(folder):
+                if folder not in self._folders:
                     with open(os.path.join(self.staging, OUTSIDE), "a") as f:
                         f.write(folder + "\n")
-                    os.makedirs(folder)
-                self.staged[final] = os.path.join(folder, os.path.basename(final))
+                    os.makedirs(folder, exist_ok=True)
+                    self._folders.add(folder)
+                self.staged[final] = self.now[final] = os.path.join(folder, os.path.basename(final))
             return self.staged[final]
 
     def where(self, path: str) -> str:
-        """Where the bytes of ``path`` are during the build."""
-        return self.staged.get(os.path.normpath(path), path) if self.staged else path
+        """Where the bytes of ``path`` are: while building, its staged copy; after
+        ``commit``, the file it replaced (which may not exist)."""
+        return self.now.get(os.path.normpath(path), path) if self.now else path
 
     def commit(self) -> None:
-        for final, staged in self.staged.items():
-            if os.path.lexists(staged):
-                os.replace(staged, final)
-        self.discard()
+        """Move the staged files in; on a failure, move back what was moved and raise."""
+        moved: list[tuple[str, str, str | None]] = []
+        try:
+            for final, staged in self.staged.items():
+                if not os.path.lexists(staged):
+                    continue
+                aside = os.path.join(os.path.dirname(staged), self.ASIDE + os.path.basename(final))
+                if os.path.lexists(final):
+                    os.replace(final, aside)
+                    moved.append((final, staged, aside))
+                    os.replace(staged, final)
+                else:
+                    moved.append((final, staged, None))
+                    os.replace(staged, final)
+        except OSError:
+            for final, staged, aside in reversed(moved):
+                with contextlib.suppress(OSError):
+                    if not os.path.lexists(staged):
+                        os.replace(final, staged)
+                    if aside is not None:
+                        os.replace(aside, final)
+            raise
+        self.now = {final: os.path.join(os.path.dirname(staged), self.ASIDE + os.path.basename(final))
+                    for final, staged in self.staged.items()}
 
     def discard(self) -> None:
         self.discard_recorded(self.staging)

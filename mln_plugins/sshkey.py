@@ -64,12 +64,9 @@ def _is_literal(text: str) -> bool:
 
 def key_path(text: str, project) -> str:
     """The file a path-style key refers to, on the managing host."""
-    path = os.path.expanduser(text)
-    if not os.path.isabs(path):
-        source = getattr(project, "source", None)
-        base = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
-        path = os.path.join(base, path)
-    return os.path.normpath(path)
+    if project is None:
+        return os.path.abspath(os.path.expanduser(text))
+    return project.local_path(text)
 
 
 def keys_of(host, line, project) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -136,3 +137,17 @@ def test_start_and_stop_all_projects(mln_env):
     for args in (["start"], ["start", "-a", "-p", "p1"], ["stop", "-a", "-h", "alpha"]):
         r = mln_env.mln(*args)
         assert r.returncode == 2 and ("give -p PROJECT or -a" in r.stderr or "-h needs -p" in r.stderr), args
+
+
+def test_relative_filepath_is_taken_from_the_project_files_directory(mln_env):
+    lab = mln_env.root / "lab"
+    (lab / "disks").mkdir(parents=True)
+    text = mln_env.quickstart("uml", project="rel").read_text().replace(
+        "    template busybox.ext4", "    template busybox.ext4\n    filepath disks")
+    path = lab / "rel.mln"
+    path.write_text(text)
+    r = mln_env.mln("build", "-f", str(path))            # run from another directory
+    assert r.returncode == 0, r.output
+    assert sorted(os.listdir(lab / "disks")) == ["alpha.rel", "beta.rel"]
+    assert mln_env.mln("remove", "-f", "-p", "rel").returncode == 0
+    assert os.listdir(lab / "disks") == []

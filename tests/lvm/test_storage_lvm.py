@@ -78,7 +78,7 @@ def test_build_rebuild_remove(mln_env, test_vg):
     f.write_text(project(vg.name, size="120M", extra="files { ../../etc/passwd /etc/x }"))
     r = mln_env.mln("build", "-r", "-f", str(f))
     assert r.returncode != 0 and "host web" in r.stderr, r.output
-    assert "web.lvmt-mln-new" in r.output                 # the new volume was made aside ...
+    assert "web.lvmt+mln-new" in r.output                 # the new volume was made aside ...
     assert vg.lvs() == {"web.lvmt": 100 * M}               # ... and is gone; the old one is untouched
     assert vg.lv_uuid("web.lvmt") == old_uuid
     assert vg.read("web.lvmt", "/etc/hostname") == "web\n"
