@@ -18,15 +18,18 @@
   console`` attaches to it), and QEMU logs it to ``hosts/<host>/console.log``; status and
   shutdown use the QMP socket (``system_powerdown`` for a clean stop, ``quit`` for a hard one).
 * ``mln stop -S`` saves a host: QMP ``stop`` (the disk is not written after that), then a
-  migration into ``hosts/<host>/<host>.ram`` through a file descriptor passed over QMP
-  (``fd:``, works on QEMU 7.2, which has no ``file:`` migration), then ``quit``. The next
-  start runs the same command line with ``-incoming defer``, loads that file
-  (``migrate-incoming``), continues the guest and deletes the file; the console log is
-  appended to, not truncated. A failed resume keeps the file and says so.
+  migration into ``hosts/<host>/<host>.ram.part`` through a file descriptor passed over QMP
+  (``fd:``, works on QEMU 7.2, which has no ``file:`` migration), renamed to ``<host>.ram``
+  once synced, then ``quit``; if any step fails the part file goes and the guest runs on.
+  The next start runs the same command line with ``-incoming defer``, loads that file
+  (``migrate-incoming``), continues the guest and deletes the file right away (the guest
+  writes its disk from then on); the console log is appended to, not truncated. A resume
+  that fails before the guest ran keeps the file and says so.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
@@ -38,7 +41,7 @@ from mln_core.errors import MlnError
 from mln_core.lifecycle import disk_of
 
 from . import imagefs
-from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
+from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir, saved_state_path
 
 NAME = "qemu"
 QEMU = "qemu-system-x86_64"
@@ -124,11 +127,6 @@ def _paths(host, ctx, create=False):
 
 
 MAX_NIC_INDEX = 29            # ethN is in PCI slot 2 + N; slots 0 and 1 are the host and ISA bridges
-
-
-def save_path(host, ctx) -> str:
-    """Where ``mln stop -S`` saves the host's memory: ``hosts/<host>/<host>.ram``."""
-    return ctx.path("hosts", host.name, f"{host.name}.ram")
 
 
 def _console_socket(runtime: str) -> str:
@@ -231,7 +229,7 @@ def mln_start_host(host, ctx):
         raise MlnError("is already running")
     if os.path.exists(qmp_sock):
         os.unlink(qmp_sock)
-    saved = save_path(host, ctx)
+    saved = saved_state_path(host, ctx)
     resume = os.path.exists(saved)
     argv = command_line(host, ctx, resume=resume)
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
@@ -307,8 +305,9 @@ RESUME_TIMEOUT = 300.0
 FDNAME = "mln-state"
 
 
-async def _save_to_fd(client, fd: int, timeout: float) -> None:
-    """Stop the guest, migrate it into ``fd``, wait until done; the guest runs on if it fails."""
+async def _save_to_fd(client, fd: int, timeout: float, finish=lambda: None) -> None:
+    """Stop the guest, migrate it into ``fd``, wait until done, then ``finish()`` (sync and
+    rename the file); the guest runs on if any of it fails."""
     status = (await client.execute("query-status"))["status"]
     if status in ("inmigrate", "finish-migrate", "postmigrate", "save-vm", "restore-vm"):
         raise QmpFailure(f"QEMU is busy with a migration ({status})")
@@ -324,6 +323,10 @@ async def _save_to_fd(client, fd: int, timeout: float) -> None:
             info = await client.execute("query-migrate")
             state = info.get("status")
             if state == "completed":
+                try:
+                    finish()
+                except OSError as e:
+                    raise QmpFailure(f"writing the save file failed: {e.strerror or e}") from None
                 return
             if state in ("failed", "cancelled"):
                 raise QmpFailure(f"the migration into the save file {state}: "
@@ -362,28 +365,35 @@ def mln_save_host(host, ctx):
     where = f"host {host.name}"
     if not alive(pid) or not os.path.exists(qmp_sock):
         raise MlnError("cannot save: QEMU is not running", where)
-    saved = save_path(host, ctx)
+    saved = saved_state_path(host, ctx)
     part = saved + ".part"
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            asyncio.run(_session(qmp_sock, lambda c: _save_to_fd(c, fd, SAVE_TIMEOUT)))
-        except Exception as e:
-            raise MlnError(f"saving failed: {_describe(e)}; the host keeps running", where) from None
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise MlnError(f"saving failed: cannot create {part}: {e.strerror}; the host keeps running",
+                       where) from None
+
+    def finish() -> None:        # once the migration is complete; the guest runs on if this fails
         os.fsync(fd)
-    except BaseException:
+        os.replace(part, saved)
+
+    try:
+        asyncio.run(_session(qmp_sock, lambda c: _save_to_fd(c, fd, SAVE_TIMEOUT, finish)))
+    except Exception as e:
+        raise MlnError(f"saving failed: {_describe(e)}; the host keeps running", where) from None
+    finally:
         os.close(fd)
-        os.unlink(part)
-        raise
-    os.close(fd)
-    os.replace(part, saved)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)       # only there if the save failed
     # the guest is stopped and its state is in the file: end QEMU (it flushes the disk)
     qmp(qmp_sock, "quit", timeout=5)
     _wait_gone(pid, timeout=10)
     return True
 
 
-async def _load_from_fd(client, fd: int, timeout: float) -> None:
+async def _load_from_fd(client, fd: int, timeout: float, ran=lambda: None) -> None:
+    """Load the saved state from ``fd`` and continue the guest; ``ran()`` right after a
+    successful ``cont`` (the guest has run and writes its disk from then on)."""
     client.send_fd_scm(fd)
     await client.execute("getfd", {"fdname": FDNAME})
     await client.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"})
@@ -394,6 +404,7 @@ async def _load_from_fd(client, fd: int, timeout: float) -> None:
             return
         if status in ("paused", "postmigrate", "prelaunch"):
             await client.execute("cont")       # it was saved stopped, so it arrives stopped
+            ran()
         elif status != "inmigrate":
             raise QmpFailure(f"the guest is '{status}' after loading its saved state")
         if time.monotonic() > end:
@@ -402,23 +413,31 @@ async def _load_from_fd(client, fd: int, timeout: float) -> None:
 
 
 def _resume(host, ctx, saved: str) -> None:
-    """Load ``saved`` into the QEMU just started with ``-incoming defer``; delete it once the
-    guest runs. On failure QEMU is ended and the file is kept."""
+    """Load ``saved`` into the QEMU just started with ``-incoming defer``; delete it as soon as
+    the guest runs (its disk has moved on from the saved memory then). On failure QEMU is
+    ended; the file is kept if the guest never ran."""
     d, qmp_sock, pidfile = _paths(host, ctx)
+
+    def ran() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(saved)
+
     fd = os.open(saved, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        asyncio.run(_session(qmp_sock, lambda c: _load_from_fd(c, fd, RESUME_TIMEOUT)))
+        asyncio.run(_session(qmp_sock, lambda c: _load_from_fd(c, fd, RESUME_TIMEOUT, ran)))
     except Exception as e:
         reason = _describe(e)
-        if not alive(read_pid(pidfile)):
+        kept = os.path.exists(saved)
+        if kept and not alive(read_pid(pidfile)):
             reason = ("QEMU exited while loading it (the file is damaged, or was saved from another "
                       "build of this host)")
         _undo_start(host, ctx)
-        raise MlnError(f"resuming from the saved state {saved} failed: {reason}. The file is kept; "
-                       f"delete it to boot {host.name} afresh") from None
+        after = (f"The file is kept; delete it to boot {host.name} afresh" if kept else
+                 "The guest had already run on, so the file is deleted; the next start boots it afresh")
+        raise MlnError(f"resuming from the saved state {saved} failed: {reason}. {after}") from None
     finally:
         os.close(fd)
-    os.unlink(saved)
+    ran()
 
 
 @hookimpl
@@ -427,7 +446,7 @@ def mln_host_status(host, ctx):
         return None
     d, qmp_sock, pidfile = _paths(host, ctx)
     if not alive(read_pid(pidfile)):
-        return "down: saved" if os.path.exists(save_path(host, ctx)) else "down"
+        return "down: saved" if os.path.exists(saved_state_path(host, ctx)) else "down"
     st = qmp(qmp_sock, "query-status", timeout=3)
     if st is None:
         return "up: not answering on QMP"

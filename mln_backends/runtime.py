@@ -50,6 +50,12 @@ def runtime_dir(ctx, *parts: str, create: bool = False) -> str:
     return d
 
 
+def saved_state_path(host, ctx) -> str:
+    """Where ``mln stop -S`` saves a host's memory and ``mln start`` resumes it from:
+    ``<project>/hosts/<host>/<host>.ram`` (spec 7.1)."""
+    return ctx.path("hosts", host.name, f"{host.name}.ram")
+
+
 def read_pid(path: str) -> int | None:
     try:
         with open(path) as f:

@@ -8,10 +8,11 @@ start`` runs ``xl create <file>`` in the project directory (``xl restore
 hosts/<host>/<host>.ram`` when a saved state exists; the file is deleted once the guest
 runs again), ``mln stop`` runs ``xl shutdown <host>.<project>`` (``xl destroy`` with
 ``-H``; HVM guests ``xl shutdown -F``, the ACPI power button, for guests without PV
-drivers), ``mln stop -S`` runs ``xl save <host>.<project> <project>/hosts/<host>/<host>.ram``
-(``save``), ``mln status`` asks ``xl list <host>.<project>`` (exit 0: up; paused, crashed,
-shutting down and dying domains are "up" with that detail; a host that is down with a
-saved state is "down: saved"). Every command goes through ``ctx.run``. ``migrate(host,
+drivers), ``mln stop -S`` runs ``xl save <host>.<project>
+<project>/hosts/<host>/<host>.ram.part`` and renames the file to ``<host>.ram`` when xl
+succeeded (``save``), ``mln status`` asks ``xl list <host>.<project>`` (exit 0: up; paused,
+crashed, shutting down and dying domains are "up" with that detail; a host that is down
+with a saved state is "down: saved"). Every command goes through ``ctx.run``. ``migrate(host,
 target, ctx)`` (``xl migrate``) is a helper for a command that does not exist yet.
 
 Decisions (see also docs and the golden files in ``tests/xen/golden``):
@@ -65,6 +66,7 @@ mln.conf: ``xen_kernel``, ``xen_ramdisk``, ``xen_bridge``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -74,7 +76,7 @@ import jinja2
 from mln_core import hookimpl
 from mln_core.errors import MlnError, Problem
 
-from .runtime import IFNAMSIZ, mac_address
+from .runtime import IFNAMSIZ, mac_address, saved_state_path
 from .switch_bridge import bridge_name
 
 NAME = "xen"
@@ -513,11 +515,6 @@ def _need_xl() -> None:
                        "(Debian package xen-utils)")
 
 
-def saved_state(host, ctx) -> str:
-    """``<project>/hosts/<host>/<host>.ram``: where ``save`` puts a suspended guest (spec 7.1)."""
-    return ctx.path("hosts", host.name, f"{host.name}.ram")
-
-
 @hookimpl
 def mln_start_host(host, ctx):
     if not _mine(host):
@@ -525,7 +522,7 @@ def mln_start_host(host, ctx):
     _need_xl()
     backend = ctx.host_state(host).get("backend", {})
     cfg = backend.get("cfg") or cfg_name(host)
-    ram = saved_state(host, ctx)
+    ram = saved_state_path(host, ctx)
     if os.path.exists(ram):
         try:
             ctx.run([XL, "restore", os.path.relpath(ram, ctx.project_dir)], what=_what(host, "restore"),
@@ -585,7 +582,7 @@ def mln_host_status(host, ctx):
         return None
     state = domain_state(host, ctx)
     if state is None:
-        return "down: saved" if os.path.exists(saved_state(host, ctx)) else "down"
+        return "down: saved" if os.path.exists(saved_state_path(host, ctx)) else "down"
     detail = [text for letter, text in STATES.items() if letter in state]
     return f"up: {', '.join(detail)}" if detail else "up"
 
@@ -593,18 +590,25 @@ def mln_host_status(host, ctx):
 @hookimpl
 def mln_remove_host(host, ctx):
     if _mine(host) and ctx.project_dir:
-        ram = saved_state(host, ctx)
+        ram = saved_state_path(host, ctx)
         if os.path.exists(ram):
             os.unlink(ram)
 
 
 def save(host, ctx) -> str:
     """Suspend a running guest to ``<project>/hosts/<host>/<host>.ram`` (``mln stop -S``);
-    the next start restores it."""
+    the next start restores it. xl writes ``<ram>.part``, renamed when the save succeeded and
+    deleted when it failed (xl keeps the guest running then), so no partial file is restored."""
     _need_xl()
     ctx.host_dir(host)
-    ram = saved_state(host, ctx)
-    ctx.run([XL, "save", host.fqname, ram], what=_what(host, "save"), timeout=900)
+    ram = saved_state_path(host, ctx)
+    try:
+        ctx.run([XL, "save", host.fqname, ram + ".part"], what=_what(host, "save"), timeout=900)
+        os.replace(ram + ".part", ram)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ram + ".part")
+        raise
     return ram
 
 

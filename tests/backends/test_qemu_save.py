@@ -4,15 +4,22 @@ One busybox guest counts on its console (a shell loop that only lives in memory:
 reboot would start again at 1). It is saved, resumed and must go on counting from where
 it stopped, without booting again. The console log is appended to across the resume.
 A save file that cannot be loaded makes the start fail and is kept.
+
+The failures around the files (the part file cannot be made or synced; the resume fails
+after the guest ran) are unit tests against a scripted QMP client, without QEMU.
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
 import time
+from types import SimpleNamespace
 
 import pytest
 
-pytestmark = pytest.mark.guests
+from mln_backends import qemu
+from mln_core.errors import MlnError
 
 PROJECT = r"""
 global {
@@ -53,6 +60,7 @@ def wait_ticks(env, above: int, timeout: float = 90) -> str:
                          f"{env.console('sv', 'counter')[-3000:]}")
 
 
+@pytest.mark.guests
 def test_save_and_resume_keeps_the_guest_memory(mln_env):
     path = mln_env.write("sv.mln", PROJECT)
     r = mln_env.mln("build", "-f", str(path))
@@ -126,3 +134,104 @@ def test_save_and_resume_keeps_the_guest_memory(mln_env):
     assert r.returncode == 0, r.output
     assert not (mln_env.projects / "sv").exists()
     assert mln_env.processes() == [] and mln_env.runtime_dirs() == []
+
+
+class ScriptedQmp:
+    """A QMP client for ``_save_to_fd``/``_load_from_fd``: ``query-status`` answers the
+    given states in turn (the last one repeats), migrations complete at once; ``sent``
+    records the commands."""
+
+    def __init__(self, *states: str):
+        self.states, self.sent = list(states), []
+
+    def send_fd_scm(self, fd: int) -> None:
+        self.sent.append("(fd)")
+
+    async def execute(self, command: str, args=None):
+        self.sent.append(command)
+        if command == "query-status":
+            return {"status": self.states.pop(0) if len(self.states) > 1 else self.states[0]}
+        return {"status": "completed"} if command == "query-migrate" else {}
+
+
+@pytest.fixture
+def fake_qemu(tmp_path, monkeypatch):
+    """Host ``counter`` of a project in ``tmp_path`` whose QEMU "runs" and answers QMP
+    with the ScriptedQmp returned; nothing is really started or ended."""
+    client = ScriptedQmp("running")
+    sock, pidfile = tmp_path / "qmp.sock", tmp_path / "pid"
+    sock.touch()
+    monkeypatch.setattr(qemu, "_paths", lambda host, ctx, create=False: (str(tmp_path), str(sock),
+                                                                         str(pidfile)))
+    monkeypatch.setattr(qemu, "read_pid", lambda path: 4242)
+    monkeypatch.setattr(qemu, "alive", lambda pid: True)
+
+    async def session(sock, work, timeout=5.0):
+        return await work(client)
+    monkeypatch.setattr(qemu, "_session", session)
+    monkeypatch.setattr(qemu, "qmp", lambda sock, command, timeout=5.0: client.sent.append(f"qmp {command}"))
+    monkeypatch.setattr(qemu, "_wait_gone", lambda pid, timeout: None)
+    monkeypatch.setattr(qemu, "_undo_start", lambda host, ctx: client.sent.append("(undo start)"))
+    project = tmp_path / "sv"
+    (project / "hosts" / "counter").mkdir(parents=True)
+    client.host = SimpleNamespace(name="counter", hypervisor="qemu")
+    client.ctx = SimpleNamespace(path=lambda *p: os.path.join(project, *p))
+    client.ram = project / "hosts" / "counter" / "counter.ram"
+    return client
+
+
+def test_save_writes_the_part_file_and_renames_it(fake_qemu):
+    assert qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx) is True
+    assert fake_qemu.ram.exists() and not os.path.exists(f"{fake_qemu.ram}.part")
+    assert "cont" not in fake_qemu.sent and fake_qemu.sent[-1] == "qmp quit"
+
+
+def test_save_that_cannot_sync_the_file_lets_the_guest_run_on(fake_qemu, monkeypatch):
+    """fsync fails after the migration completed (the guest is in postmigrate): a clear
+    error naming the host, no file left, and ``cont`` so that the guest runs on."""
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(MlnError) as e:
+        qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx)
+    assert str(e.value) == ("host counter: saving failed: writing the save file failed: No space left on "
+                            "device; the host keeps running")
+    assert fake_qemu.sent[-1] == "cont" and "qmp quit" not in fake_qemu.sent
+    assert os.listdir(fake_qemu.ram.parent) == []
+
+
+def test_save_that_cannot_create_the_file_does_not_stop_the_guest(fake_qemu):
+    fake_qemu.ram.parent.rmdir()
+    with pytest.raises(MlnError) as e:
+        qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx)
+    assert str(e.value).startswith(f"host counter: saving failed: cannot create {fake_qemu.ram}.part: "
+                                   "No such file or directory")
+    assert fake_qemu.sent == []                     # not even stopped
+
+
+def test_resume_deletes_the_file_as_soon_as_the_guest_ran(fake_qemu):
+    """After a successful ``cont`` the guest writes its disk, so the saved memory must never
+    be loaded again, even if the resume fails afterwards."""
+    fake_qemu.states = ["inmigrate", "paused", "internal-error"]
+    fake_qemu.ram.write_bytes(b"saved")
+    with pytest.raises(MlnError) as e:
+        qemu._resume(fake_qemu.host, fake_qemu.ctx, str(fake_qemu.ram))
+    assert "the guest is 'internal-error'" in str(e.value)
+    assert "The guest had already run on, so the file is deleted" in str(e.value)
+    assert not fake_qemu.ram.exists() and fake_qemu.sent[-1] == "(undo start)"
+
+
+def test_resume_that_fails_before_the_guest_ran_keeps_the_file(fake_qemu):
+    fake_qemu.states = ["inmigrate", "shutdown"]
+    fake_qemu.ram.write_bytes(b"saved")
+    with pytest.raises(MlnError) as e:
+        qemu._resume(fake_qemu.host, fake_qemu.ctx, str(fake_qemu.ram))
+    assert "The file is kept; delete it to boot counter afresh" in str(e.value)
+    assert fake_qemu.ram.exists() and "cont" not in fake_qemu.sent
+
+
+def test_resume_that_works_deletes_the_file(fake_qemu):
+    fake_qemu.states = ["inmigrate", "paused", "running"]
+    fake_qemu.ram.write_bytes(b"saved")
+    qemu._resume(fake_qemu.host, fake_qemu.ctx, str(fake_qemu.ram))
+    assert not fake_qemu.ram.exists() and fake_qemu.sent.count("cont") == 1

@@ -13,6 +13,8 @@ PATH; it imitates the few ``xl`` commands mln uses, well enough to test the comm
 * ``shutdown [-F] NAME`` / ``destroy NAME`` remove the domain (as if it stopped at once);
   with ``$FAKE_XL_SLOW_SHUTDOWN`` set, ``shutdown`` only marks it ``--s---`` (shutting down);
 * ``save NAME FILE`` writes FILE (xl's header line, then the name) and removes the domain;
+  with ``$FAKE_XL_FAIL_SAVE`` set, it writes only the header line and fails as xl does when
+  the disk is full (xl resumes the guest then: the domain stays);
   ``restore [CFG] FILE`` brings the domain of FILE back; it fails as xl does when FILE is
   missing or has no xl header (corrupt), or when the domain exists already.
 
@@ -105,6 +107,11 @@ def _main(argv: list[str]) -> int:
         if len(args) < 2 or args[0] not in state:
             return _no_domain(args[0] if args else "")
         with open(args[1], "w") as f:
+            if os.environ.get("FAKE_XL_FAIL_SAVE"):
+                f.write(f"{SAVE_MAGIC}\n")
+                print("libxl: error: libxl_stream_write.c:350:libxl__xc_domain_save_done: saving domain: "
+                      "domain responded to suspend request: No space left on device", file=sys.stderr)
+                return 1
             f.write(f"{SAVE_MAGIC}\n{args[0]}\n")
         del state[args[0]]
     elif cmd == "restore":

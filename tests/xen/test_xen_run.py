@@ -106,10 +106,11 @@ def test_stop_save_then_start_restores(ldaptest, fake_xl: FakeXl):
     r = env.mln("stop", "-p", "ldaptest", "-S")
     assert r.returncode == 0, r.output
     assert sorted(a for a in fake_xl.argvs() if a[0] != "list") == [
-        ["save", "ldapclient.ldaptest", str(ram["ldapclient"])],
-        ["save", "ldapserver.ldaptest", str(ram["ldapserver"])]]          # no shutdown
+        ["save", "ldapclient.ldaptest", f"{ram['ldapclient']}.part"],    # renamed when saved
+        ["save", "ldapserver.ldaptest", f"{ram['ldapserver']}.part"]]    # no shutdown
     assert "ldapclient: saved; 'mln start' resumes it" in r.stderr and "warning" not in r.stderr
     assert all(p.exists() for p in ram.values()) and fake_xl.domains() == {}
+    assert not any(os.path.exists(f"{p}.part") for p in ram.values())
     assert not os.path.exists("/sys/class/net/lan.ldaptest")               # the switch stopped
 
     r = env.mln("status", "-p", "ldaptest")
@@ -170,6 +171,34 @@ def test_failed_restore_keeps_the_saved_state(ldaptest, fake_xl: FakeXl):
     assert env.mln("stop", "-p", "ldaptest").returncode == 0
 
 
+def test_failed_save_leaves_no_saved_state(ldaptest, fake_xl: FakeXl):
+    """When ``xl save`` fails (here: the disk is full), ``stop -S`` fails naming the host and
+    xl's message, the partial file is deleted (no ``.ram`` for the next start to restore) and
+    the guest, which xl keeps running, is still up."""
+    env = ldaptest
+    hdir = env.projects / "ldaptest" / "hosts" / "ldapclient"
+    assert env.mln("start", "-p", "ldaptest", "-h", "ldapclient").returncode == 0
+    env.env["FAKE_XL_FAIL_SAVE"] = "1"
+    fake_xl.clear()
+    r = env.mln("stop", "-p", "ldaptest", "-h", "ldapclient", "-S")
+    assert r.returncode == 1, r.output
+    assert "save Xen guest ldapclient.ldaptest: 'xl save" in r.stderr and "No space left" in r.stderr
+    assert ["save", "ldapclient.ldaptest", f"{hdir / 'ldapclient.ram'}.part"] in fake_xl.argvs()
+    assert sorted(p.name for p in hdir.iterdir() if ".ram" in p.name) == []
+    assert set(fake_xl.domains()) == {"ldapclient.ldaptest"}
+    assert "ldaptest host ldapclient up" in env.mln("status", "-p", "ldaptest", "-h", "ldapclient").stdout
+    # a whole project: every host is tried, the ones not saved keep running, and so do the switches
+    assert env.mln("start", "-p", "ldaptest").returncode == 0
+    r = env.mln("stop", "-p", "ldaptest", "-S")
+    assert r.returncode == 1, r.output
+    assert r.stderr.count("No space left") == 2
+    assert "ldapclient, ldapserver could not be saved and still run (the switches stay up)" in r.stderr \
+        or "ldapserver, ldapclient could not be saved and still run (the switches stay up)" in r.stderr
+    assert env.mln("status", "-p", "ldaptest").returncode == 0          # all still up
+    del env.env["FAKE_XL_FAIL_SAVE"]
+    assert env.mln("stop", "-p", "ldaptest").returncode == 0
+
+
 MIXED = """global {
     project mixed
 }
@@ -204,7 +233,7 @@ def test_stop_save_of_a_mixed_project_shuts_down_what_cannot_be_saved(mln_env):
     assert "warning: u: uml hosts cannot be saved; shutting it down" in r.stderr
     assert "x: saved" in r.stderr and "warning: x" not in r.stderr
     ram = mln_env.projects / "mixed" / "hosts" / "x" / "x.ram"
-    assert [a for a in fake_xl.argvs() if a[0] != "list"] == [["save", "x.mixed", str(ram)]]
+    assert [a for a in fake_xl.argvs() if a[0] != "list"] == [["save", "x.mixed", f"{ram}.part"]]
     r = mln_env.mln("status", "-p", "mixed")
     assert r.stdout.splitlines() == ["mixed host x down (saved)", "mixed host u down"]
     fake_xl.clear()
