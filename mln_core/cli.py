@@ -362,17 +362,20 @@ def console(click_ctx, project, host, quiet):
     Without a terminal, standard input is typed into the console and the output printed:
     echo hostname | mln console -p P -h HOST
     """
-    from .console import batch, interactive, open_console
-    con = open_console(_engine(click_ctx).console(project, host))
+    from .console import Closed, batch, interactive, session
+    on_tty = sys.stdin.isatty()
     try:
-        if sys.stdin.isatty():
-            click.echo(f"console of {host} ({project}): Ctrl-] leaves; press Enter for a prompt", err=True)
-            interactive(con)
+        with session(_engine(click_ctx).console(project, host), host) as con:
+            if on_tty:
+                click.echo(f"console of {host} ({project}): Ctrl-] leaves; press Enter for a prompt",
+                           err=True)
+                interactive(con)
+            else:
+                batch(con, sys.stdin.buffer.read(), quiet)
+        if on_tty:
             click.echo("", err=True)
-        else:
-            batch(con, sys.stdin.buffer.read(), quiet)
-    finally:
-        con.close()
+    except Closed:     # the guest halted or was stopped: the session is over, not failed
+        click.echo(("\n" if on_tty else "") + f"mln: the console of {host} closed", err=True)
 
 
 @cli.command("list")
