@@ -133,7 +133,8 @@ def test_before_project_start_failure_aborts_start(mln_env):
 
 @pytest.mark.parametrize("args,needle", [
     (["build"], "Missing option '-f'"),
-    (["start"], "Missing option '-p'"),
+    (["start"], "give -p PROJECT or -a (all projects)"),
+    (["remove"], "Missing option '-p'"),
     (["status", "-h", "a"], "-h needs -p PROJECT"),
     (["stop", "-p", "x", "-w", "soon"], "'soon' is not a valid float"),
 ])
