@@ -29,8 +29,9 @@ itself a loop device over a file, the volume's bytes are the range
 ``loop offset + pe_start + first_extent * extent_size`` of length ``extents *
 extent_size`` in that file, and ``losetup --offset --sizelimit`` makes a block device of
 exactly that range. This imitates activation for mln's own work (copying the template,
-resizing, individualizing); a hypervisor still needs real activation to boot
-``/dev/<vg>/<lv>``. The recorded disk says which way it was made
+resizing, individualizing) and for each run of the host (``mln_attach_disk``: the
+hypervisor opens the loop device, which is released when the host stops); other programs
+still need real activation for ``/dev/<vg>/<lv>``. The recorded disk says which way it was made
 (``extra["activation"]``: ``device-mapper`` or ``none``).
 """
 from __future__ import annotations
@@ -536,8 +537,8 @@ def _note_no_activation(ctx) -> None:
     if not _noted.is_set():
         _noted.set()
         ctx.log("note: this machine has no device-mapper: LVM volumes are made in LVM's metadata only and "
-                "filled through loop devices; /dev/<vg>/<lv> exists only where the volume group can be "
-                "activated, so a hypervisor cannot boot them here")
+                "reached through loop devices over their extents (also by the hypervisor at start); "
+                "/dev/<vg>/<lv> exists only where the volume group can be activated")
 
 
 def _require_vg(ctx, vg: str, dm: bool) -> dict:
@@ -618,6 +619,42 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
             _lvremove(ctx, vg, lv, dm)
         raise
     return Disk(path=f"/dev/{vg}/{host.fqname}", format="raw", kind="lvm", size=info["size"], extra=extra)
+
+
+@hookimpl
+def mln_attach_disk(host, disk, ctx):
+    """For a run: with device-mapper, the activated ``/dev/<vg>/<lv>``; without, a loop
+    device over the volume's extents (kept until ``mln_detach_disk``)."""
+    if disk.kind != "lvm":
+        return None
+    vg, lv = disk.extra["vg"], disk.extra["lv"]
+    if have_device_mapper():
+        return _activate(ctx, vg, lv)
+    backing, offset, length = extent_range(ctx, vg, lv)
+    p = ctx.run(["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit", str(length), backing],
+                what=f"making a loop device over {vg}/{lv}")
+    return p.stdout.decode().strip()
+
+
+@hookimpl
+def mln_detach_disk(host, disk, path, ctx):
+    if disk.kind != "lvm" or not path.startswith("/dev/loop"):
+        return
+    # only the loop device made for this volume: the number may have been reused since
+    try:
+        backing, offset, length = extent_range(ctx, disk.extra["vg"], disk.extra["lv"])
+    except MlnError:
+        return
+    sysdir = f"/sys/block/{os.path.basename(path)}/loop"
+    try:
+        with open(f"{sysdir}/backing_file") as f:
+            same = f.read().rstrip("\n") == backing
+        with open(f"{sysdir}/offset") as f:
+            same = same and int(f.read()) == offset
+    except (OSError, ValueError):
+        return
+    if same:
+        ctx.run(["losetup", "-d", path], what=f"releasing {path} ({host.name}'s volume)", check=False)
 
 
 class LvmImage(imagefs.Ext4Image):

@@ -82,6 +82,26 @@ def mln_validate(project, ctx):
 # ---------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
+def mln_attach_disk(host, disk, ctx):
+    """Make the disk of ``host`` usable for one run, just before ``mln_start_host``.
+
+    A storage plugin whose disks need something on this machine to be opened (an LVM
+    volume without device-mapper: a loop device over its extents) makes it and returns the
+    path the hypervisor should open instead of ``disk.path``; backends see it through
+    ``mln_core.lifecycle.disk_of``. Return None if the disk is not yours or needs nothing.
+    The core calls ``mln_detach_disk`` when the host has stopped or failed to start.
+    """
+
+
+@hookspec
+def mln_detach_disk(host, disk, path, ctx):
+    """Undo ``mln_attach_disk``: ``path`` is what it returned. Called after the host
+    stopped, after a failed start, and before a start that finds an attachment of a run
+    that ended without mln (a crashed guest). Return value: ignored.
+    """
+
+
+@hookspec(firstresult=True)
 def mln_build_switch(switch, ctx):
     """Create the configuration of a virtual switch (not started yet).
 

@@ -375,11 +375,30 @@ class Engine:
 
     def _start_host(self, h: Host) -> None:
         try:
-            if not self.hook.mln_start_host(host=h, ctx=self.ctx):
-                raise MlnError(f"no installed backend starts '{h.hypervisor}' hosts")
+            self._detach_disk(h)                   # left by a run that ended without mln
+            path = self.hook.mln_attach_disk(host=h, disk=disk_of(self.ctx, h), ctx=self.ctx)
+            if path:
+                with open(_attached(self.ctx, h), "w") as f:
+                    f.write(path + "\n")
+            try:
+                if not self.hook.mln_start_host(host=h, ctx=self.ctx):
+                    raise MlnError(f"no installed backend starts '{h.hypervisor}' hosts")
+            except BaseException:
+                self._detach_disk(h)
+                raise
         except MlnError as e:
             raise MlnError(f"start: {e.message}", f"host {h.name}") from None
         self.ctx.log(f"+---> {h.name}: started")
+
+    def _detach_disk(self, h: Host) -> None:
+        record = _attached(self.ctx, h)
+        try:
+            with open(record) as f:
+                path = f.read().strip()
+        except FileNotFoundError:
+            return
+        self.hook.mln_detach_disk(host=h, disk=disk_of(self.ctx, h, attached=False), path=path, ctx=self.ctx)
+        os.unlink(record)
 
     def stop(self, project_name: str, host: str | None = None, hard: bool = False,
              wait_s: float = 60.0, save: bool = False) -> None:
@@ -450,6 +469,7 @@ class Engine:
             for i in h.interfaces:
                 self.ctx.detach(h, i)
             self.hook.mln_host_stopped(host=h, ctx=self.ctx)
+            self._detach_disk(h)
             self.ctx.log(f"+---> {h.name}: stopped")
         return unsaved
 
@@ -490,13 +510,16 @@ class Engine:
         """Let plugins delete what they made outside the project directory (``self.ctx``
         must be bound to that project). ``best_effort`` (a project being replaced by a build
         that has succeeded): a failure is a warning, and the rest is still removed."""
-        calls = [(f"host {h.name}", self.hook.mln_remove_host, {"host": h}) for h in loaded.project.hosts.values()]
-        calls += [(f"switch {s.name}", self.hook.mln_remove_switch, {"switch": s})
-                  for s in loaded.project.switches.values()]
-        calls.append((f"project {loaded.project.name}", self.hook.mln_remove_project, {"project": loaded.project}))
-        for what, hook, kwargs in calls:
+        project, hook, ctx = loaded.project, self.hook, self.ctx
+        steps = [(f"host {h.name}", lambda h=h: self._detach_disk(h)) for h in project.hosts.values()]
+        steps += [(f"host {h.name}", lambda h=h: hook.mln_remove_host(host=h, ctx=ctx))
+                  for h in project.hosts.values()]
+        steps += [(f"switch {s.name}", lambda s=s: hook.mln_remove_switch(switch=s, ctx=ctx))
+                  for s in project.switches.values()]
+        steps.append((f"project {project.name}", lambda: hook.mln_remove_project(project=project, ctx=ctx)))
+        for what, step in steps:
             try:
-                hook(ctx=self.ctx, **kwargs)
+                step()
             except Exception as e:
                 if not best_effort:
                     raise
@@ -513,12 +536,24 @@ def _boot_groups(hosts: list[Host]) -> list[list[Host]]:
     return groups
 
 
-def disk_of(ctx, host: Host) -> Disk:
-    """The disk recorded for ``host`` at build time, with an absolute path."""
+def _attached(ctx, host: Host) -> str:
+    """``hosts/<host>/attached-disk``: the path ``mln_attach_disk`` gave for the current run."""
+    return os.path.join(ctx.host_dir(host), "attached-disk")
+
+
+def disk_of(ctx, host: Host, attached: bool = True) -> Disk:
+    """The disk recorded for ``host`` at build time, with an absolute path; while the host
+    runs (``attached``), the path its storage plugin attached for the run, if any."""
     entry = ctx.state.get("hosts", {}).get(host.name)
     if not entry:
         raise MlnError("was not built (no disk recorded); run 'mln build' again", f"host {host.name}")
     d = Disk(**entry["disk"])
     if not os.path.isabs(d.path):
         d.path = os.path.join(ctx.project_dir, d.path)
+    if attached:
+        try:
+            with open(_attached(ctx, host)) as f:
+                d.path = f.read().strip() or d.path
+        except FileNotFoundError:
+            pass
     return d

@@ -260,3 +260,36 @@ def test_check_knows_the_keywords_and_refuses_own_options(mln_plain):
     bad = mln_plain.write("bad2.mln", project("somevg").replace("    lvm\n", "    lvm please\n"))
     r = mln_plain.mln("check", "-f", str(bad))
     assert r.returncode != 0 and "lvcreate options" in r.output, r.output
+
+
+@pytest.mark.guests
+def test_an_lvm_host_boots_from_its_volume_and_writes_to_it(mln_env, test_vg):
+    """Without device-mapper the guest gets a loop device over its volume's extents for the
+    run; what it writes lands in the volume, and stop releases the loop device."""
+    vg = test_vg
+    f = mln_env.write("lvboot.mln", f"""global {{
+    project lvboot
+}}
+host web {{
+    hypervisor uml
+    template busybox.ext4
+    memory 96M
+    lvm
+    lvm_vg {vg.name}
+    size 100M
+}}
+""")
+    r = mln_env.mln("build", "-f", str(f))
+    assert r.returncode == 0, r.output
+    r = mln_env.mln("start", "-p", "lvboot")
+    assert r.returncode == 0, r.output
+    mln_env.wait_console("lvboot", "web", "Please press Enter to activate this console")
+    if not storage_lvm.have_device_mapper():
+        assert len(vg.imitation_loops()) == 1                    # the guest's disk for this run
+    r = mln_env.mln("console", "-p", "lvboot", "-h", "web", input="\necho written-by-$(hostname) > /root/mark; sync\n")
+    assert r.returncode == 0, r.output
+    r = mln_env.mln("stop", "-p", "lvboot")
+    assert r.returncode == 0, r.output
+    assert not vg.imitation_loops()
+    assert vg.read("web.lvboot", "/root/mark") == "written-by-web\n"
+    assert not (mln_env.projects / "lvboot" / "hosts" / "web" / "attached-disk").exists()
