@@ -600,17 +600,23 @@ class Ext4Image(GuestFS):
         canon = self._write_from(path, source, os.stat(source).st_mode & 0o7777 if mode is None else mode, uid, gid)
         self._data[canon] = source
 
-    def _write_from(self, path: str, local: str, mode: int, uid: int, gid: int) -> str:
-        self._check_ids(mode, uid, gid)
+    def _replace(self, path: str, what: str, is_dir: str) -> tuple[str, str, str, list[bytes]]:
+        """Make room for a new file or symlink at ``path`` (not over a directory: ``is_dir``
+        says so): (parent, name, canonical path, the debugfs commands so far)."""
         res = self._resolve(path, follow_last=False)
         if res[0] == "found" and _stat.S_ISDIR(res[2].mode):
-            raise self._err(path, "cannot write a file: it is a directory")
+            raise self._err(path, is_dir)
         cmds: list[bytes] = []
-        parent, name, old = self._place(path, res, cmds, "write")
+        parent, name, old = self._place(path, res, cmds, what)
         canon = _join(parent, name)
         if old is not None:
             cmds.append(b"rm " + _quote(canon))
             self._forget(canon, old)
+        return parent, name, canon, cmds
+
+    def _write_from(self, path: str, local: str, mode: int, uid: int, gid: int) -> str:
+        self._check_ids(mode, uid, gid)
+        parent, name, canon, cmds = self._replace(path, "write", "cannot write a file: it is a directory")
         cmds.append(b"write " + _quote(local) + b" " + _quote(canon))
         mode_full = _stat.S_IFREG | mode
         cmds += self._sif(canon, mode_full, uid, gid)
@@ -647,15 +653,8 @@ class Ext4Image(GuestFS):
             qtarget = _quote(target)
         except ValueError as e:
             raise self._err(path, f"invalid symlink target {target!r}: {e}") from None
-        res = self._resolve(path, follow_last=False)
-        if res[0] == "found" and _stat.S_ISDIR(res[2].mode):
-            raise self._err(path, "cannot create symlink: a directory with that name exists")
-        cmds: list[bytes] = []
-        parent, name, old = self._place(path, res, cmds, "create symlink")
-        canon = _join(parent, name)
-        if old is not None:
-            cmds.append(b"rm " + _quote(canon))
-            self._forget(canon, old)
+        parent, name, canon, cmds = self._replace(path, "create symlink",
+                                                  "cannot create symlink: a directory with that name exists")
         cmds.append(b"symlink " + _quote(canon) + b" " + qtarget)
         self._dirs[parent][name] = _Ent(None, _stat.S_IFLNK | 0o777, 0, 0)
         self._links[canon] = target
