@@ -461,16 +461,26 @@ def mln_create_disk(host, ctx):
         _note_no_activation(ctx)
     extra = {"vg": vg, "lv": lv, "lv_uuid": info["uuid"], "template": template.name,
              "activation": "device-mapper" if dm else "none", **_final(lv, host)}
-    try:
+
+    def fill():
         with device(ctx, vg, lv, dm) as dev:
             _fill(ctx, template.path, dev, template_size, info["size"])
+    return _finish(host, s, ctx, info, extra, dm, fill)
+
+
+def _finish(host, s: Settings, ctx, info: dict, extra: dict, dm: bool, fill=None) -> Disk:
+    """Fill the new volume and make the swap disk; the volume goes again if either fails."""
+    try:
+        if fill is not None:
+            fill()
         if host.swap:
             extra["swap"] = _make_swap(host, ctx)
     except BaseException:
         with contextlib.suppress(Exception), _locked(s, ctx):
-            _lvremove(ctx, vg, lv, dm)
+            _lvremove(ctx, extra["vg"], extra["lv"], dm)
         raise
-    return Disk(path=f"/dev/{vg}/{host.fqname}", format="raw", kind="lvm", size=info["size"], extra=extra)
+    return Disk(path=f"/dev/{extra['vg']}/{host.fqname}", format="raw", kind="lvm", size=info["size"],
+                extra=extra)
 
 
 STAGED_SUFFIX = "+mln-new"      # '+' is in no host or project name, so in no other host's volume
@@ -611,14 +621,7 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
             raise MlnError(f"lvcreate reported success but {vg}/{lv} is not listed by lvs")
     extra = {"vg": vg, "lv": lv, "lv_uuid": info["uuid"], "snapshot_of": oname, "activation": "device-mapper",
              **_final(lv, host)}
-    try:
-        if host.swap:
-            extra["swap"] = _make_swap(host, ctx)
-    except BaseException:
-        with contextlib.suppress(Exception), _locked(s, ctx):
-            _lvremove(ctx, vg, lv, dm)
-        raise
-    return Disk(path=f"/dev/{vg}/{host.fqname}", format="raw", kind="lvm", size=info["size"], extra=extra)
+    return _finish(host, s, ctx, info, extra, dm)
 
 
 @hookimpl
