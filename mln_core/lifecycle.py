@@ -308,7 +308,7 @@ class Engine:
         if up:
             raise MlnError(f"project '{project_name}' has running hosts ({', '.join(up)}); stop them "
                            f"first: mln stop -p {project_name}")
-        saved = [name for name, st in status.items() if st.replace(" ", "") == "down:saved"]
+        saved = [name for name, st in status.items() if _state(st) == ("down", "saved")]
         if saved:
             self.ctx.log(f"warning: replacing the project discards the saved state of {', '.join(saved)} "
                          "(mln stop -S); the rebuilt hosts boot afresh")
@@ -321,9 +321,9 @@ class Engine:
         hosts = [self._host(project, host)] if host else list(project.hosts.values())
         for h in hosts:
             st = self.host_status(h)
-            state, _, detail = st.partition(":")
-            rows.append({"project": project.name, "kind": "host", "name": h.name, "state": state.strip(),
-                         "detail": detail.strip(), "hypervisor": h.hypervisor})
+            state, detail = _state(st)
+            rows.append({"project": project.name, "kind": "host", "name": h.name, "state": state,
+                         "detail": detail, "hypervisor": h.hypervisor})
         if host is None:
             for s in project.switches.values():
                 rows.append({"project": project.name, "kind": "switch", "name": s.name,
@@ -524,6 +524,12 @@ class Engine:
                 if not best_effort:
                     raise
                 self.ctx.log(f"warning: removing the replaced project's {what}: {e}")
+
+
+def _state(status: str) -> tuple[str, str]:
+    """A backend's "up" / "down: saved" as (state, detail)."""
+    state, _, detail = status.partition(":")
+    return state.strip(), detail.strip()
 
 
 def _boot_groups(hosts: list[Host]) -> list[list[Host]]:

@@ -86,9 +86,14 @@ class MlnEnv:
         path.write_text(text)
         return path
 
-    def quickstart(self, hypervisor: str = "uml", project: str = "quickstart", switch_type: str | None = None) -> Path:
+    def quickstart(self, hypervisor: str = "uml", project: str = "quickstart", switch_type: str | None = None,
+                   node: str | None = None) -> Path:
+        """The quickstart project under another name; ``node``: a line added to the
+        superclass both hosts share (``filepath /x``, say)."""
         text = QUICKSTART.read_text().replace("$hypervisor = uml", f"$hypervisor = {hypervisor}")
         text = text.replace("project quickstart", f"project {project}")
+        if node:
+            text = text.replace("    template busybox.ext4\n", f"    template busybox.ext4\n    {node}\n", 1)
         if switch_type:
             text = text.replace("switch lan {\n}", f"switch lan {{\n    type {switch_type}\n}}")
         return self.write(f"{project}.mln", text)

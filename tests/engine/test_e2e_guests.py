@@ -154,9 +154,7 @@ def test_kill_9_during_build_then_rebuild(mln_env, tmp_path):
 
 
 def test_uml_copy_on_write_over_a_shared_base(mln_env):
-    text = mln_env.quickstart("uml", project="cow").read_text().replace(
-        "    template busybox.ext4", "    template busybox.ext4\n    cow_filesystem shared")
-    path = mln_env.write("cow.mln", text)
+    path = mln_env.quickstart("uml", project="cow", node="cow_filesystem shared")
     assert mln_env.mln("build", "-f", str(path)).returncode == 0
     images = mln_env.projects / "cow" / "images"
     assert sorted(p.name for p in images.iterdir()) == ["alpha.cow", "beta.cow", "shared"]
@@ -175,9 +173,8 @@ def test_uml_copy_on_write_over_a_shared_base(mln_env):
 def test_filepath_disks_survive_a_rebuild(mln_env, tmp_path):
     store = tmp_path / "shared-storage"
     store.mkdir()
-    text = mln_env.quickstart("uml", project="fp").read_text().replace(
-        "    template busybox.ext4", f"    template busybox.ext4\n    filepath {store}")
-    path = mln_env.write("fp.mln", text)
+    path = mln_env.quickstart("uml", project="fp", node=f"filepath {store}")
+    text = path.read_text()
     assert mln_env.mln("build", "-f", str(path)).returncode == 0
     assert sorted(p.name for p in store.iterdir()) == ["alpha.fp", "beta.fp"]
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.iterdir()}
