@@ -37,6 +37,7 @@ import subprocess
 import time
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.lifecycle import disk_of
 
@@ -480,3 +481,12 @@ def mln_host_stopped(host, ctx):
 def mln_remove_host(host, ctx):
     if _mine(host) and ctx.project_dir:
         mln_host_stopped(host, ctx)
+
+
+@hookimpl
+def mln_doctor(ctx):
+    found = tool(QEMU, "runs QEMU guests", "qemu-system-x86", hypervisor=NAME)
+    if found["ok"]:
+        found["detail"] += ("; accelerator: KVM" if kvm_usable() else
+                            "; accelerator: TCG only (no usable KVM: guests run emulated, slower)")
+    return [found, tool("qemu-img", "qcow2 overlays and disk conversion", "qemu-utils")]

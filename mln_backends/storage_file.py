@@ -17,6 +17,7 @@ import subprocess
 import threading
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.model import Disk, format_size
 
@@ -165,3 +166,12 @@ def mln_remove_host(host, ctx):
         path = ctx.path(disk["path"])
         if os.path.isfile(path):
             os.unlink(path)
+
+
+@hookimpl
+def mln_doctor(ctx):
+    fuse = os.path.exists("/dev/fuse")
+    return [tool("debugfs", "individualizes ext2/3/4 guest filesystems without mounting", "e2fsprogs"),
+            tool("qemu-storage-daemon", "opens qcow2 and partitioned images for individualization", "qemu-utils"),
+            {"name": "FUSE", "ok": fuse, "detail": "/dev/fuse: qemu-storage-daemon's exports" if fuse
+             else "no /dev/fuse: qcow2 images cannot be individualized", "remedy": "modprobe fuse"}]

@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
 
@@ -732,3 +733,13 @@ def mln_remove_host(host, ctx):
     except MlnError as e:
         raise MlnError(f"host {host.name}: {e.message}") from None
     return None
+
+
+@hookimpl
+def mln_doctor(ctx):
+    found = tool("lvcreate", "logical volumes for hosts with 'lvm'", "lvm2")
+    if found["ok"]:
+        dm = os.path.exists("/dev/mapper/control")
+        found["detail"] += ("; device-mapper: yes" if dm else
+                            "; no device-mapper: volumes are reached through loop devices over their extents")
+    return [found]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError
 
 from .runtime import digest, ifname
@@ -113,3 +114,14 @@ def mln_remove_host(host, ctx):
         if _exists(tap) and ctx.project and i.switch in ctx.project.switches and \
                 _mine(ctx.project.switches[i.switch], ctx):
             ctx.run(["ip", "link", "del", tap], what=f"host {host.name}", check=False)
+
+
+@hookimpl
+def mln_doctor(ctx):
+    found = tool("ip", "bridge switches with a tap per NIC", "iproute2")
+    if found["ok"] and not os.path.exists("/dev/net/tun"):
+        found.update(ok=False, detail="no /dev/net/tun: tap devices cannot be made",
+                     remedy="load the tun module (modprobe tun)")
+    elif found["ok"] and os.geteuid() != 0:
+        found.update(ok=False, detail="bridges and taps need root", remedy="run mln as root for bridge switches")
+    return [found]

@@ -11,6 +11,7 @@ import shutil
 import time
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError
 
 from .runtime import alive, kill_and_wait, read_pid, runtime_dir
@@ -96,3 +97,8 @@ def mln_switch_attachment(switch, host, interface, ctx):
 def mln_remove_switch(switch, ctx):
     if _mine(switch, ctx):
         shutil.rmtree(_paths(switch, ctx)[0], ignore_errors=True)
+
+
+@hookimpl
+def mln_doctor(ctx):
+    return [tool("vde_switch", "vde switches (the default switch)", "vde2")]

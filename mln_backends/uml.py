@@ -1,12 +1,22 @@
 """Hypervisor backend ``uml``: User-Mode Linux guests (the default hypervisor).
 
 The guest runs as ``<kernel> ubd0=<disk> root=/dev/ubda mem=<M> umid=<host>.<project>
-uml_dir=<dir> ethN=vde,<socket>,<mac> | ethN=tuntap,<tap>,<mac> con=null con0=fd:3,fd:1 quiet``
-with its console written to ``hosts/<host>/console.log`` and read from the named pipe
-``console.in`` in its runtime directory (fd 3; ``mln console`` types into it). ``kernel`` in the host (or
+uml_dir=<dir> <NICs> con=null con0=fd:3,fd:1 quiet`` with its console written to
+``hosts/<host>/console.log`` and read from the named pipe ``console.in`` in its runtime
+directory (fd 3; ``mln console`` types into it). ``kernel`` in the host (or
 ``default_kernel`` in mln.conf) names the UML binary; default ``/usr/bin/linux.uml``.
+
+NICs: a UML with the legacy drivers gets ``ethN=vde,<socket>,<mac>`` or
+``ethN=tuntap,<tap>,<mac>``; one without them (Linux 6.16 and later) gets the vector
+driver, ``vecN:transport=vde,vnl=vde://<socket>,mac=<mac>`` or
+``vecN:transport=tap,ifname=<tap>,mac=<mac>``, and the guest renames ``vecN`` to
+``ethN`` at boot (``nic_renames`` of ``mln_guest_devices``). Which drivers a binary has,
+and whether it boots on this CPU at all, :mod:`mln_backends.umlprobe` finds out once per
+binary and CPU; a UML that cannot run here is refused at ``start`` with the cause and
+the remedy, and named by ``mln check`` and ``mln doctor``.
 Status and shutdown go through the mconsole socket (``uml_mconsole``): ``cad`` for a
-clean shutdown, ``halt`` for a hard one.
+clean shutdown, ``halt`` for a hard one. A guest that died on its own is "down:
+crashed: ..." with the kernel's last words from its console.
 """
 from __future__ import annotations
 
@@ -17,9 +27,11 @@ import subprocess
 import time
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.lifecycle import disk_of
 
+from . import umlprobe
 from .umlcow import write_cow
 from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
 
@@ -46,16 +58,55 @@ def mln_guest_devices(host, ctx):
         return None
     return {"root": "/dev/ubda", "swap": "/dev/ubdb",
             "extra": [f"/dev/ubd{chr(ord('c') + n)}" for n in range(len(host.mounts))],
-            "console": "tty0"}
+            "console": "tty0",
+            # the vector driver of newer UMLs names the NIC ethN "vecN"
+            "nic_renames": {f"vec{i.name[3:]}": i.name for i in host.interfaces if _eth_number(i.name)}}
+
+
+def _eth_number(name: str) -> bool:
+    return name.startswith("eth") and name[3:].isdigit()
+
+
+def _kernel_name(host, ctx) -> str:
+    return host.kernel or ctx.config.get("default_kernel") or DEFAULT_KERNEL
 
 
 def _kernel(host, ctx) -> str:
-    kernel = host.kernel or ctx.config.get("default_kernel") or DEFAULT_KERNEL
+    kernel = _kernel_name(host, ctx)
     if not (os.path.isfile(kernel) and os.access(kernel, os.X_OK)):
         raise MlnError(f"missing kernel: the UML kernel {kernel} does not exist or is not executable "
                        "(install the user-mode-linux package, or set 'kernel PATH' in the host or "
                        "'default_kernel PATH' in mln.conf)")
     return kernel
+
+
+def _cannot_run(kernel: str) -> str | None:
+    """Why the UML binary ``kernel`` cannot run on this machine (None if it can)."""
+    info = umlprobe.inspect(kernel)
+    if info["boots"] is False:
+        return f"{umlprobe.verdict(info)}; {umlprobe.remedy()}"
+    return None
+
+
+@hookimpl
+def mln_runnable(host, ctx):
+    if not _mine(host):
+        return None
+    return _cannot_run(_kernel_name(host, ctx))
+
+
+@hookimpl
+def mln_doctor(ctx):
+    kernel = ctx.config.get("default_kernel") or DEFAULT_KERNEL
+    info = umlprobe.inspect(kernel)
+    ok = bool(info["boots"])
+    found = [{"name": "uml", "hypervisor": NAME, "ok": ok,
+              "detail": umlprobe.verdict(info) + ("" if ok or not info["output"] else f" [{info['output']}]"),
+              "remedy": "" if ok else umlprobe.remedy()}]
+    if ok and not info["drivers"]:
+        found[0].update(ok=False, detail=f"{umlprobe.verdict(info)}: it has no network driver mln can use",
+                        remedy="use a UML built with the vector (or legacy) network driver")
+    return found + [tool("uml_mconsole", "clean shutdown of UML guests", "uml-utilities")]
 
 
 @hookimpl
@@ -65,7 +116,8 @@ def mln_configure_image(host, guest, ctx):
     if not _mine(host) or not host.modules:
         return
     named = (host.tree.get("modules_dir") if host.tree is not None else None) or ctx.config.get("default_modules")
-    src = named or DEFAULT_MODULES
+    beside = os.path.join(os.path.dirname(os.path.realpath(_kernel_name(host, ctx))), "modules")
+    src = named or (beside if os.path.isdir(beside) else DEFAULT_MODULES)   # an installed UML's own
     versions = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d))) \
         if os.path.isdir(src) else []
     if not versions:
@@ -108,12 +160,17 @@ def _paths(host, ctx, create=False):
     return d, umid, os.path.join(d, umid, "mconsole")
 
 
+def backend_kernel(host, ctx) -> str:
+    """The UML binary the host was built with (its build recorded it)."""
+    return ctx.host_state(host).get("backend", {}).get("kernel") or _kernel(host, ctx)
+
+
 def command_line(host, ctx) -> list[str]:
     """The UML command line for ``host`` (switches must be up: it attaches the NICs)."""
     backend = ctx.host_state(host).get("backend", {})
     disk = disk_of(ctx, host)
     d, umid, _ = _paths(host, ctx)
-    kernel = backend.get("kernel") or _kernel(host, ctx)
+    kernel = backend_kernel(host, ctx)
     if backend.get("cow"):
         argv = [kernel, f"ubd0={ctx.path(backend['cow'])},{ctx.path(disk.extra['cow_base'])}"]
     else:
@@ -125,27 +182,44 @@ def command_line(host, ctx) -> list[str]:
             argv.append(f"ubd{n + 2}={m.source}")
     argv += ["root=/dev/ubda", "rw", f"mem={backend.get('memory_mb', host.memory // 2**20)}M",
              f"umid={umid}", f"uml_dir={d}", "con=null", "con0=fd:3,fd:1", "quiet"]
+    drivers = umlprobe.inspect(kernel, boot=False)["drivers"]
     for i in host.interfaces:
         mac = i.mac or mac_address("fe:fd:00", host.project, host.name, i.name)
         if i.switch and i.switch.startswith("/"):
-            argv.append(f"{i.name}=vde,{i.switch},{mac}")
-            continue
-        att = ctx.attachment(host, i) if i.switch else None
+            att = {"kind": "vde", "socket": i.switch}
+        else:
+            att = ctx.attachment(host, i) if i.switch else None
         if att is None:
             continue
-        if att["kind"] == "vde":
-            argv.append(f"{i.name}=vde,{att['socket']},{mac}")
-        elif att["kind"] == "tap":
-            argv.append(f"{i.name}=tuntap,{att['tap']},{mac}")
-        else:
+        if att["kind"] not in ("vde", "tap"):
             raise MlnError(f"{i.name}: UML cannot join a switch of kind {att['kind']}")
+        argv.append(_nic(i.name, att, mac, drivers, kernel))
     return argv
+
+
+def _nic(name: str, att: dict, mac: str, drivers: list[str], kernel: str) -> str:
+    """The UML argument that plugs NIC ``name`` into ``att`` with the driver the binary has."""
+    if "eth" in drivers:
+        if att["kind"] == "vde":
+            return f"{name}=vde,{att['socket']},{mac}"
+        return f"{name}=tuntap,{att['tap']},{mac}"
+    if "vec" in drivers:
+        if not _eth_number(name):
+            raise MlnError(f"{name}: the UML {kernel} has only the vector network driver, which numbers "
+                           "interfaces: name it ethN")
+        if att["kind"] == "vde":
+            return f"vec{name[3:]}:transport=vde,vnl=vde://{att['socket']},mac={mac}"
+        return f"vec{name[3:]}:transport=tap,ifname={att['tap']},mac={mac}"
+    raise MlnError(f"{name}: the UML {kernel} has no network driver mln knows (neither ethN= nor vecN:)")
 
 
 @hookimpl
 def mln_start_host(host, ctx):
     if not _mine(host):
         return None
+    why = _cannot_run(backend_kernel(host, ctx))
+    if why:
+        raise MlnError(why)
     hdir = ctx.host_dir(host)
     d, umid, sock = _paths(host, ctx, create=True)
     if os.path.exists(sock) or alive(read_pid(os.path.join(hdir, "pid"))):
@@ -157,6 +231,8 @@ def mln_start_host(host, ctx):
     if nice:
         argv = ["nice", "-n", nice] + argv
     log = os.path.join(hdir, "console.log")
+    with open(os.path.join(hdir, "console.start"), "w") as f:     # where this run's output begins
+        f.write(f"{os.path.getsize(log) if os.path.exists(log) else 0}\n")
     with open(os.path.join(hdir, "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
     # The console reads keystrokes from a named pipe (mln console writes them; opened
@@ -175,9 +251,22 @@ def mln_start_host(host, ctx):
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:
         if not alive(pid):
-            raise MlnError(f"UML exited at once; the end of {log}:\n{_tail(log)}")
+            crash = _crash(hdir)
+            _undo_start(host, ctx)
+            raise MlnError(f"UML exited at once{': ' + crash if crash else ''}; the end of {log}:\n{_tail(log)}")
         time.sleep(0.05)
     return True
+
+
+def _undo_start(host, ctx) -> None:
+    """After a failed start: detach the interfaces and remove the runtime files (the pid
+    file stays, so that status tells how the guest died)."""
+    for i in host.interfaces:
+        try:
+            ctx.detach(host, i)
+        except Exception:   # cleanup must not hide the error being reported
+            pass
+    shutil.rmtree(_paths(host, ctx)[0], ignore_errors=True)
 
 
 def _console_input(host, ctx) -> str:
@@ -216,9 +305,32 @@ def mln_host_status(host, ctx):
     if not _mine(host):
         return None
     pid = read_pid(os.path.join(ctx.path("hosts", host.name), "pid"))
-    if not alive(pid):
-        return "down"
-    return "up"
+    if alive(pid):
+        return "up"
+    if pid is not None:          # it ran and nobody stopped it: did it crash?
+        crash = _crash(ctx.path("hosts", host.name))
+        if crash:
+            return f"down: crashed: {crash}"
+    return "down"
+
+
+def _crash(hdir: str) -> str | None:
+    """How the guest's kernel died in its last run, from its console (None if it did not)."""
+    log = os.path.join(hdir, "console.log")
+    begin = read_pid(os.path.join(hdir, "console.start")) or 0
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(begin, os.path.getsize(log) - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = umlprobe.crash_lines(text)
+    if not any("Kernel panic" in line for line in lines):
+        return None
+    why = umlprobe.cause(text)
+    panic = next(line for line in reversed(lines) if "Kernel panic" in line)
+    said = "; ".join(dict.fromkeys([x for x in lines if "Kernel panic" not in x][-2:] + [panic]))
+    return f"{said}" + (f" ({why}; {umlprobe.remedy()})" if why else "")
 
 
 @hookimpl

@@ -64,6 +64,7 @@ import shutil
 from dataclasses import asdict
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 
 from . import imagefs
@@ -526,3 +527,10 @@ def mln_host_status(host, ctx):
         return "up"
     return "down: saved" if is_suspended(host, ctx) else "down"
 
+
+@hookimpl
+def mln_doctor(ctx):
+    found = tool("vmrun", "runs VMware guests", "", hypervisor=NAME)
+    if not found["ok"]:
+        found["remedy"] = "install VMware Workstation or Server (vmrun); configurations are written without it"
+    return [found]

@@ -74,6 +74,7 @@ import shutil
 import jinja2
 
 from mln_core import hookimpl
+from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 
 from .runtime import IFNAMSIZ, mac_address, saved_state_path
@@ -618,3 +619,13 @@ def migrate(host, target: str, ctx, ssh: str | None = None) -> None:
     _need_xl()
     argv = [XL, "migrate"] + (["-s", ssh] if ssh else []) + [host.fqname, target]
     ctx.run(argv, what=_what(host, f"migrate to {target}"), timeout=3600)
+
+
+@hookimpl
+def mln_doctor(ctx):
+    found = tool(XL, "runs Xen guests", "xen-utils", hypervisor=NAME)
+    if found["ok"] and not os.path.exists("/proc/xen/capabilities"):
+        found.update(ok=False, detail=f"{found['detail']}, but this machine is not a Xen dom0 "
+                     "(no /proc/xen/capabilities): configurations are written, guests cannot start",
+                     remedy="run Xen hosts on a server booted into Xen")
+    return [found]

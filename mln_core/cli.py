@@ -167,6 +167,9 @@ def check(click_ctx, file):
     try:
         loaded = build_model(_load_doc(file, ctx), ctx, fragment_ok=True)
         problems = loaded.problems
+        if loaded.project is not None:
+            from .doctor import check_runnable
+            check_runnable(loaded.project, ctx, problems)
     except MlnError as e:
         problems = Problems()
         problems.error(e.message, e.where)
@@ -435,8 +438,29 @@ def list_templates(click_ctx):
 
 
 # ---------------------------------------------------------------------------------------
-# plugins / help / completion
+# doctor / plugins / help / completion
 # ---------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def doctor(click_ctx, fmt):
+    """Check what can run on this machine: every hypervisor, switch and storage plugin.
+
+    A UML is probed with a real boot of a tiny image (remembered per UML binary and CPU).
+    Exit status 1 when the configured default hypervisor cannot run here.
+    """
+    from .doctor import default_hypervisor_problem, findings, render_text
+    ctx = get_ctx(click_ctx)
+    found = findings(ctx)
+    problem = default_hypervisor_problem(ctx, found)
+    if fmt == "json":
+        click.echo(json.dumps({"checks": found, "default_hypervisor_ok": problem is None,
+                               "problem": problem}, indent=2))
+    else:
+        click.echo(render_text(found, problem), nl=False)
+    sys.exit(1 if problem else 0)
+
 
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)

@@ -53,6 +53,34 @@ def mln_register_commands(cli):
 
 
 # ---------------------------------------------------------------------------------------
+# This machine: what can run here
+# ---------------------------------------------------------------------------------------
+
+@hookspec
+def mln_doctor(ctx):
+    """Say whether what this plugin needs works on this machine (``mln doctor``).
+
+    Called once by ``mln doctor``, on every plugin. Return a list of findings (or None),
+    each a dict: ``name`` (what was checked: "uml", "vde_switch", "KVM"...), ``ok`` (True
+    if it works here), ``detail`` (one line: the version found, or why it cannot work),
+    ``remedy`` (what to do when not ok, "" otherwise) and, for a hypervisor backend,
+    ``hypervisor`` (its name as declared with ``registry.hypervisor``): ``mln doctor``
+    exits non-zero when the finding of the configured ``default_hypervisor`` is not ok.
+    A check may take a moment (a probe boot), but should remember its verdict.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_runnable(host, ctx):
+    """Can ``host`` run on this machine as it is configured?
+
+    Called by ``mln check`` for every host. The backend of ``host.hypervisor`` returns
+    None when it can (or when the host is not yours), else one sentence saying why not
+    and what to do; ``check`` prints it as a warning on the host.
+    """
+
+
+# ---------------------------------------------------------------------------------------
 # Parse and validate
 # ---------------------------------------------------------------------------------------
 

@@ -100,6 +100,7 @@ def mln_configure_image(host, guest, ctx):
         guest.write_text("/etc/sysconfig/network", net)
     _users(host, guest, shell)
     _groups(host, guest)
+    _nic_renames(guest, family, devices.get("nic_renames") or {})
     if host.interfaces:
         {"debian": _net_debian, "suse": _net_debian, "redhat": _net_redhat,
          "busybox": _net_busybox}[family](host, guest)
@@ -199,6 +200,31 @@ def _net_debian(host, guest) -> None:
         guest.write_text("/etc/iftab", "\n".join(macs) + "\n")
     else:
         guest.remove("/etc/iftab")
+
+
+def _nic_renames(guest, family: str, renames: dict) -> None:
+    """Give the guest's NICs the project's names where the hypervisor names them otherwise
+    (UML's vector driver: vec0 for eth0): a udev rule, or for busybox a step of rcS that
+    runs before the network section."""
+    if family == "busybox":
+        body = "\n".join(f"[ -e /sys/class/net/{old} ] && ip link set dev {old} name {new}"
+                         for old, new in sorted(renames.items())) or None
+        rcs = guest.read_text("/etc/init.d/rcS") or "#!/bin/sh\n"
+        rcs = set_section(rcs, "nic-names", None)
+        if body:           # before mln's other sections, which use the names
+            marker = "# >>> mln "
+            at = rcs.find(marker)
+            section = set_section("", "nic-names", body)
+            rcs = rcs[:at] + section + rcs[at:] if at >= 0 else rcs + section
+        guest.write_text("/etc/init.d/rcS", rcs, 0o755)
+        return
+    rule = "/etc/udev/rules.d/60-mln-nic-names.rules"
+    if renames:
+        guest.write_text(rule, "# written by mln: NIC names of the project file\n" + "".join(
+            f'SUBSYSTEM=="net", ACTION=="add", KERNEL=="{old}", NAME="{new}"\n'
+            for old, new in sorted(renames.items())))
+    else:
+        guest.remove(rule)
 
 
 def _net_redhat(host, guest) -> None:

@@ -1,0 +1,236 @@
+"""What a User-Mode Linux binary is and whether it runs on this machine.
+
+``inspect(kernel)`` answers three questions about a UML binary and remembers the answers
+per binary and CPU (the same binary can boot on one CPU and crash on another):
+
+* its version (``linux.uml --version``);
+* its network drivers (``--help``): ``eth`` (the legacy ``ethN=vde|tuntap,...``
+  transports, removed from Linux in 6.16) and ``vec`` (the vector driver, ``vecN:...``);
+* whether it boots: a probe boot of a tiny ext4 image whose init prints a line and powers
+  off. UML 6.1 and 6.12 die there on Intel CPUs with AMX (``ptrace set fp regs failed``);
+  the probe names that cause and the remedy.
+
+``python3 -m mln_backends.umlprobe KERNEL`` prints the verdict and exits 0 when it boots
+(the UML install script uses it).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+PROBE_TIMEOUT = 60          # seconds; a probe boot takes 1-3 s
+PROBE_REVISION = 1          # raised when the probe changes, so that cached verdicts are redone
+MARK = "MLN-UML-PROBE-OK"
+INSTALL_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install-uml.sh")
+INSTALLED_KERNEL = "/opt/mln/uml/current/linux.uml"
+
+# Known ways a UML dies at boot, with what it means for the user.
+CAUSES = [
+    (re.compile(r"ptrace set fp regs failed|ptrace\(PTRACE_SETREGSET\)|get_fp_registers.*failed"),
+     "this UML cannot give its processes the CPU's register state (the host's XSAVE area, larger "
+     "with AVX-512 and AMX, is bigger than this UML handles; Debian 12's 6.1 and Debian 13's 6.12 "
+     "crash this way on Intel CPUs with AMX)"),
+    (re.compile(r"Too few physical memory|Failed to allocate|mmap.*failed", re.I),
+     "this UML cannot set up its memory on this machine"),
+    (re.compile(r"version `GLIBC_[0-9.]+' not found|error while loading shared libraries"),
+     "this UML binary needs a newer C library than this machine has"),
+]
+
+
+def remedy() -> str:
+    return (f"install a UML that runs here with 'bash {INSTALL_SCRIPT}' (it sets default_kernel "
+            f"{INSTALLED_KERNEL} in /etc/mln/mln.conf), or name a working one with 'default_kernel PATH' "
+            "in mln.conf or 'kernel PATH' in the host")
+
+
+def cause(output: str) -> str | None:
+    """The known cause of a crash whose console output is ``output`` (None if unknown)."""
+    for rx, why in CAUSES:
+        if rx.search(output):
+            return why
+    return None
+
+
+def crash_lines(output: str) -> list[str]:
+    """The lines of a console log that tell that (and how) the kernel died."""
+    keep = re.compile(r"Kernel panic|ptrace .*failed|errno = |Attempted to kill init|segfault|Oops")
+    return [line.strip() for line in output.splitlines() if keep.search(line)]
+
+
+def _cpu_key() -> str:
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not model and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith("flags"):
+                    flags = line.split(":", 1)[1].strip()
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return f"{model}|{flags}"
+
+
+def cpu_name() -> str:
+    return _cpu_key().split("|", 1)[0] or "unknown CPU"
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mln", "uml-probe")
+
+
+def _key(kernel: str) -> str:
+    st = os.stat(kernel)
+    ident = f"{PROBE_REVISION}|{os.path.realpath(kernel)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{_cpu_key()}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _query(kernel: str, flag: str) -> str:
+    try:
+        p = subprocess.run([kernel, flag], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           errors="replace", timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout + p.stderr
+
+
+def drivers_of(help_text: str) -> list[str]:
+    """The network drivers a UML's ``--help`` lists: "eth" (legacy) and/or "vec"."""
+    found = []
+    if re.search(r"^eth\[0-9\]\+=", help_text, re.M):
+        found.append("eth")
+    if re.search(r"^vec\[0-9\]\+:", help_text, re.M):
+        found.append("vec")
+    return found
+
+
+def _probe_image(d: str) -> str | None:
+    """A tiny ext4 image whose init prints MARK and powers off (None without busybox-static)."""
+    busybox = next((b for b in ("/bin/busybox", "/usr/bin/busybox") if _static(b)), None)
+    if busybox is None:
+        return None
+    root = os.path.join(d, "root")
+    for sub in ("bin", "dev", "proc", "sys"):
+        os.makedirs(os.path.join(root, sub))
+    shutil.copy(busybox, os.path.join(root, "bin", "busybox"))
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write(f"#!/bin/busybox sh\n/bin/busybox echo {MARK}\n/bin/busybox poweroff -f\n")
+    os.chmod(os.path.join(root, "init"), 0o755)
+    img = os.path.join(d, "probe.ext4")
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", "-d", root, img, "8M"], capture_output=True, text=True)
+    return img if r.returncode == 0 else None
+
+
+def _static(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x7fELF") and b"/lib64/ld-linux" not in head and b"ld-linux" not in head
+
+
+def _boot(kernel: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mln-uml-probe-") as d:
+        img = _probe_image(d)
+        if img is None:
+            return {"boots": None, "why": "cannot probe: no statically linked busybox "
+                                          "(install busybox-static) or mkfs.ext4 failed"}
+        argv = [kernel, f"ubd0={img}", "root=/dev/ubda", "rw", "mem=64M", "init=/init", "umid=mln-probe",
+                f"uml_dir={d}", "con=null", "con0=null,fd:1"]
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=PROBE_TIMEOUT)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+            timed_out = True
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)      # UML's helper threads, if any are left
+            except ProcessLookupError:
+                pass
+    text = out.decode("utf-8", "replace")
+    if MARK in text:
+        return {"boots": True, "why": ""}
+    why = cause(text) or ("it did not reach its init within "
+                          f"{PROBE_TIMEOUT} s" if timed_out else "it stopped before its init ran")
+    return {"boots": False, "why": why, "output": "\n".join(crash_lines(text) or text.splitlines()[-8:])}
+
+
+def inspect(kernel: str, boot: bool = True) -> dict:
+    """``{"kernel", "version", "drivers", "boots" (True/False/None), "why", "output"}`` for the
+    UML binary ``kernel``; cached per binary and CPU. ``boot=False`` skips the probe boot
+    unless its verdict is cached ("boots" is then None)."""
+    if not (os.path.isfile(kernel) and os.access(kernel, os.X_OK)):
+        return {"kernel": kernel, "version": "", "drivers": [], "boots": False,
+                "why": "it does not exist or is not executable", "output": ""}
+    cache = _cache_dir()
+    path = os.path.join(cache, _key(kernel) + ".json")
+    try:
+        with open(path) as f:
+            found = json.load(f)
+        if found.get("boots") is not None or not boot:
+            return {**found, "kernel": kernel}
+    except (OSError, ValueError):
+        pass
+    info = {"kernel": kernel, "version": _query(kernel, "--version").strip().splitlines()[-1:] or [""],
+            "drivers": drivers_of(_query(kernel, "--help")), "boots": None, "why": "", "output": ""}
+    info["version"] = info["version"][0]
+    if not boot:
+        return info
+    os.makedirs(cache, exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # one probe at a time per binary (parallel starts)
+        try:
+            with open(path) as f:
+                return {**json.load(f), "kernel": kernel}
+        except (OSError, ValueError):
+            pass
+        info.update(_boot(kernel))
+        if info["boots"] is not None:
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(info, f)
+            os.replace(tmp, path)
+    return info
+
+
+def verdict(info: dict) -> str:
+    """One line for people: usable or not, and why."""
+    name = f"{info['kernel']}" + (f" ({info['version']})" if info.get("version") else "")
+    nets = {"eth": "legacy ethN", "vec": "vector vecN"}
+    net = " + ".join(nets[d] for d in info.get("drivers", [])) or "none"
+    if info.get("boots"):
+        return f"{name} boots on this CPU; network drivers: {net}"
+    if info.get("boots") is None:
+        return f"{name}: {info.get('why') or 'not probed'}"
+    return f"{name} cannot run on this machine ({cpu_name()}): {info['why']}"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python3 -m mln_backends.umlprobe KERNEL", file=sys.stderr)
+        return 2
+    info = inspect(argv[0])
+    print(verdict(info))
+    if info.get("output") and not info.get("boots"):
+        print(info["output"])
+    return 0 if info.get("boots") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
