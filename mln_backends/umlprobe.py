@@ -38,7 +38,7 @@ CAUSES = [
      "this UML cannot give its processes the CPU's register state (the host's XSAVE area, larger "
      "with AVX-512 and AMX, is bigger than this UML handles; Debian 12's 6.1 and Debian 13's 6.12 "
      "crash this way on Intel CPUs with AMX)"),
-    (re.compile(r"Too few physical memory|Failed to allocate|mmap.*failed", re.I),
+    (re.compile(r"Too few physical memory|Failed to allocate \d+ bytes"),
      "this UML cannot set up its memory on this machine"),
     (re.compile(r"version `GLIBC_[0-9.]+' not found|error while loading shared libraries"),
      "this UML binary needs a newer C library than this machine has"),

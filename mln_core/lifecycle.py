@@ -341,28 +341,33 @@ class Engine:
     def start(self, project_name: str, host: str | None = None) -> None:
         with self.locked(project_name) as loaded:
             project = loaded.project
-            if host is not None:
-                h = self._host(project, host)
-                if self.host_status(h).startswith("up"):
-                    raise MlnError(f"host '{host}' of project '{project.name}' is already running")
-                self._start_switches(project, [h])
-                self._start_host(h)
-                return
-            self.run_hook_script("beforeProjectStart", abort=True)
-            self._start_switches(project, list(project.hosts.values()))
-            self.run_hook_script("beforeHostsStart")
-            for group in _boot_groups(project.boot_sequence()):
-                todo = []
-                for h in group:
+            started: list[Switch] = []
+            try:
+                if host is not None:
+                    h = self._host(project, host)
                     if self.host_status(h).startswith("up"):
-                        self.ctx.log(f"+---> {h.name}: already running")
-                    else:
-                        todo.append(h)
-                _parallel(todo, self._start_host, self.jobs)
+                        raise MlnError(f"host '{host}' of project '{project.name}' is already running")
+                    self._start_switches(project, [h], started)
+                    self._start_host(h)
+                    return
+                self.run_hook_script("beforeProjectStart", abort=True)
+                self._start_switches(project, list(project.hosts.values()), started)
+                self.run_hook_script("beforeHostsStart")
+                for group in _boot_groups(project.boot_sequence()):
+                    todo = []
+                    for h in group:
+                        if self.host_status(h).startswith("up"):
+                            self.ctx.log(f"+---> {h.name}: already running")
+                        else:
+                            todo.append(h)
+                    _parallel(todo, self._start_host, self.jobs)
+            except BaseException:
+                self._stop_unused(project, started)
+                raise
             self.run_hook_script("afterHostsStart")
             self.run_hook_script("afterProjectStart")
 
-    def _start_switches(self, project: Project, hosts: list[Host]) -> None:
+    def _start_switches(self, project: Project, hosts: list[Host], started: list[Switch]) -> None:
         needed = {i.switch for h in hosts for i in h.interfaces if i.switch in project.switches}
         for name in project.switches:
             if name in needed or len(hosts) == len(project.hosts):
@@ -371,7 +376,20 @@ class Engine:
                     continue
                 if not self.hook.mln_start_switch(switch=s, ctx=self.ctx):
                     raise MlnError("no installed plugin starts this switch", f"switch {name}")
+                started.append(s)
                 self.ctx.log(f"+---> switch {name}: up")
+
+    def _stop_unused(self, project: Project, switches: list[Switch]) -> None:
+        """After a failed start: stop the switches it started that no running host uses."""
+        used = {i.switch for h in project.hosts.values() if self.host_status(h).startswith("up")
+                for i in h.interfaces}
+        for s in switches:
+            if s.name not in used:
+                try:
+                    self.hook.mln_stop_switch(switch=s, ctx=self.ctx)
+                    self.ctx.log(f"+---> switch {s.name}: stopped again")
+                except MlnError as e:
+                    self.ctx.log(f"warning: switch {s.name}: {e}")
 
     def _start_host(self, h: Host) -> None:
         try:
@@ -414,7 +432,12 @@ class Engine:
             self.run_hook_script("beforeHostsStop")
             unsaved = []
             for group in reversed(_boot_groups(project.boot_sequence())):
-                running = [h for h in group if self.host_status(h).startswith("up")]
+                status = {h.name: _state(self.host_status(h)) for h in group}
+                for h in group:
+                    if status[h.name][0] == "down" and status[h.name][1].startswith("crashed"):
+                        self._stopped(h)          # what its run left: taps, sockets, a loop device
+                        self.ctx.log(f"+---> {h.name}: had crashed ({status[h.name][1][8:].strip()[:200]})")
+                running = [h for h in group if status[h.name][0] == "up"]
                 unsaved += self._stop_hosts(running, hard, wait_s, save)
             self._not_saved(unsaved)
             self.run_hook_script("afterHostsStop")
@@ -466,12 +489,16 @@ class Engine:
         if pending:
             raise MlnError(f"hosts still running after a hard stop: {', '.join(h.name for h in pending)}")
         for h in hosts:
-            for i in h.interfaces:
-                self.ctx.detach(h, i)
-            self.hook.mln_host_stopped(host=h, ctx=self.ctx)
-            self._detach_disk(h)
+            self._stopped(h)
             self.ctx.log(f"+---> {h.name}: stopped")
         return unsaved
+
+    def _stopped(self, h: Host) -> None:
+        """The host is down: detach its interfaces and disk, remove its runtime files."""
+        for i in h.interfaces:
+            self.ctx.detach(h, i)
+        self.hook.mln_host_stopped(host=h, ctx=self.ctx)
+        self._detach_disk(h)
 
     # -- console --------------------------------------------------------------------------------
     def console(self, project_name: str, host: str) -> dict:

@@ -10,6 +10,9 @@ directory whose ``projects``, ``templates`` and ``files`` directories are isolat
 the user's, and returns an object whose ``run(*args)`` runs an ``mln`` command on it
 (``-f FILE`` is added for commands that take it) and returns ``exit_code``, ``stdout``,
 ``stderr`` and ``output`` (both).
+
+Its ``mln.conf`` holds only this machine's settings (:func:`machine_config`: the UML
+binary that boots here), so the user's directories and defaults never leak into a test.
 """
 from __future__ import annotations
 
@@ -21,6 +24,18 @@ from dataclasses import dataclass
 import pytest
 
 _TAKES_FILE = {"parse", "check", "show", "build", "upgrade"}
+MACHINE_KEYS = ("default_kernel",)     # what depends on this machine, not on the user
+
+
+def machine_config() -> str:
+    """The lines of this machine's mln.conf (``/etc/mln/mln.conf``, then ``~/.mln``) that
+    say what runs here, for a test's own mln.conf: ``default_kernel`` (on an Intel CPU with
+    AMX, the UML that install-uml.sh put in place). "" when they set nothing."""
+    from .config import SYSTEM_CONFIG, USER_CONFIG, Config
+    cfg = Config()
+    cfg.read(SYSTEM_CONFIG)
+    cfg.read(os.path.expanduser(USER_CONFIG))
+    return "".join(f"{k} {cfg.values[k]}\n" for k in MACHINE_KEYS if k in cfg.values)
 
 
 @dataclass
@@ -55,7 +70,8 @@ class MlnProject:
         os.environ.update(env or {})
         os.environ.setdefault("MLN_CONFIG", os.path.join(self.root, "mln.conf"))
         if not os.path.exists(os.environ["MLN_CONFIG"]):
-            open(os.environ["MLN_CONFIG"], "w").close()
+            with open(os.environ["MLN_CONFIG"], "w") as f:
+                f.write(machine_config())
         try:
             with redirect_stdout(out), redirect_stderr(err):
                 code = main(argv)

@@ -2,14 +2,15 @@
 # Install what mln and its tests need on a fresh Debian 12 machine (run as root).
 # QEMU (TCG guests, qcow2, qemu-storage-daemon), User-Mode Linux and uml_mconsole,
 # vde_switch, e2fsprogs/e2tools/FUSE for editing images without mounting, busybox and
-# kmod/xz/cpio for the test template, iproute2/ping for switches, openssl for hashes.
+# kmod/xz/cpio for the test template, iproute2/ping for switches, openssl for hashes,
+# patchelf for a UML newer than the distribution's (mln_backends/install-uml.sh).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt_packages=(
   qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2
   e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
   iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client
-  xen-utils-4.17
+  xen-utils-4.17 patchelf
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -20,3 +21,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+# A UML that boots on this CPU: the distribution's where it can (it cannot on Intel CPUs with
+# AMX), else a newer one from Debian's archive under /opt/mln/uml, set as default_kernel in
+# /etc/mln/mln.conf. --always installs the newer one in any case: the tests run both.
+bash mln_backends/install-uml.sh --always

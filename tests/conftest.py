@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from mln_core.testing import machine_config
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = Path(os.environ.get("MLN_TEST_TEMPLATE_DIR", "/var/cache/mln/test-template"))
 QUICKSTART = ROOT / "contrib" / "quickstart" / "quickstart.mln"
@@ -62,7 +64,8 @@ class MlnEnv:
         for d in (self.projects, self.templates, self.files):
             d.mkdir(parents=True, exist_ok=True)
         self.config = root / "mln.conf"
-        self.config.write_text(f"projects {self.projects}\ntemplates {self.templates}\nfiles {self.files}\n")
+        self.config.write_text(f"projects {self.projects}\ntemplates {self.templates}\nfiles {self.files}\n"
+                               + machine_config())
         self.env = {**os.environ, "MLN_CONFIG": str(self.config)}
         self.env.pop("MLN_DISABLE_PLUGINS", None)
         self.project_names: set[str] = set()

@@ -1,6 +1,7 @@
 """Shared fixtures of the core tests.
 
-Every test runs with ``MLN_CONFIG`` naming an empty file, so that /etc/mln/mln.conf and
+Every test runs with ``MLN_CONFIG`` naming a file with only this machine's settings
+(``machine_config``: the UML that boots here), so that the user's /etc/mln/mln.conf and
 ~/.mln never change what a test sees, and without plugin controls from the caller's
 environment.
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mln_core.cli import main
+from mln_core.testing import machine_config
 
 HERE = Path(__file__).parent
 EXAMPLES = HERE / "examples"
@@ -42,7 +44,7 @@ def fast_plugin_metadata(monkeypatch):
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
     conf = tmp_path_factory.mktemp("conf") / "mln.conf"
-    conf.write_text("")
+    conf.write_text(machine_config())
     monkeypatch.setenv("MLN_CONFIG", str(conf))
     for var in ("MLN_DISABLE_PLUGINS", "MLN_TRACE_PLUGINS", "MLN_DEBUG"):
         monkeypatch.delenv(var, raising=False)

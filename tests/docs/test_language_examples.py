@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mln_core.cli import main
+from mln_core.testing import machine_config
 from mln_core.plugins import make_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def test_the_docs_have_examples():
 @pytest.mark.parametrize("text", EXAMPLES)
 def test_example_passes_mln_check(text, tmp_path, monkeypatch, capsys):
     conf = tmp_path / "mln.conf"
-    conf.write_text("")
+    conf.write_text(machine_config())
     monkeypatch.setenv("MLN_CONFIG", str(conf))
     monkeypatch.delenv("MLN_DISABLE_PLUGINS", raising=False)
     monkeypatch.chdir(tmp_path)

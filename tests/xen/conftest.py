@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mln_core.testing import machine_config
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 EXAMPLES = ROOT / "tests" / "core" / "examples"
@@ -90,7 +92,7 @@ def xen_templates(tmp_path_factory, debian_image) -> Path:
     (tests only read it)."""
     d = tmp_path_factory.mktemp("xen-templates")
     conf = d / "empty.conf"
-    conf.write_text("")
+    conf.write_text(machine_config())
     winxp = d / WINDOWS_TEMPLATE
     with open(winxp, "wb") as f:
         f.write(bytes(16 * 2**20))     # a whole-disk image mln cannot open: like a Windows disk
