@@ -101,7 +101,7 @@ def mln_doctor(ctx):
     info = umlprobe.inspect(kernel)
     ok = bool(info["boots"])
     found = [{"name": "uml", "hypervisor": NAME, "ok": ok,
-              "detail": umlprobe.verdict(info) + ("" if ok or not info["output"] else f" [{info['output']}]"),
+              "detail": umlprobe.verdict(info) + ("" if ok or not info["output"] else f" [{' | '.join(info['output'].splitlines())}]"),
               "remedy": "" if ok else umlprobe.remedy()}]
     if ok and not info["drivers"]:
         found[0].update(ok=False, detail=f"{umlprobe.verdict(info)}: it has no network driver mln can use",
