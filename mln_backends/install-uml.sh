@@ -61,8 +61,12 @@ fi
 command -v patchelf >/dev/null || { log "patchelf is needed (apt-get install patchelf)"; exit 1; }
 . /etc/os-release
 # The archive the system's own suite comes from (no host name is written here).
-site=$(apt-get indextargets --format '$(SITE) $(RELEASE)' 2>/dev/null \
-       | awk -v rel="${VERSION_CODENAME:-bookworm}" '$2 == rel { print $1; exit }')
+site_of_system() {
+  apt-get indextargets --format '$(SITE) $(RELEASE)' 2>/dev/null \
+    | awk -v rel="${VERSION_CODENAME:-bookworm}" '$2 == rel { print $1; exit }'
+}
+site=$(site_of_system)
+[ -n "$site" ] || { apt-get update -qq >&2 || true; site=$(site_of_system); }
 [ -n "$site" ] || { log "cannot tell which Debian archive this system uses (apt-get indextargets)"; exit 1; }
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 mkdir -p "$PREFIX"

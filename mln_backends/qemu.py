@@ -484,6 +484,13 @@ def mln_remove_host(host, ctx):
 
 
 @hookimpl
+def mln_runnable(host, ctx):
+    if _mine(host) and shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed (Debian package qemu-system-x86)"
+    return None
+
+
+@hookimpl
 def mln_doctor(ctx):
     found = tool(QEMU, "runs QEMU guests", "qemu-system-x86", hypervisor=NAME)
     if found["ok"]:

@@ -83,7 +83,19 @@ def mln_switch_status(switch, ctx):
     if not _mine(switch, ctx):
         return None
     d, ctl, pidfile = _paths(switch, ctx)
-    return "up" if alive(read_pid(pidfile)) and os.path.exists(ctl) else "down"
+    return "up" if _runs(read_pid(pidfile), ctl) else "down"
+
+
+def _runs(pid: int | None, ctl: str) -> bool:
+    """The vde_switch of ``ctl`` runs as ``pid`` (also when its directory was removed under it,
+    so that stop still ends it; a pid reused by another program does not count)."""
+    if not alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return ctl.encode() in f.read().split(b"\0")
+    except OSError:
+        return os.path.exists(ctl)
 
 
 @hookimpl

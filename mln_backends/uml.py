@@ -73,15 +73,24 @@ def _kernel_name(host, ctx) -> str:
 
 def _kernel(host, ctx) -> str:
     kernel = _kernel_name(host, ctx)
-    if not (os.path.isfile(kernel) and os.access(kernel, os.X_OK)):
-        raise MlnError(f"missing kernel: the UML kernel {kernel} does not exist or is not executable "
-                       "(install the user-mode-linux package, or set 'kernel PATH' in the host or "
-                       "'default_kernel PATH' in mln.conf)")
+    if not _executable(kernel):
+        raise MlnError(_missing(kernel))
     return kernel
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _missing(kernel: str) -> str:
+    return (f"missing kernel: the UML kernel {kernel} does not exist or is not executable (install the "
+            "user-mode-linux package, or set 'kernel PATH' in the host or 'default_kernel PATH' in mln.conf)")
 
 
 def _cannot_run(kernel: str) -> str | None:
     """Why the UML binary ``kernel`` cannot run on this machine (None if it can)."""
+    if not _executable(kernel):
+        return _missing(kernel)
     info = umlprobe.inspect(kernel)
     if info["boots"] is False:
         return f"{umlprobe.verdict(info)}; {umlprobe.remedy()}"

@@ -192,8 +192,13 @@ def inspect(kernel: str, boot: bool = True) -> dict:
     info["version"] = info["version"][0]
     if not boot:
         return info
-    os.makedirs(cache, exist_ok=True)
-    with open(path + ".lock", "w") as lock:
+    try:
+        os.makedirs(cache, exist_ok=True)
+        lock = open(path + ".lock", "w")
+    except OSError:                               # no cache here: probe every time
+        info.update(_boot(kernel))
+        return info
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)          # one probe at a time per binary (parallel starts)
         try:
             with open(path) as f:
@@ -202,10 +207,13 @@ def inspect(kernel: str, boot: bool = True) -> dict:
             pass
         info.update(_boot(kernel))
         if info["boots"] is not None:
-            tmp = f"{path}.{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(info, f)
-            os.replace(tmp, path)
+            try:
+                tmp = f"{path}.{os.getpid()}"
+                with open(tmp, "w") as f:
+                    json.dump(info, f)
+                os.replace(tmp, path)
+            except OSError:
+                pass
     return info
 
 

@@ -70,4 +70,4 @@ def check_runnable(project, ctx, problems: Problems) -> None:
         names = ", ".join(h.name for h in hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
         first = hosts[0]
         where = first.tree.pos if first.tree is not None and getattr(first.tree, "pos", None) else f"host {first.name}"
-        problems.warn(f"host{'s' * (len(hosts) > 1)} {names} cannot run on this machine: {why}", where)
+        problems.warn(f"host{'s' * (len(hosts) > 1)} {names}: {why}", where)

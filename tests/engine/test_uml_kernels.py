@@ -209,7 +209,7 @@ def test_check_warns_that_the_hosts_cannot_run_here(mln_env):
     r = mln_env.mln("check", "-f", str(path))
     assert r.returncode == 0, r.output                 # a warning: the file itself is right
     [warning] = [x for x in r.stderr.splitlines() if "cannot run on this machine" in x]
-    assert "hosts alpha, beta cannot run on this machine" in warning and "AMX" in warning
+    assert ": warning: hosts alpha, beta: " in warning and "AMX" in warning and "install-uml.sh" in warning
     assert warning.startswith(f"{path}:")              # file:line:column of the first host
     assert r.stderr.rstrip().endswith("0 errors, 1 warning")
 
