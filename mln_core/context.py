@@ -91,19 +91,22 @@ class Context:
         if self.verbose:
             print(message, file=sys.stderr, flush=True)
 
+    def on(self, host=None):
+        """The :class:`mln_core.machine.Machine` that ``host`` (or switch) runs on: every
+        process, signal, liveness check, device and socket of a plugin goes through it.
+        Today every object of a project is on this machine."""
+        from .machine import local
+        return local(self.verbose)
+
+    def disk(self, host, attached: bool = True):
+        """The :class:`mln_core.model.Disk` recorded for ``host`` at build time, with an
+        absolute path; while the host runs (``attached``), the path its storage plugin
+        attached for the run, if any."""
+        from .lifecycle import disk_of
+        return disk_of(self, host, attached)
+
     def run(self, argv: list[str], what: str | None = None, check: bool = True, input: bytes | None = None,
             timeout: float | None = 300, **kw) -> subprocess.CompletedProcess:
-        """Run a command; on failure raise MlnError naming ``what`` and the command's stderr."""
-        self.debug("$ " + shlex.join(argv))
-        try:
-            p = subprocess.run(argv, capture_output=True, input=input, timeout=timeout, **kw)
-        except FileNotFoundError:
-            raise MlnError(f"{what + ': ' if what else ''}command not found: {argv[0]}") from None
-        except subprocess.TimeoutExpired:
-            raise MlnError(f"{what + ': ' if what else ''}'{shlex.join(argv)}' did not finish in "
-                           f"{timeout} s") from None
-        if check and p.returncode != 0:
-            err = (p.stderr or p.stdout or b"").decode("utf-8", "replace").strip()
-            raise MlnError(f"{what + ': ' if what else ''}'{shlex.join(argv)}' failed "
-                           f"(exit {p.returncode}){': ' + err if err else ''}")
-        return p
+        """Run a command on this machine (``self.on().run``); on failure raise MlnError
+        naming ``what`` and the command's stderr."""
+        return self.on().run(argv, what=what, check=check, input=input, timeout=timeout, **kw)

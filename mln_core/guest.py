@@ -17,6 +17,22 @@ import os
 import posixpath
 
 
+def set_section(text: str, name: str, body: str | None) -> str:
+    """``text`` (a guest file) with mln's marked section ``name`` (``# >>> mln NAME >>>`` ...
+    ``# <<< mln NAME <<<``) replaced by ``body``, added at the end, or removed when ``body``
+    is None; the rest of the file stays as it was, so that edits are idempotent."""
+    begin, end = f"# >>> mln {name} >>>", f"# <<< mln {name} <<<"
+    lines = text.splitlines()
+    if begin in lines and end in lines[lines.index(begin):]:
+        i = lines.index(begin)
+        j = lines.index(end, i)
+        new = [] if body is None else [begin, *body.rstrip("\n").splitlines(), end]
+        lines[i:j + 1] = new
+    elif body is not None:
+        lines += [begin, *body.rstrip("\n").splitlines(), end]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 class GuestFS(abc.ABC):
     """Read and write files inside a guest image without running the guest."""
 

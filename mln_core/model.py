@@ -146,6 +146,20 @@ class Host:
     def interface(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
 
+    def disk_size(self, template_size: int, log=None) -> int:
+        """The size of the host's disk made from a template of ``template_size`` bytes:
+        template + ``free_space``, else ``size`` (never smaller than the template; ``log``
+        gets the warning when ``size`` was)."""
+        if self.free_space is not None:
+            return template_size + self.free_space
+        size = self.size or template_size
+        if size < template_size:
+            if log is not None:
+                log(f"warning: host {self.name}: size {format_size(size)} is smaller than template "
+                    f"{self.template} ({format_size(template_size)}); using the template's size")
+            return template_size
+        return size
+
 
 @dataclass
 class Switch:
@@ -154,6 +168,19 @@ class Switch:
     service_host: str | None = None
     members: list[tuple[str, str]] = field(default_factory=list)   # (host, interface)
     tree: Block | None = field(default=None, repr=False)
+
+    def kind(self, default: str = "vde") -> str:
+        """What the switch is: ``hub`` (the ``hub`` keyword), its ``type``, else ``default``
+        (mln.conf's ``default_switch``); the switch plugin of that kind builds it."""
+        if self.tree is not None and self.tree.has("hub"):
+            return "hub"
+        return (self.tree.get("type") if self.tree is not None else None) or default
+
+    def explicit_kind(self) -> str | None:
+        """The kind the project file gives (``type`` or ``hub``), None if it gives none."""
+        if self.tree is None or not (self.tree.has("hub") or self.tree.get("type")):
+            return None
+        return self.kind()
 
 
 @dataclass

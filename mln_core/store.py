@@ -32,6 +32,7 @@ import subprocess
 import threading
 import time
 
+from .machine import Machine
 from .errors import MlnError
 
 STATE = "state.json"
@@ -234,21 +235,7 @@ class OutsideFiles:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def alive(pid: int | None) -> bool:
-    """True if process ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+alive = Machine.alive   # (pid) -> bool: the process runs (a zombie does not count)
 
 
 
