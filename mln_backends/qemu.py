@@ -28,21 +28,19 @@
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shlex
 import shutil
-import subprocess
 import time
 
 from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError
-from mln_core.lifecycle import disk_of
+from mln_core.machine import local
 
 from . import imagefs
-from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir, saved_state_path
+from .runtime import mac_address, runtime_dir, saved_state_path
 
 NAME = "qemu"
 QEMU = "qemu-system-x86_64"
@@ -52,9 +50,7 @@ QEMU = "qemu-system-x86_64"
 def mln_register_keywords(registry):
     registry.hypervisor(NAME, ("qemu", "kvm"), "QEMU with KVM, or TCG where KVM does not work",
                         disk_formats=("qcow2", "raw"))
-    registry.keyword("host", "vcpus", "number of virtual CPUs")
     registry.keyword("host", "accel", "QEMU accelerator: auto (default), kvm or tcg")
-    registry.keyword("host", "extra", "extra kernel command line arguments")
     registry.keyword("network", "slirp", "user-mode networking (NAT) instead of a switch; 'slirp restrict' "
                                          "isolates the guest")
     registry.keyword("network", "hostfwd", "with slirp: forward a host port, e.g. tcp:127.0.0.1:2222-:22")
@@ -75,15 +71,11 @@ def mln_guest_devices(host, ctx):
             "console": "ttyS0"}
 
 
-def kvm_usable() -> bool:
+def kvm_usable(machine=None) -> bool:
     """KVM works for ordinary guests only with hardware virtualization behind /dev/kvm."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
+    flags = " " + (machine or local()).cpu()[1]
     return " vmx" in flags or " svm" in flags
 
 
@@ -92,7 +84,7 @@ def _accel(host, ctx) -> str:
     if want not in ("auto", "kvm", "tcg"):
         raise MlnError(f"accel must be auto, kvm or tcg, not '{want}'")
     if want == "auto":
-        return "kvm" if kvm_usable() else "tcg"
+        return "kvm" if kvm_usable(ctx.on(host)) else "tcg"
     return want
 
 
@@ -150,7 +142,7 @@ def command_line(host, ctx, resume: bool = False) -> list[str]:
     """The QEMU command line; ``resume``: wait for the saved state (``-incoming defer``) and
     append to the console log instead of starting it afresh."""
     b = ctx.host_state(host).get("backend", {})
-    disk = disk_of(ctx, host)
+    disk = ctx.disk(host)
     d, qmp, pidfile = _paths(host, ctx)
     log = os.path.join(ctx.host_dir(host), "console.log")
     argv = [QEMU, "-name", host.fqname, "-accel", b.get("accel", "tcg"), "-m", str(b.get("memory_mb", 128)),
@@ -214,19 +206,20 @@ def _netdev(host, ctx, i, nid: str) -> str | None:
     att = ctx.attachment(host, i) if i.switch else None
     if att is None:
         return None
-    if att["kind"] == "vde":
-        return f"vde,id={nid},sock={att['socket']}"
-    if att["kind"] == "tap":
-        return f"tap,id={nid},ifname={att['tap']},script=no,downscript=no"
-    raise MlnError(f"{i.name}: QEMU cannot join a switch of kind {att['kind']}")
+    if att.kind == "vde":
+        return f"vde,id={nid},sock={att.socket}"
+    if att.kind == "tap":
+        return f"tap,id={nid},ifname={att.tap},script=no,downscript=no"
+    raise MlnError(f"{i.name}: QEMU cannot join a switch of kind {att.kind}")
 
 
 @hookimpl
 def mln_start_host(host, ctx):
     if not _mine(host):
         return None
+    m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx, create=True)
-    if alive(read_pid(pidfile)):
+    if m.alive(m.read_pid(pidfile)):
         raise MlnError("is already running")
     if os.path.exists(qmp_sock):
         os.unlink(qmp_sock)
@@ -235,7 +228,7 @@ def mln_start_host(host, ctx):
     argv = command_line(host, ctx, resume=resume)
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    r = m.run(argv, what="QEMU did not start", check=False, timeout=60, text=True)
     if r.returncode != 0:
         _undo_start(host, ctx)
         kept = f"; its saved state is kept in {saved}" if resume else ""
@@ -247,8 +240,9 @@ def mln_start_host(host, ctx):
 
 def _undo_start(host, ctx) -> None:
     """After a failed start: end QEMU, detach the interfaces, remove the runtime files."""
+    m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx)
-    kill_and_wait(read_pid(pidfile), timeout=3)
+    m.kill_and_wait(m.read_pid(pidfile), timeout=3)
     for i in host.interfaces:
         try:
             ctx.detach(host, i)
@@ -263,35 +257,46 @@ class QmpFailure(Exception):
     """A QMP exchange did not go as it must (the message says what happened)."""
 
 
-async def _session(sock: str, work, timeout: float = 5.0):
-    """Connect to ``sock``, run ``await work(client)``, disconnect."""
-    from qemu.qmp import QMPClient
+async def _session(machine, sock: str, work, timeout: float = 5.0):
+    """Connect to ``sock`` (through ``machine``), run ``await work(client)``, disconnect."""
+    import asyncio      # here, not at the top: most commands never talk QMP
+    from qemu.qmp import ConnectError, QMPClient
     client = QMPClient("mln")
     try:
-        await asyncio.wait_for(client.connect(sock), timeout)
+        conn = machine.connect_unix(sock, timeout)
+    except TimeoutError:
+        raise
+    except OSError as e:       # as the client says it when it connects by itself
+        raise ConnectError("Failed to establish connection", e) from None
+    try:
+        await asyncio.wait_for(client.connect(conn), timeout)
         return await work(client)
     finally:
         try:
             await asyncio.wait_for(client.disconnect(), timeout)
         except Exception:
             pass
+        conn.close()
 
 
-async def _qmp(sock: str, command: str, timeout: float):
-    return await _session(sock, lambda c: asyncio.wait_for(c.execute(command), timeout), timeout)
+async def _qmp(machine, sock: str, command: str, timeout: float):
+    import asyncio
+    return await _session(machine, sock, lambda c: asyncio.wait_for(c.execute(command), timeout), timeout)
 
 
-def qmp(sock: str, command: str, timeout: float = 5.0):
+def qmp(machine, sock: str, command: str, timeout: float = 5.0):
     """Run one QMP command on ``sock``; None if QEMU does not answer."""
+    import asyncio
     if not os.path.exists(sock):
         return None
     try:
-        return asyncio.run(_qmp(sock, command, timeout))
+        return asyncio.run(_qmp(machine, sock, command, timeout))
     except Exception:
         return None
 
 
 def _describe(e: BaseException) -> str:
+    import asyncio
     if isinstance(e, QmpFailure):
         return str(e)
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
@@ -309,6 +314,7 @@ FDNAME = "mln-state"
 async def _save_to_fd(client, fd: int, timeout: float, finish=lambda: None) -> None:
     """Stop the guest, migrate it into ``fd``, wait until done, then ``finish()`` (sync and
     rename the file); the guest runs on if any of it fails."""
+    import asyncio
     status = (await client.execute("query-status"))["status"]
     if status in ("inmigrate", "finish-migrate", "postmigrate", "save-vm", "restore-vm"):
         raise QmpFailure(f"QEMU is busy with a migration ({status})")
@@ -350,21 +356,23 @@ async def _save_to_fd(client, fd: int, timeout: float, finish=lambda: None) -> N
         raise
 
 
-def _wait_gone(pid: int | None, timeout: float) -> None:
+def _wait_gone(machine, pid: int | None, timeout: float) -> None:
     end = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < end:
+    while machine.alive(pid) and time.monotonic() < end:
         time.sleep(0.05)
-    kill_and_wait(pid, timeout=3)
+    machine.kill_and_wait(pid, timeout=3)
 
 
 @hookimpl
 def mln_save_host(host, ctx):
+    import asyncio
     if not _mine(host):
         return None
+    m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx)
-    pid = read_pid(pidfile)
+    pid = m.read_pid(pidfile)
     where = f"host {host.name}"
-    if not alive(pid) or not os.path.exists(qmp_sock):
+    if not m.alive(pid) or not os.path.exists(qmp_sock):
         raise MlnError("cannot save: QEMU is not running", where)
     saved = saved_state_path(host, ctx)
     part = saved + ".part"
@@ -379,7 +387,7 @@ def mln_save_host(host, ctx):
         os.replace(part, saved)
 
     try:
-        asyncio.run(_session(qmp_sock, lambda c: _save_to_fd(c, fd, SAVE_TIMEOUT, finish)))
+        asyncio.run(_session(m, qmp_sock, lambda c: _save_to_fd(c, fd, SAVE_TIMEOUT, finish)))
     except Exception as e:
         raise MlnError(f"saving failed: {_describe(e)}; the host keeps running", where) from None
     finally:
@@ -387,14 +395,15 @@ def mln_save_host(host, ctx):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(part)       # only there if the save failed
     # the guest is stopped and its state is in the file: end QEMU (it flushes the disk)
-    qmp(qmp_sock, "quit", timeout=5)
-    _wait_gone(pid, timeout=10)
+    qmp(m, qmp_sock, "quit", timeout=5)
+    _wait_gone(m, pid, timeout=10)
     return True
 
 
 async def _load_from_fd(client, fd: int, timeout: float, ran=lambda: None) -> None:
     """Load the saved state from ``fd`` and continue the guest; ``ran()`` right after a
     successful ``cont`` (the guest has run and writes its disk from then on)."""
+    import asyncio
     client.send_fd_scm(fd)
     await client.execute("getfd", {"fdname": FDNAME})
     await client.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"})
@@ -417,6 +426,8 @@ def _resume(host, ctx, saved: str) -> None:
     """Load ``saved`` into the QEMU just started with ``-incoming defer``; delete it as soon as
     the guest runs (its disk has moved on from the saved memory then). On failure QEMU is
     ended; the file is kept if the guest never ran."""
+    import asyncio
+    m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx)
 
     def ran() -> None:
@@ -425,11 +436,11 @@ def _resume(host, ctx, saved: str) -> None:
 
     fd = os.open(saved, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        asyncio.run(_session(qmp_sock, lambda c: _load_from_fd(c, fd, RESUME_TIMEOUT, ran)))
+        asyncio.run(_session(m, qmp_sock, lambda c: _load_from_fd(c, fd, RESUME_TIMEOUT, ran)))
     except Exception as e:
         reason = _describe(e)
         kept = os.path.exists(saved)
-        if kept and not alive(read_pid(pidfile)):
+        if kept and not m.alive(m.read_pid(pidfile)):
             reason = ("QEMU exited while loading it (the file is damaged, or was saved from another "
                       "build of this host)")
         _undo_start(host, ctx)
@@ -445,10 +456,11 @@ def _resume(host, ctx, saved: str) -> None:
 def mln_host_status(host, ctx):
     if not _mine(host):
         return None
+    m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx)
-    if not alive(read_pid(pidfile)):
+    if not m.alive(m.read_pid(pidfile)):
         return "down: saved" if os.path.exists(saved_state_path(host, ctx)) else "down"
-    st = qmp(qmp_sock, "query-status", timeout=3)
+    st = qmp(m, qmp_sock, "query-status", timeout=3)
     if st is None:
         return "up: not answering on QMP"
     return "up" if st.get("status") == "running" else f"up: {st.get('status')}"
@@ -458,22 +470,24 @@ def mln_host_status(host, ctx):
 def mln_stop_host(host, hard, ctx):
     if not _mine(host):
         return None
+    m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx)
-    pid = read_pid(pidfile)
+    pid = m.read_pid(pidfile)
     if hard:
-        if qmp(qmp_sock, "quit", timeout=3) is None or alive(pid):
-            kill_and_wait(pid, timeout=3)
-    elif qmp(qmp_sock, "system_powerdown", timeout=3) is None:
-        kill_and_wait(pid)
+        if qmp(m, qmp_sock, "quit", timeout=3) is None or m.alive(pid):
+            m.kill_and_wait(pid, timeout=3)
+    elif qmp(m, qmp_sock, "system_powerdown", timeout=3) is None:
+        m.kill_and_wait(pid)
     return True
 
 
 @hookimpl
 def mln_host_stopped(host, ctx):
     if _mine(host):
+        m = ctx.on(host)
         d, qmp_sock, pidfile = _paths(host, ctx)
         shutil.rmtree(d, ignore_errors=True)
-        if os.path.exists(pidfile) and not alive(read_pid(pidfile)):
+        if os.path.exists(pidfile) and not m.alive(m.read_pid(pidfile)):
             os.unlink(pidfile)
 
 
@@ -494,6 +508,6 @@ def mln_runnable(host, ctx):
 def mln_doctor(ctx):
     found = tool(QEMU, "runs QEMU guests", "qemu-system-x86", hypervisor=NAME)
     if found["ok"]:
-        found["detail"] += ("; accelerator: KVM" if kvm_usable() else
+        found["detail"] += ("; accelerator: KVM" if kvm_usable(ctx.on()) else
                             "; accelerator: TCG only (no usable KVM: guests run emulated, slower)")
     return [found, tool("qemu-img", "qcow2 overlays and disk conversion", "qemu-utils")]

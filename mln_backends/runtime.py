@@ -1,4 +1,4 @@
-"""Names and places the backends share: interface names, MAC addresses, socket dirs, pids.
+"""Names and places the backends share: interface names, MAC addresses, socket dirs.
 
 * Linux interface names have at most 15 characters: ``ifname`` keeps a readable name
   when it fits and otherwise a prefix plus a hash of the full name, so two different
@@ -8,16 +8,15 @@
   under ``/run/mln`` (``/tmp/mln-<uid>`` when /run is not writable).
 * MAC addresses are derived from project, host and interface, so a rebuilt host keeps
   its MAC unless the project file sets one.
+
+Processes, pids and signals are the machine's business: backends use ``ctx.on(host)``
+(:class:`mln_core.machine.Machine`: ``read_pid``, ``alive``, ``kill_and_wait``).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
-import signal
-import time
-
-from mln_core.store import alive  # noqa: F401  (the backends' liveness test)
 
 IFNAMSIZ = 15
 _IFNAME_OK = re.compile(r"[A-Za-z0-9_.-]+\Z")
@@ -55,27 +54,3 @@ def saved_state_path(host, ctx) -> str:
     ``<project>/hosts/<host>/<host>.ram`` (spec 7.1)."""
     return ctx.path("hosts", host.name, f"{host.name}.ram")
 
-
-def read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return int(text) if text.isdigit() else None
-    except FileNotFoundError:
-        return None
-
-
-def kill_and_wait(pid: int | None, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; returns when the process is gone."""
-    if not alive(pid):
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            if not alive(pid):
-                return
-            time.sleep(0.05)

@@ -13,7 +13,6 @@ It is the default storage: it handles every host that no other storage plugin ta
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 
 from mln_core import hookimpl
@@ -37,7 +36,7 @@ def mln_register_keywords(registry):
     registry.keyword("host", "cow", "alias of cow_filesystem")
 
 
-def _cow_base(host, template, size: int, ctx) -> str | None:
+def _cow_base(host, template, size: int, ctx, machine) -> str | None:
     """For ``cow_filesystem BASE`` (UML): make the shared base once; its path, relative."""
     base = host.tree.get("cow_filesystem") or host.tree.get("cow")
     if base is None:
@@ -54,22 +53,11 @@ def _cow_base(host, template, size: int, ctx) -> str | None:
                 raise MlnError(f"cow_filesystem {base}: every host sharing it needs the same template and "
                                f"size ({made[base][0]}, {format_size(made[base][1])})")
             return rel
-        _sparse_copy(template.path, ctx.path(rel))
-        if size > imagefs.image_size(template.path) and imagefs.is_ext_filesystem(template.path):
-            imagefs.grow_image(ctx.path(rel), size)
+        _sparse_copy(template.path, ctx.path(rel), machine)
+        if size > imagefs.image_size(template.path, machine) and imagefs.is_ext_filesystem(template.path):
+            imagefs.grow_image(ctx.path(rel), size, machine)
         made[base] = [template.name, size]
     return rel
-
-
-def _wanted_size(host, template_size: int, ctx) -> int:
-    if host.free_space is not None:
-        return template_size + host.free_space
-    size = host.size or template_size
-    if size < template_size:
-        ctx.log(f"warning: host {host.name}: size {format_size(size)} is smaller than template "
-                f"{host.template} ({format_size(template_size)}); using the template's size")
-        return template_size
-    return size
 
 
 def _disk_paths(host, ctx, fmt: str) -> tuple[str, str]:
@@ -92,6 +80,7 @@ def mln_create_disk(host, ctx):
     if any(host.tree.has(k) for k in OTHER_STORAGE):
         return None
     template = ctx.templates.resolve(host.template, f"host {host.name}")
+    machine = ctx.on(host)
     hv = ctx.pm.keywords.hypervisors.get(host.hypervisor)
     formats = hv.disk_formats if hv else ("raw",)
     fmt = "qcow2" if "qcow2" in formats else "raw"
@@ -100,26 +89,28 @@ def mln_create_disk(host, ctx):
     path, record = _disk_paths(host, ctx, fmt)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     ext = imagefs.is_ext_filesystem(template.path)
-    template_size = imagefs.image_size(template.path)
-    size = _wanted_size(host, template_size, ctx)
+    template_size = imagefs.image_size(template.path, machine)
+    size = host.disk_size(template_size, ctx.log)
     try:
         if fmt == "qcow2":
-            imagefs.create_overlay(template.path, path)
+            imagefs.create_overlay(template.path, path, machine=machine)
             if size > template_size:
                 if ext or imagefs.is_qcow2(template.path):
-                    imagefs.grow_qcow2(path, size, on_helper=getattr(ctx, "record_helper", None))
+                    imagefs.grow_qcow2(path, size, getattr(ctx, "record_helper", None), machine)
                 else:
-                    subprocess.run(["qemu-img", "resize", "-q", path, str(size)], check=True,
-                                   capture_output=True)
+                    try:
+                        machine.run(["qemu-img", "resize", "-q", path, str(size)], timeout=None)
+                    except MlnError as e:
+                        raise imagefs.ImageError(e.message) from None
         else:
-            base = _cow_base(host, template, size, ctx)
+            base = _cow_base(host, template, size, ctx, machine)
             if base is not None:
-                _sparse_copy(ctx.path(base), path)   # individualized, then made a COW file
+                _sparse_copy(ctx.path(base), path, machine)   # individualized, then made a COW file
             else:
-                _sparse_copy(template.path, path)
+                _sparse_copy(template.path, path, machine)
                 if size > template_size and ext:
-                    imagefs.grow_image(path, size)
-    except (imagefs.ImageError, subprocess.CalledProcessError) as e:
+                    imagefs.grow_image(path, size, machine)
+    except imagefs.ImageError as e:
         raise MlnError(f"making {path} from template {template.path}: {e}") from None
     extra = {"template": template.name}
     if fmt == "raw" and (host.tree.get("cow_filesystem") or host.tree.get("cow")):
@@ -129,16 +120,16 @@ def mln_create_disk(host, ctx):
         swap = ctx.path(swap_rel)
         with open(swap, "wb") as f:
             f.truncate(host.swap)
-        r = subprocess.run(["mkswap", "-q", swap], capture_output=True, text=True)
+        r = machine.run(["mkswap", "-q", swap], check=False, timeout=None, text=True)
         if r.returncode != 0:
             raise MlnError(f"mkswap {swap}: {r.stderr.strip()}")
         extra["swap"] = swap_rel
     return Disk(path=record, format=fmt, kind="file", size=size, extra=extra)
 
 
-def _sparse_copy(src: str, dst: str) -> None:
-    r = subprocess.run(["cp", "--sparse=always", "--reflink=auto", src, dst + ".part"],
-                       capture_output=True, text=True)
+def _sparse_copy(src: str, dst: str, machine) -> None:
+    r = machine.run(["cp", "--sparse=always", "--reflink=auto", src, dst + ".part"], check=False,
+                    timeout=None, text=True)
     if r.returncode != 0:
         raise MlnError(f"copying {src}: {r.stderr.strip()}")
     os.replace(dst + ".part", dst)
@@ -152,7 +143,7 @@ def mln_open_image(host, disk, ctx):
     if not imagefs.is_ext_filesystem(path) and not imagefs.is_qcow2(path):
         return None
     try:
-        return imagefs.open_image(path, on_helper=getattr(ctx, "record_helper", None))
+        return imagefs.open_image(path, on_helper=getattr(ctx, "record_helper", None), machine=ctx.on(host))
     except imagefs.ImageError as e:
         raise MlnError(str(e)) from None
 
@@ -170,7 +161,7 @@ def mln_remove_host(host, ctx):
 
 @hookimpl
 def mln_doctor(ctx):
-    fuse = os.path.exists("/dev/fuse")
+    fuse = ctx.on().device_exists("/dev/fuse")
     return [tool("debugfs", "individualizes ext2/3/4 guest filesystems without mounting", "e2fsprogs"),
             tool("qemu-storage-daemon", "opens qcow2 and partitioned images for individualization", "qemu-utils"),
             {"name": "FUSE", "ok": fuse, "detail": "/dev/fuse: qemu-storage-daemon's exports" if fuse

@@ -21,33 +21,20 @@ succeeded and the old volume is removed; a failed rebuild leaves the old volume 
 
 Machines without device-mapper
 ------------------------------
-Without the device-mapper driver LVM can change its metadata but cannot activate a
-volume: there is no ``/dev/<vg>/<lv>``. The plugin then creates the volume in the
-metadata only (``lvcreate --driverloaded n -an -Zn``) and reaches its data through a
-loop device over the volume's extents: for a single-segment linear volume whose PV is
-itself a loop device over a file, the volume's bytes are the range
-``loop offset + pe_start + first_extent * extent_size`` of length ``extents *
-extent_size`` in that file, and ``losetup --offset --sizelimit`` makes a block device of
-exactly that range. This imitates activation for mln's own work (copying the template,
-resizing, individualizing) and for each run of the host (``mln_attach_disk``: the
-hypervisor opens the loop device, which is released when the host stops); other programs
-still need real activation for ``/dev/<vg>/<lv>``. The recorded disk says which way it was made
-(``extra["activation"]``: ``device-mapper`` or ``none``).
+Without the device-mapper driver LVM cannot activate a volume (there is no
+``/dev/<vg>/<lv>``): the plugin then creates the volume in LVM's metadata only and reaches
+its data through a loop device over the volume's extents (:mod:`mln_backends.lvmloop`),
+for its own work and for each run of the host. The recorded disk says which way it was
+made (``extra["activation"]``: ``device-mapper`` or ``none``). LVM's commands and reports
+are in :mod:`mln_backends.lvmcmd`.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
-import shlex
-import socket
-import stat
-import struct
-import subprocess
 import threading
-import time
 from dataclasses import dataclass
 
 from mln_core import hookimpl
@@ -55,13 +42,16 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
 
-from . import imagefs
+from . import imagefs, lvmloop
 from .imagefs import is_ext_filesystem as _is_ext
-from .storage_file import _wanted_size
+from .lvmcmd import activate as _activate
+from .lvmcmd import clean as _clean
+from .lvmcmd import have_device_mapper, lv_info, vg_info
+from .lvmcmd import lvm as _lvm
+from .lvmcmd import lvremove as _lvremove
 
 DEFAULT_VG = "mln-images"
 LOCK_FILE = "/run/lock/mln-lvm.lock"
-LOOP_MAJOR = 7
 _NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*\Z")
 _LV_RESERVED = ("_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage",
                 "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig")
@@ -69,9 +59,6 @@ _FLAG_VALUES = ("1", "yes", "true", "on")
 # lvcreate options the plugin sets itself
 _OWN_OPTIONS = ("-n", "--name", "-L", "--size", "-l", "--extents", "-s", "--snapshot", "-a", "--activate",
                 "-an", "-ay", "--driverloaded", "-V", "--virtualsize", "-T", "--thin")
-# what LVM prints on stderr when the kernel has no device-mapper: not worth repeating
-_NOISE = ("/dev/mapper/control", "device-mapper", "libdevmapper", "Activation disabled",
-          "Required device-mapper target", "not zeroed", "leaked on lvm invocation")
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,94 +115,6 @@ def _check_lv_name(name: str) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------
-# running LVM
-
-_dm_cache: bool | None = None
-
-
-def have_device_mapper() -> bool:
-    """True if the kernel's device-mapper driver is usable (so LVM can activate volumes)."""
-    global _dm_cache
-    if _dm_cache is None:
-        ok = os.path.exists("/dev/mapper/control")
-        if ok:
-            try:
-                ok = subprocess.run(["dmsetup", "version"], capture_output=True, timeout=30).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-        _dm_cache = ok
-    return _dm_cache
-
-
-def _clean(err: bytes | str) -> str:
-    if isinstance(err, bytes):
-        err = err.decode("utf-8", "replace")
-    lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
-    kept = [ln for ln in lines if not any(n in ln for n in _NOISE)]
-    return "; ".join(kept or lines)
-
-
-def _lvm(ctx, argv: list[str], what: str, dm: bool, check: bool = True) -> subprocess.CompletedProcess:
-    """Run an LVM command (with ``--driverloaded n`` when there is no device-mapper)."""
-    argv = [argv[0]] + ([] if dm else ["--driverloaded", "n"]) + argv[1:]
-    env = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}
-    try:
-        p = ctx.run(argv, what=what, check=False, input=b"", env=env)
-    except MlnError as e:
-        if "command not found" in e.message:
-            raise MlnError(f"{what}: the LVM tools are not installed ({argv[0]} not found; "
-                           "apt-get install lvm2)") from None
-        raise
-    if check and p.returncode != 0:
-        raise MlnError(f"{what}: '{shlex.join(argv)}' failed (exit {p.returncode}): "
-                       f"{_clean(p.stderr or p.stdout or b'')}")
-    return p
-
-
-def _report(ctx, cmd: str, fields: str, target: list[str], dm: bool, what: str,
-            segments: bool = False) -> list[dict] | None:
-    """Rows of an LVM JSON report; None if the command failed (e.g. the VG does not exist)."""
-    argv = [cmd, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields]
-    if segments:
-        argv.append("--segments")
-    p = _lvm(ctx, argv + target, what, dm, check=False)
-    if p.returncode != 0:
-        return None
-    try:
-        report = json.loads(p.stdout)["report"][0]
-        return next(iter(report.values()))
-    except (ValueError, KeyError, IndexError, StopIteration):
-        raise MlnError(f"{what}: cannot read the output of {cmd}: {p.stdout[:200]!r}") from None
-
-
-def vg_info(ctx, vg: str, dm: bool) -> dict | None:
-    """{"free": bytes, "free_count": extents, "extent_size": bytes, "size": bytes} or None if absent."""
-    rows = _report(ctx, "vgs", "vg_name,vg_size,vg_free,vg_free_count,vg_extent_size", [vg], dm,
-                   f"volume group {vg}")
-    row = next((r for r in rows or [] if r.get("vg_name") == vg), None)
-    if row is None:
-        return None
-    return {"size": int(row["vg_size"]), "free": int(row["vg_free"]), "free_count": int(row["vg_free_count"]),
-            "extent_size": int(row["vg_extent_size"])}
-
-
-def lv_info(ctx, vg: str, lv: str, dm: bool) -> dict | None:
-    """{"uuid", "size", "segments": [{"segtype", "pe_ranges", "size_pe"}]} or None if absent."""
-    rows = _report(ctx, "lvs", "lv_name,lv_uuid,lv_size,segtype,seg_size_pe,seg_pe_ranges", [vg], dm,
-                   f"logical volume {vg}/{lv}", segments=True)
-    rows = [r for r in rows or [] if r.get("lv_name") == lv]
-    if not rows:
-        return None
-    return {"uuid": rows[0]["lv_uuid"], "size": int(rows[0]["lv_size"]),
-            "segments": [{"segtype": r["segtype"], "pe_ranges": r["seg_pe_ranges"],
-                          "size_pe": int(r["seg_size_pe"] or 0)} for r in rows]}
-
-
-def _lvremove(ctx, vg: str, lv: str, dm: bool) -> None:
-    _lvm(ctx, ["lvremove", "-f", "-y", f"{vg}/{lv}"], f"removing logical volume {vg}/{lv}", dm)
-
-
 _vg_locks: dict[str, threading.Lock] = {}
 _vg_locks_guard = threading.Lock()
 
@@ -244,7 +143,7 @@ def _locked(s: Settings, ctx):
 
 
 def _check_execute_server(vg: str, ctx) -> None:
-    me = {"localhost", socket.gethostname(), socket.getfqdn(), ctx.config.get("service_host") or ""}
+    me = {"localhost", *ctx.on().hostnames(), ctx.config.get("service_host") or ""}
     for entry in ctx.config.getlist("lvm_execute_server"):
         parts = entry.split()
         if len(parts) == 2 and _strip_vg(parts[0]) == vg and parts[1] not in me \
@@ -257,125 +156,19 @@ def _check_execute_server(vg: str, ctx) -> None:
 # ---------------------------------------------------------------------------------------
 # reaching the volume's data: the device node, or a loop device over its extents
 
-_LOOP_INFO64 = "=QQQQQIIII64s64s32sQQ"   # struct loop_info64
-_LOOP_SET_STATUS64, _LOOP_GET_STATUS64 = 0x4C04, 0x4C05
-_LO_FLAGS_AUTOCLEAR = 4
-
-
-def extent_range(ctx, vg: str, lv: str) -> tuple[str, int, int]:
-    """(backing file, byte offset, length) of a single-segment linear LV on a loop-device PV."""
-    dm = False
-    info = lv_info(ctx, vg, lv, dm)
-    if info is None:
-        raise MlnError(f"logical volume {vg}/{lv} does not exist")
-    why = ("this machine's kernel has no device-mapper, so LVM cannot activate it, and mln can "
-           "only imitate activation for a single-segment linear volume on a PV that is a loop device "
-           "over a file")
-    segs = info["segments"]
-    if len(segs) != 1 or segs[0]["segtype"] != "linear":
-        kinds = ", ".join(s["segtype"] for s in segs)
-        raise MlnError(f"cannot reach logical volume {vg}/{lv} ({len(segs)} segment(s): {kinds}): {why}")
-    ranges = segs[0]["pe_ranges"].split()
-    m = re.match(r"(.+):(\d+)-(\d+)\Z", ranges[0]) if len(ranges) == 1 else None
-    if m is None:
-        raise MlnError(f"cannot reach logical volume {vg}/{lv} (extents {segs[0]['pe_ranges']!r}): {why}")
-    pv, first, last = m.group(1), int(m.group(2)), int(m.group(3))
-    vgi = vg_info(ctx, vg, dm)
-    pvs = _report(ctx, "pvs", "pv_name,pe_start,vg_name", [], dm, f"physical volumes of {vg}") or []
-    row = next((r for r in pvs if r.get("pv_name") == pv), None)
-    if vgi is None or row is None:
-        raise MlnError(f"cannot reach logical volume {vg}/{lv}: LVM does not report its PV {pv}")
-    try:
-        st = os.stat(pv)
-    except OSError as e:
-        raise MlnError(f"cannot reach logical volume {vg}/{lv}: its PV {pv}: {e.strerror}") from None
-    if not stat.S_ISBLK(st.st_mode) or os.major(st.st_rdev) != LOOP_MAJOR:
-        raise MlnError(f"cannot reach logical volume {vg}/{lv}: its PV {pv} is not a loop device; {why}")
-    sysdir = f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/loop"
-    try:
-        with open(f"{sysdir}/backing_file") as f:
-            backing = f.read().rstrip("\n")
-        with open(f"{sysdir}/offset") as f:
-            loop_offset = int(f.read())
-        with open(f"{sysdir}/sizelimit") as f:
-            loop_limit = int(f.read())
-    except (OSError, ValueError) as e:
-        raise MlnError(f"cannot reach logical volume {vg}/{lv}: reading {sysdir}: {e}") from None
-    if backing.endswith(" (deleted)") or not os.path.exists(backing):
-        raise MlnError(f"cannot reach logical volume {vg}/{lv}: the file {backing} behind its PV {pv} "
-                       "is gone")
-    ext = vgi["extent_size"]
-    start = int(row["pe_start"]) + first * ext
-    length = (last - first + 1) * ext
-    if loop_limit and start + length > loop_limit:
-        raise MlnError(f"cannot reach logical volume {vg}/{lv}: its extents lie beyond the end of {pv}")
-    return backing, loop_offset + start, length
-
-
-class LoopView:
-    """A loop device over a byte range of a file. It is set to detach itself when its last
-    user closes it (autoclear) and this object holds it open until :meth:`release`, so it
-    disappears also if mln is killed."""
-
-    def __init__(self, ctx, backing: str, offset: int, length: int):
-        p = ctx.run(["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit", str(length),
-                     backing], what=f"making a loop device over {backing}")
-        self.device = p.stdout.decode().strip()
-        self._ctx = ctx
-        try:
-            self._fd: int | None = os.open(self.device, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            ctx.run(["losetup", "-d", self.device], check=False)
-            raise MlnError(f"opening {self.device}: {e.strerror}") from None
-        try:
-            buf = bytearray(struct.calcsize(_LOOP_INFO64))
-            fcntl.ioctl(self._fd, _LOOP_GET_STATUS64, buf)
-            fields = list(struct.unpack(_LOOP_INFO64, buf))
-            if fields[3] != offset or (fields[4] or length) != length:
-                raise MlnError(f"{self.device} does not cover the expected range of {backing}")
-            fields[8] |= _LO_FLAGS_AUTOCLEAR
-            fcntl.ioctl(self._fd, _LOOP_SET_STATUS64, struct.pack(_LOOP_INFO64, *fields))
-        except OSError as e:   # not fatal: release() detaches explicitly
-            ctx.debug(f"{self.device}: cannot set autoclear: {e}")
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        # While we hold the device open, losetup -d only marks it for detaching; our
-        # close then detaches it (and nobody can have re-used the number before that).
-        self._ctx.run(["losetup", "-d", self.device], check=False)
-        os.close(self._fd)
-        self._fd = None
-
-
 @contextlib.contextmanager
-def device(ctx, vg: str, lv: str, dm: bool | None = None):
+def device(machine, vg: str, lv: str, dm: bool | None = None, note=None):
     """A block device with the volume's data: ``/dev/<vg>/<lv>`` or an imitation loop device."""
     if dm is None:
-        dm = have_device_mapper()
+        dm = have_device_mapper(machine)
     if dm:
-        yield _activate(ctx, vg, lv)
+        yield _activate(machine, vg, lv)
         return
-    view = LoopView(ctx, *extent_range(ctx, vg, lv))
+    view = lvmloop.LoopView(machine, *lvmloop.extent_range(machine, vg, lv), note=note)
     try:
         yield view.device
     finally:
         view.release()
-
-
-def _activate(ctx, vg: str, lv: str) -> str:
-    node = f"/dev/{vg}/{lv}"
-    if not os.path.exists(node):
-        _lvm(ctx, ["lvchange", "-ay", f"{vg}/{lv}"], f"activating {vg}/{lv}", True)
-        deadline = time.monotonic() + 10
-        while not os.path.exists(node) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not os.path.exists(node):
-            raise MlnError(f"logical volume {vg}/{lv} is active but {node} did not appear")
-    return node
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,20 +222,21 @@ def mln_create_disk(host, ctx):
     if hv is not None and "raw" not in hv.disk_formats:
         raise MlnError(f"{host.hypervisor} does not boot raw volumes (it boots "
                        f"{', '.join(hv.disk_formats)}), so its disk cannot be an LVM volume")
-    dm = have_device_mapper()
+    m = ctx.on(host)
+    dm = have_device_mapper(m)
     vg, lv = s.vg, host.fqname
     if s.snapshot:
-        return _create_snapshot(host, s, ctx, dm)
+        return _create_snapshot(host, s, ctx, m, dm)
     template = ctx.templates.resolve(host.template, f"host {host.name}")
     try:
-        template_size = imagefs.image_size(template.path)
+        template_size = imagefs.image_size(template.path, m)
     except imagefs.ImageError as e:
         raise MlnError(str(e)) from None
-    size = _wanted_size(host, template_size, ctx)
+    size = host.disk_size(template_size, ctx.log)
     with _vg_lock(vg), _locked(s, ctx):
-        _require_vg(ctx, vg, dm)
-        lv, replacing = _staged_name(ctx, vg, lv, dm, host)
-        vgi = _require_vg(ctx, vg, dm)        # after a leftover volume is gone
+        _require_vg(m, vg, dm)
+        lv, replacing = _staged_name(ctx, m, vg, lv, dm, host)
+        vgi = _require_vg(m, vg, dm)        # after a leftover volume is gone
         ext = vgi["extent_size"]
         extents = -(-size // ext)
         free = vgi["free_count"]
@@ -454,8 +248,8 @@ def mln_create_disk(host, ctx):
                            f"{format_size(extents * ext)}{rounded}")
         argv = ["lvcreate", "-y", "-n", lv, "-l", str(extents)]
         argv += ["-Wy"] if dm else ["-an", "-Zn"]
-        _lvm(ctx, argv + s.options + [vg], f"creating logical volume {vg}/{lv}", dm)
-        info = lv_info(ctx, vg, lv, dm)
+        _lvm(m, argv + s.options + [vg], f"creating logical volume {vg}/{lv}", dm)
+        info = lv_info(m, vg, lv, dm)
         if info is None:
             raise MlnError(f"lvcreate reported success but {vg}/{lv} is not listed by lvs")
     if not dm:
@@ -464,21 +258,21 @@ def mln_create_disk(host, ctx):
              "activation": "device-mapper" if dm else "none", **_final(lv, host)}
 
     def fill():
-        with device(ctx, vg, lv, dm) as dev:
-            _fill(ctx, template.path, dev, template_size, info["size"])
-    return _finish(host, s, ctx, info, extra, dm, fill)
+        with device(m, vg, lv, dm, ctx.debug) as dev:
+            _fill(ctx, m, template.path, dev, template_size, info["size"])
+    return _finish(host, s, ctx, m, info, extra, dm, fill)
 
 
-def _finish(host, s: Settings, ctx, info: dict, extra: dict, dm: bool, fill=None) -> Disk:
+def _finish(host, s: Settings, ctx, m, info: dict, extra: dict, dm: bool, fill=None) -> Disk:
     """Fill the new volume and make the swap disk; the volume goes again if either fails."""
     try:
         if fill is not None:
             fill()
         if host.swap:
-            extra["swap"] = _make_swap(host, ctx)
+            extra["swap"] = _make_swap(host, ctx, m)
     except BaseException:
         with contextlib.suppress(Exception), _locked(s, ctx):
-            _lvremove(ctx, extra["vg"], extra["lv"], dm)
+            _lvremove(m, extra["vg"], extra["lv"], dm)
         raise
     return Disk(path=f"/dev/{extra['vg']}/{host.fqname}", format="raw", kind="lvm", size=info["size"],
                 extra=extra)
@@ -487,16 +281,16 @@ def _finish(host, s: Settings, ctx, info: dict, extra: dict, dm: bool, fill=None
 STAGED_SUFFIX = "+mln-new"      # '+' is in no host or project name, so in no other host's volume
 
 
-def _staged_name(ctx, vg: str, lv: str, dm: bool, host) -> tuple[str, bool]:
+def _staged_name(ctx, m, vg: str, lv: str, dm: bool, host) -> tuple[str, bool]:
     """The name to create the volume under, and whether it replaces one: while ``lv``
     exists (the project being replaced), the new volume is made as ``<lv>+mln-new`` and
     renamed at ``mln_commit_host``, so a failed rebuild leaves the old volume alone. A
     staged volume left by a killed build (the project lock excludes a running one) goes."""
     staged = lv + STAGED_SUFFIX
-    if lv_info(ctx, vg, staged, dm):
+    if lv_info(m, vg, staged, dm):
         ctx.log(f"+---> {host.name}: removing {vg}/{staged}, left by an interrupted build")
-        _lvremove(ctx, vg, staged, dm)
-    if not lv_info(ctx, vg, lv, dm):
+        _lvremove(m, vg, staged, dm)
+    if not lv_info(m, vg, lv, dm):
         return lv, False
     if _check_lv_name(staged):
         raise MlnError(f"cannot replace {vg}/{lv}: the temporary name {staged} {_check_lv_name(staged)}")
@@ -528,12 +322,13 @@ def mln_commit_host(host, ctx):
     if disk.get("kind") != "lvm" or "final_lv" not in extra:
         return
     vg, lv, final = extra["vg"], extra["lv"], extra["final_lv"]
-    dm = have_device_mapper()
+    m = ctx.on(host)
+    dm = have_device_mapper(m)
     with _locked_for(host, vg, ctx):
-        if lv_info(ctx, vg, final, dm):     # the replaced project could not be read: its volume
-            _lvremove(ctx, vg, final, dm)
+        if lv_info(m, vg, final, dm):     # the replaced project could not be read: its volume
+            _lvremove(m, vg, final, dm)
         try:
-            _lvm(ctx, ["lvrename", vg, lv, final], f"renaming logical volume {vg}/{lv} to {final}", dm)
+            _lvm(m, ["lvrename", vg, lv, final], f"renaming logical volume {vg}/{lv} to {final}", dm)
         except MlnError as e:
             raise MlnError(f"{e.message}; the new volume stays {vg}/{lv} (rebuild, or rename it with "
                            f"lvrename {vg} {lv} {final})") from None
@@ -552,44 +347,44 @@ def _note_no_activation(ctx) -> None:
                 "/dev/<vg>/<lv> exists only where the volume group can be activated")
 
 
-def _require_vg(ctx, vg: str, dm: bool) -> dict:
-    vgi = vg_info(ctx, vg, dm)
+def _require_vg(m, vg: str, dm: bool) -> dict:
+    vgi = vg_info(m, vg, dm)
     if vgi is None:
         raise MlnError(f"volume group '{vg}' does not exist (vgs does not list it): create it with "
                        "vgcreate, or name another one with lvm_vg in the host or in mln.conf")
     return vgi
 
 
-def _fill(ctx, template: str, dev: str, template_size: int, lv_size: int) -> None:
+def _fill(ctx, m, template: str, dev: str, template_size: int, lv_size: int) -> None:
     """Copy the template onto the volume and grow its filesystem to the volume's size."""
     if imagefs.is_qcow2(template):
-        ctx.run(["qemu-img", "convert", "-n", "-O", "raw", template, dev],
-                what=f"copying template {template}", timeout=3600)
+        m.run(["qemu-img", "convert", "-n", "-O", "raw", template, dev],
+              what=f"copying template {template}", timeout=3600)
     else:
-        ctx.run(["dd", f"if={template}", f"of={dev}", "bs=4M", "conv=fsync", "status=none"],
-                what=f"copying template {template}", timeout=3600)
+        m.run(["dd", f"if={template}", f"of={dev}", "bs=4M", "conv=fsync", "status=none"],
+              what=f"copying template {template}", timeout=3600)
     if not _is_ext(dev):
         ctx.log(f"warning: template {template} holds no ext2/3/4 filesystem; not resized")
         return
     if lv_size > template_size:
-        p = ctx.run(["e2fsck", "-f", "-y", dev], check=False, timeout=3600)
+        p = m.run(["e2fsck", "-f", "-y", dev], check=False, timeout=3600)
         if p.returncode not in (0, 1):
             raise MlnError(f"e2fsck -f -y {dev} (copy of {template}) failed (exit {p.returncode}): "
                            f"{_clean(p.stdout + p.stderr)[-500:]}")
-        ctx.run(["resize2fs", dev], what=f"growing the filesystem of {dev}", timeout=3600)
+        m.run(["resize2fs", dev], what=f"growing the filesystem of {dev}", timeout=3600)
 
 
-def _make_swap(host, ctx) -> str:
+def _make_swap(host, ctx, m) -> str:
     rel = os.path.join("images", f"swap_{host.name}")
     path = ctx.path(rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.truncate(host.swap)
-    ctx.run(["mkswap", "-q", path], what=f"mkswap {path}")
+    m.run(["mkswap", "-q", path], what=f"mkswap {path}")
     return rel
 
 
-def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
+def _create_snapshot(host, s: Settings, ctx, m, dm: bool) -> Disk:
     vg, lv = s.vg, host.fqname
     if not dm:
         raise MlnError(f"lvm_snapshot: LVM snapshots are made by the kernel's device-mapper driver "
@@ -601,8 +396,8 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
     with contextlib.suppress(MlnError):
         names.append(ctx.templates.resolve(host.template, f"host {host.name}").name)
     with _vg_lock(vg), _locked(s, ctx):
-        vgi = _require_vg(ctx, vg, dm)
-        origin = next(((n, i) for n in dict.fromkeys(names) if (i := lv_info(ctx, vg, n, dm))), None)
+        vgi = _require_vg(m, vg, dm)
+        origin = next(((n, i) for n in dict.fromkeys(names) if (i := lv_info(m, vg, n, dm))), None)
         if origin is None:
             raise MlnError(f"lvm_snapshot: volume group {vg} has no logical volume named "
                            f"'{host.template}' to take a snapshot of (make one holding the template first)")
@@ -611,18 +406,18 @@ def _create_snapshot(host, s: Settings, ctx, dm: bool) -> Disk:
             ctx.log(f"warning: host {host.name}: a snapshot has the size of its origin {vg}/{oname} "
                     f"({format_size(oinfo['size'])}); size/free_space are ignored")
         extents = max(1, -(-oinfo["size"] // vgi["extent_size"] // 2))
-        lv, _ = _staged_name(ctx, vg, lv, dm, host)
+        lv, _ = _staged_name(ctx, m, vg, lv, dm, host)
         if extents > vgi["free_count"]:
             raise MlnError(f"volume group {vg} has {format_size(vgi['free'])} free, but the snapshot needs "
                            f"{format_size(extents * vgi['extent_size'])} (half of {oname})")
-        _lvm(ctx, ["lvcreate", "-y", "-s", "-n", lv, "-l", str(extents)] + s.options + [f"{vg}/{oname}"],
+        _lvm(m, ["lvcreate", "-y", "-s", "-n", lv, "-l", str(extents)] + s.options + [f"{vg}/{oname}"],
              f"creating snapshot {vg}/{lv} of {vg}/{oname}", dm)
-        info = lv_info(ctx, vg, lv, dm)
+        info = lv_info(m, vg, lv, dm)
         if info is None:
             raise MlnError(f"lvcreate reported success but {vg}/{lv} is not listed by lvs")
     extra = {"vg": vg, "lv": lv, "lv_uuid": info["uuid"], "snapshot_of": oname, "activation": "device-mapper",
              **_final(lv, host)}
-    return _finish(host, s, ctx, info, extra, dm)
+    return _finish(host, s, ctx, m, info, extra, dm)
 
 
 @hookimpl
@@ -632,12 +427,10 @@ def mln_attach_disk(host, disk, ctx):
     if disk.kind != "lvm":
         return None
     vg, lv = disk.extra["vg"], disk.extra["lv"]
-    if have_device_mapper():
-        return _activate(ctx, vg, lv)
-    backing, offset, length = extent_range(ctx, vg, lv)
-    p = ctx.run(["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit", str(length), backing],
-                what=f"making a loop device over {vg}/{lv}")
-    return p.stdout.decode().strip()
+    m = ctx.on(host)
+    if have_device_mapper(m):
+        return _activate(m, vg, lv)
+    return lvmloop.attach(m, vg, lv)
 
 
 @hookimpl
@@ -645,28 +438,16 @@ def mln_detach_disk(host, disk, path, ctx):
     if disk.kind != "lvm" or not path.startswith("/dev/loop"):
         return
     # only the loop device made for this volume: the number may have been reused since
-    try:
-        backing, offset, length = extent_range(ctx, disk.extra["vg"], disk.extra["lv"])
-    except MlnError:
-        return
-    sysdir = f"/sys/block/{os.path.basename(path)}/loop"
-    try:
-        with open(f"{sysdir}/backing_file") as f:
-            same = f.read().rstrip("\n") == backing
-        with open(f"{sysdir}/offset") as f:
-            same = same and int(f.read()) == offset
-    except (OSError, ValueError):
-        return
-    if same:
-        ctx.run(["losetup", "-d", path], what=f"releasing {path} ({host.name}'s volume)", check=False)
+    lvmloop.detach(ctx.on(host), path, disk.extra["vg"], disk.extra["lv"],
+                   what=f"releasing {path} ({host.name}'s volume)")
 
 
 class LvmImage(imagefs.Ext4Image):
     """An Ext4Image on a volume's device; ``close()`` also releases the imitation loop device."""
 
-    def __init__(self, path: str, release=None):
+    def __init__(self, path: str, release=None, machine=None):
         self._release = release
-        super().__init__(path)
+        super().__init__(path, machine)
 
     def close(self) -> None:
         try:
@@ -683,17 +464,18 @@ def mln_open_image(host, disk, ctx):
         return None
     vg = disk.extra.get("vg") or disk.path.split("/")[2]
     lv = disk.extra.get("lv") or os.path.basename(disk.path)
-    if have_device_mapper():
-        dev, release = _activate(ctx, vg, lv), None
+    m = ctx.on(host)
+    if have_device_mapper(m):
+        dev, release = _activate(m, vg, lv), None
     else:
-        view = LoopView(ctx, *extent_range(ctx, vg, lv))
+        view = lvmloop.LoopView(m, *lvmloop.extent_range(m, vg, lv), note=ctx.debug)
         dev, release = view.device, view.release
     try:
         if not _is_ext(dev):
             if release:
                 release()
             return None
-        return LvmImage(dev, release)
+        return LvmImage(dev, release, m)
     except imagefs.ImageError as e:
         if release:
             release()
@@ -716,20 +498,21 @@ def mln_remove_host(host, ctx):
     vg, lv = extra.get("vg"), extra.get("lv")
     if not vg or not lv:
         return None
-    dm = have_device_mapper()
+    m = ctx.on(host)
+    dm = have_device_mapper(m)
     try:
         with _locked_for(host, vg, ctx):
             leftover = lv + STAGED_SUFFIX          # a killed build's (during a build: this build's)
-            if ctx.staging is None and not lv.endswith(STAGED_SUFFIX) and lv_info(ctx, vg, leftover, dm):
-                _lvremove(ctx, vg, leftover, dm)
-            info = lv_info(ctx, vg, lv, dm)
+            if ctx.staging is None and not lv.endswith(STAGED_SUFFIX) and lv_info(m, vg, leftover, dm):
+                _lvremove(m, vg, leftover, dm)
+            info = lv_info(m, vg, lv, dm)
             if info is None:
                 ctx.debug(f"{host.name}: logical volume {vg}/{lv} is already gone")
                 return None
             if extra.get("lv_uuid") and info["uuid"] != extra["lv_uuid"]:
                 ctx.debug(f"{host.name}: {vg}/{lv} was made by a later build (uuid {info['uuid']}); kept")
                 return None
-            _lvremove(ctx, vg, lv, dm)
+            _lvremove(m, vg, lv, dm)
     except MlnError as e:
         raise MlnError(f"host {host.name}: {e.message}") from None
     return None
@@ -739,7 +522,7 @@ def mln_remove_host(host, ctx):
 def mln_doctor(ctx):
     found = tool("lvcreate", "logical volumes for hosts with 'lvm'", "lvm2")
     if found["ok"]:
-        dm = os.path.exists("/dev/mapper/control")
+        dm = ctx.on().device_exists("/dev/mapper/control")
         found["detail"] += ("; device-mapper: yes" if dm else
                             "; no device-mapper: volumes are reached through loop devices over their extents")
     return [found]

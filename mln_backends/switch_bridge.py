@@ -12,9 +12,9 @@ import os
 from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError
+from mln_core.model import Attachment
 
 from .runtime import digest, ifname
-from .switch_vde import switch_kind
 
 
 @hookimpl
@@ -32,13 +32,9 @@ def tap_name(host, interface) -> str:
     return f"tap-{digest('tap', host.project, host.name, interface.name, n=10)}"
 
 
-def _exists(dev: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{dev}")
-
-
 @hookimpl
 def mln_build_switch(switch, ctx):
-    if switch_kind(switch, ctx) != "bridge":
+    if switch.kind(ctx.config.get("default_switch", "vde")) != "bridge":
         return None
     if os.geteuid() != 0:
         raise MlnError("bridge switches need root (or use type vde)", f"switch {switch.name}")
@@ -55,9 +51,10 @@ def mln_start_switch(switch, ctx):
     br = _mine(switch, ctx)
     if br is None:
         return None
-    if not _exists(br):
-        ctx.run(["ip", "link", "add", br, "type", "bridge"], what=f"switch {switch.name}")
-    ctx.run(["ip", "link", "set", br, "up"], what=f"switch {switch.name}")
+    m = ctx.on(switch)
+    if not m.net_device_exists(br):
+        m.run(["ip", "link", "add", br, "type", "bridge"], what=f"switch {switch.name}")
+    m.run(["ip", "link", "set", br, "up"], what=f"switch {switch.name}")
     return True
 
 
@@ -66,8 +63,9 @@ def mln_stop_switch(switch, ctx):
     br = _mine(switch, ctx)
     if br is None:
         return None
-    if _exists(br):
-        ctx.run(["ip", "link", "del", br], what=f"switch {switch.name}")
+    m = ctx.on(switch)
+    if m.net_device_exists(br):
+        m.run(["ip", "link", "del", br], what=f"switch {switch.name}")
     return True
 
 
@@ -76,7 +74,7 @@ def mln_switch_status(switch, ctx):
     br = _mine(switch, ctx)
     if br is None:
         return None
-    return "up" if _exists(br) else "down"
+    return "up" if ctx.on(switch).net_device_exists(br) else "down"
 
 
 @hookimpl
@@ -84,36 +82,40 @@ def mln_switch_attachment(switch, host, interface, ctx):
     br = _mine(switch, ctx)
     if br is None:
         return None
+    m = ctx.on(switch)
     tap = tap_name(host, interface)
-    if not _exists(tap):
-        ctx.run(["ip", "tuntap", "add", tap, "mode", "tap"], what=f"host {host.name} {interface.name}")
-    ctx.run(["ip", "link", "set", tap, "master", br, "up"], what=f"host {host.name} {interface.name}")
-    return {"kind": "tap", "tap": tap, "bridge": br}
+    if not m.net_device_exists(tap):
+        m.run(["ip", "tuntap", "add", tap, "mode", "tap"], what=f"host {host.name} {interface.name}")
+    m.run(["ip", "link", "set", tap, "master", br, "up"], what=f"host {host.name} {interface.name}")
+    return Attachment("tap", tap=tap, bridge=br)
 
 
 @hookimpl
 def mln_switch_detachment(switch, host, interface, ctx):
     if _mine(switch, ctx) is None:
         return
+    m = ctx.on(switch)
     tap = tap_name(host, interface)
-    if _exists(tap):
-        ctx.run(["ip", "link", "del", tap], what=f"host {host.name} {interface.name}", check=False)
+    if m.net_device_exists(tap):
+        m.run(["ip", "link", "del", tap], what=f"host {host.name} {interface.name}", check=False)
 
 
 @hookimpl
 def mln_remove_switch(switch, ctx):
     br = _mine(switch, ctx)
-    if br and _exists(br):
-        ctx.run(["ip", "link", "del", br], what=f"switch {switch.name}", check=False)
+    m = ctx.on(switch)
+    if br and m.net_device_exists(br):
+        m.run(["ip", "link", "del", br], what=f"switch {switch.name}", check=False)
 
 
 @hookimpl
 def mln_remove_host(host, ctx):
+    m = ctx.on(host)
     for i in host.interfaces:
         tap = tap_name(host, i)
-        if _exists(tap) and ctx.project and i.switch in ctx.project.switches and \
+        if m.net_device_exists(tap) and ctx.project and i.switch in ctx.project.switches and \
                 _mine(ctx.project.switches[i.switch], ctx):
-            ctx.run(["ip", "link", "del", tap], what=f"host {host.name}", check=False)
+            m.run(["ip", "link", "del", tap], what=f"host {host.name}", check=False)
 
 
 @hookimpl

@@ -13,8 +13,9 @@ import time
 from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError
+from mln_core.model import Attachment
 
-from .runtime import alive, kill_and_wait, read_pid, runtime_dir
+from .runtime import runtime_dir
 
 KINDS = ("vde", "hub")
 
@@ -25,14 +26,6 @@ def mln_register_keywords(registry):
     registry.keyword("switch", "hub", "make the switch a hub (same as 'type hub')")
 
 
-def switch_kind(switch, ctx) -> str:
-    if switch.tree is not None and switch.tree.has("hub"):
-        return "hub"
-    kind = (switch.tree.get("type") if switch.tree is not None else None) or \
-        ctx.config.get("default_switch", "vde")
-    return kind
-
-
 def _paths(switch, ctx, create=False):
     d = runtime_dir(ctx, "sw", switch.name, create=create)
     return d, os.path.join(d, "ctl"), os.path.join(d, "pid")
@@ -40,7 +33,7 @@ def _paths(switch, ctx, create=False):
 
 @hookimpl
 def mln_build_switch(switch, ctx):
-    kind = switch_kind(switch, ctx)
+    kind = switch.kind(ctx.config.get("default_switch", "vde"))
     if kind not in KINDS:
         return None
     if shutil.which("vde_switch") is None:
@@ -60,9 +53,10 @@ def mln_start_switch(switch, ctx):
     argv = ["vde_switch", "-s", ctl, "-d", "-p", pidfile, "-m", "0770"]
     if ctx.switch_state(switch).get("hub"):
         argv.append("-x")
-    ctx.run(argv, what=f"switch {switch.name}")
+    m = ctx.on(switch)
+    m.run(argv, what=f"switch {switch.name}")
     for _ in range(100):
-        if alive(read_pid(pidfile)) and os.path.exists(os.path.join(ctl, "ctl")):
+        if m.alive(m.read_pid(pidfile)) and os.path.exists(os.path.join(ctl, "ctl")):
             return True
         time.sleep(0.02)
     raise MlnError("vde_switch did not come up", f"switch {switch.name}")
@@ -72,8 +66,9 @@ def mln_start_switch(switch, ctx):
 def mln_stop_switch(switch, ctx):
     if not _mine(switch, ctx):
         return None
+    m = ctx.on(switch)
     d, ctl, pidfile = _paths(switch, ctx)
-    kill_and_wait(read_pid(pidfile))
+    m.kill_and_wait(m.read_pid(pidfile))
     shutil.rmtree(d, ignore_errors=True)
     return True
 
@@ -82,27 +77,25 @@ def mln_stop_switch(switch, ctx):
 def mln_switch_status(switch, ctx):
     if not _mine(switch, ctx):
         return None
+    m = ctx.on(switch)
     d, ctl, pidfile = _paths(switch, ctx)
-    return "up" if _runs(read_pid(pidfile), ctl) else "down"
+    return "up" if _runs(m, m.read_pid(pidfile), ctl) else "down"
 
 
-def _runs(pid: int | None, ctl: str) -> bool:
+def _runs(machine, pid: int | None, ctl: str) -> bool:
     """The vde_switch of ``ctl`` runs as ``pid`` (also when its directory was removed under it,
     so that stop still ends it; a pid reused by another program does not count)."""
-    if not alive(pid):
+    if not machine.alive(pid):
         return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return ctl.encode() in f.read().split(b"\0")
-    except OSError:
-        return os.path.exists(ctl)
+    words = machine.cmdline(pid)
+    return ctl in words if words is not None else os.path.exists(ctl)
 
 
 @hookimpl
 def mln_switch_attachment(switch, host, interface, ctx):
     if not _mine(switch, ctx):
         return None
-    return {"kind": "vde", "socket": _paths(switch, ctx)[1]}
+    return Attachment("vde", socket=_paths(switch, ctx)[1])
 
 
 @hookimpl

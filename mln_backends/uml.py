@@ -23,17 +23,16 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import time
 
 from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError
-from mln_core.lifecycle import disk_of
+from mln_core.model import Attachment
 
 from . import umlprobe
 from .umlcow import write_cow
-from .runtime import alive, kill_and_wait, mac_address, read_pid, runtime_dir
+from .runtime import mac_address, runtime_dir
 
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
 DEFAULT_MODULES = "/usr/lib/uml/modules"      # Debian's user-mode-linux: one directory per kernel version
@@ -87,13 +86,13 @@ def _missing(kernel: str) -> str:
             "user-mode-linux package, or set 'kernel PATH' in the host or 'default_kernel PATH' in mln.conf)")
 
 
-def _cannot_run(kernel: str) -> str | None:
-    """Why the UML binary ``kernel`` cannot run on this machine (None if it can)."""
+def _cannot_run(kernel: str, machine) -> str | None:
+    """Why the UML binary ``kernel`` cannot run on ``machine`` (None if it can)."""
     if not _executable(kernel):
         return _missing(kernel)
-    info = umlprobe.inspect(kernel)
+    info = umlprobe.inspect(kernel, machine=machine)
     if info["boots"] is False:
-        return f"{umlprobe.verdict(info)}; {umlprobe.remedy()}"
+        return f"{umlprobe.verdict(info, machine)}; {umlprobe.remedy()}"
     return None
 
 
@@ -101,19 +100,20 @@ def _cannot_run(kernel: str) -> str | None:
 def mln_runnable(host, ctx):
     if not _mine(host):
         return None
-    return _cannot_run(_kernel_name(host, ctx))
+    return _cannot_run(_kernel_name(host, ctx), ctx.on(host))
 
 
 @hookimpl
 def mln_doctor(ctx):
     kernel = ctx.config.get("default_kernel") or DEFAULT_KERNEL
-    info = umlprobe.inspect(kernel)
+    m = ctx.on()
+    info = umlprobe.inspect(kernel, machine=m)
     ok = bool(info["boots"])
-    found = [{"name": "uml", "hypervisor": NAME, "ok": ok,
-              "detail": umlprobe.verdict(info) + ("" if ok or not info["output"] else f" [{' | '.join(info['output'].splitlines())}]"),
+    said = "" if ok or not info["output"] else f" [{' | '.join(info['output'].splitlines())}]"
+    found = [{"name": "uml", "hypervisor": NAME, "ok": ok, "detail": umlprobe.verdict(info, m) + said,
               "remedy": "" if ok else umlprobe.remedy()}]
     if ok and not info["drivers"]:
-        found[0].update(ok=False, detail=f"{umlprobe.verdict(info)}: it has no network driver mln can use",
+        found[0].update(ok=False, detail=f"{umlprobe.verdict(info, m)}: it has no network driver mln can use",
                         remedy="use a UML built with the vector (or legacy) network driver")
     return found + [tool("uml_mconsole", "clean shutdown of UML guests", "uml-utilities")]
 
@@ -177,7 +177,7 @@ def backend_kernel(host, ctx) -> str:
 def command_line(host, ctx) -> list[str]:
     """The UML command line for ``host`` (switches must be up: it attaches the NICs)."""
     backend = ctx.host_state(host).get("backend", {})
-    disk = disk_of(ctx, host)
+    disk = ctx.disk(host)
     d, umid, _ = _paths(host, ctx)
     kernel = backend_kernel(host, ctx)
     if backend.get("cow"):
@@ -191,34 +191,34 @@ def command_line(host, ctx) -> list[str]:
             argv.append(f"ubd{n + 2}={m.source}")
     argv += ["root=/dev/ubda", "rw", f"mem={backend.get('memory_mb', host.memory // 2**20)}M",
              f"umid={umid}", f"uml_dir={d}", "con=null", "con0=fd:3,fd:1", "quiet"]
-    drivers = umlprobe.inspect(kernel, boot=False)["drivers"]
+    drivers = umlprobe.inspect(kernel, boot=False, machine=ctx.on(host))["drivers"]
     for i in host.interfaces:
         mac = i.mac or mac_address("fe:fd:00", host.project, host.name, i.name)
         if i.switch and i.switch.startswith("/"):
-            att = {"kind": "vde", "socket": i.switch}
+            att = Attachment("vde", socket=i.switch)
         else:
             att = ctx.attachment(host, i) if i.switch else None
         if att is None:
             continue
-        if att["kind"] not in ("vde", "tap"):
-            raise MlnError(f"{i.name}: UML cannot join a switch of kind {att['kind']}")
+        if att.kind not in ("vde", "tap"):
+            raise MlnError(f"{i.name}: UML cannot join a switch of kind {att.kind}")
         argv.append(_nic(i.name, att, mac, drivers, kernel))
     return argv
 
 
-def _nic(name: str, att: dict, mac: str, drivers: list[str], kernel: str) -> str:
+def _nic(name: str, att: Attachment, mac: str, drivers: list[str], kernel: str) -> str:
     """The UML argument that plugs NIC ``name`` into ``att`` with the driver the binary has."""
     if "eth" in drivers:
-        if att["kind"] == "vde":
-            return f"{name}=vde,{att['socket']},{mac}"
-        return f"{name}=tuntap,{att['tap']},{mac}"
+        if att.kind == "vde":
+            return f"{name}=vde,{att.socket},{mac}"
+        return f"{name}=tuntap,{att.tap},{mac}"
     if "vec" in drivers:
         if not _eth_number(name):
             raise MlnError(f"{name}: the UML {kernel} has only the vector network driver, which numbers "
                            "interfaces: name it ethN")
-        if att["kind"] == "vde":
-            return f"vec{name[3:]}:transport=vde,vnl=vde://{att['socket']},mac={mac}"
-        return f"vec{name[3:]}:transport=tap,ifname={att['tap']},mac={mac}"
+        if att.kind == "vde":
+            return f"vec{name[3:]}:transport=vde,vnl=vde://{att.socket},mac={mac}"
+        return f"vec{name[3:]}:transport=tap,ifname={att.tap},mac={mac}"
     raise MlnError(f"{name}: the UML {kernel} has no network driver mln knows (neither ethN= nor vecN:)")
 
 
@@ -226,13 +226,14 @@ def _nic(name: str, att: dict, mac: str, drivers: list[str], kernel: str) -> str
 def mln_start_host(host, ctx):
     if not _mine(host):
         return None
-    why = _cannot_run(backend_kernel(host, ctx))
+    m = ctx.on(host)
+    why = _cannot_run(backend_kernel(host, ctx), m)
     if why:
         raise MlnError(why)
     hdir = ctx.host_dir(host)
     d, umid, sock = _paths(host, ctx, create=True)
-    if os.path.exists(sock) or alive(read_pid(os.path.join(hdir, "pid"))):
-        if _mconsole(sock, "version") is not None:
+    if os.path.exists(sock) or m.alive(m.read_pid(os.path.join(hdir, "pid"))):
+        if _mconsole(m, sock, "version") is not None:
             raise MlnError("is already running")
         _cleanup(host, ctx)
     argv = command_line(host, ctx)
@@ -249,18 +250,16 @@ def mln_start_host(host, ctx):
     fifo = _console_input(host, ctx)
     if not os.path.exists(fifo):
         os.mkfifo(fifo, 0o600)
-    # Start it detached through a shell that exits at once, so the guest is not our child.
-    script = f"{shlex.join(argv)} 3<>{shlex.quote(fifo)} </dev/null >>{shlex.quote(log)} 2>&1 & echo $!"
-    out = subprocess.run(["setsid", "sh", "-c", script], capture_output=True, text=True, check=True)
-    pid = int(out.stdout.strip())
+    # Start it detached, so the guest is not our child; its fd 3 is the pipe.
+    pid = m.start_detached(argv, stdin="/dev/null", stdout=log, append=True, fds={3: fifo})
     with open(os.path.join(hdir, "pid"), "w") as f:
         f.write(f"{pid}\n")
     # a guest that cannot start (bad disk, kernel) dies within moments; do not wait for
     # the boot itself (status tells when it runs)
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:
-        if not alive(pid):
-            crash = _crash(hdir)
+        if not m.alive(pid):
+            crash = _crash(m, hdir)
             _undo_start(host, ctx)
             raise MlnError(f"UML exited at once{': ' + crash if crash else ''}; the end of {log}:\n{_tail(log)}")
         time.sleep(0.05)
@@ -298,13 +297,12 @@ def _tail(path: str, n: int = 15) -> str:
         return "(no console output)"
 
 
-def _mconsole(sock: str, command: str, timeout: float = 5) -> str | None:
+def _mconsole(machine, sock: str, command: str, timeout: float = 5) -> str | None:
     if not os.path.exists(sock):
         return None
-    try:
-        r = subprocess.run(["uml_mconsole", sock, command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
+    try:       # its error output is not used
+        r = machine.run(["uml_mconsole", sock, command], check=False, text=True, timeout=timeout)
+    except (OSError, MlnError):       # not installed, or no answer in time
         return None
     return r.stdout.strip() if r.returncode == 0 and r.stdout.startswith("OK") else None
 
@@ -313,20 +311,21 @@ def _mconsole(sock: str, command: str, timeout: float = 5) -> str | None:
 def mln_host_status(host, ctx):
     if not _mine(host):
         return None
-    pid = read_pid(os.path.join(ctx.path("hosts", host.name), "pid"))
-    if alive(pid):
+    m = ctx.on(host)
+    pid = m.read_pid(os.path.join(ctx.path("hosts", host.name), "pid"))
+    if m.alive(pid):
         return "up"
     if pid is not None:          # it ran and nobody stopped it: did it crash?
-        crash = _crash(ctx.path("hosts", host.name))
+        crash = _crash(m, ctx.path("hosts", host.name))
         if crash:
             return f"down: crashed: {crash}"
     return "down"
 
 
-def _crash(hdir: str) -> str | None:
+def _crash(machine, hdir: str) -> str | None:
     """How the guest's kernel died in its last run, from its console (None if it did not)."""
     log = os.path.join(hdir, "console.log")
-    begin = read_pid(os.path.join(hdir, "console.start")) or 0
+    begin = machine.read_pid(os.path.join(hdir, "console.start")) or 0     # a number, like a pid file
     try:
         with open(log, "rb") as f:
             f.seek(max(begin, os.path.getsize(log) - 16384))
@@ -346,14 +345,15 @@ def _crash(hdir: str) -> str | None:
 def mln_stop_host(host, hard, ctx):
     if not _mine(host):
         return None
+    m = ctx.on(host)
     d, umid, sock = _paths(host, ctx)
     pidfile = os.path.join(ctx.path("hosts", host.name), "pid")
     if hard:
-        if _mconsole(sock, "halt") is None or alive(read_pid(pidfile)):
-            kill_and_wait(read_pid(pidfile), timeout=3)
+        if _mconsole(m, sock, "halt") is None or m.alive(m.read_pid(pidfile)):
+            m.kill_and_wait(m.read_pid(pidfile), timeout=3)
         _cleanup(host, ctx)
-    elif _mconsole(sock, "cad") is None:
-        kill_and_wait(read_pid(pidfile))
+    elif _mconsole(m, sock, "cad") is None:
+        m.kill_and_wait(m.read_pid(pidfile))
         _cleanup(host, ctx)
     return True
 

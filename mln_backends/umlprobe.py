@@ -11,7 +11,8 @@ per binary and CPU (the same binary can boot on one CPU and crash on another):
   the probe names that cause and the remedy.
 
 ``python3 -m mln_backends.umlprobe KERNEL`` prints the verdict and exits 0 when it boots
-(the UML install script uses it).
+(the UML install script uses it). Everything it runs and asks of the machine goes through
+a :class:`mln_core.machine.Machine` (``machine``; this machine if none is given).
 """
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
+import time
+
+from mln_core.errors import MlnError
+from mln_core.machine import local
 
 PROBE_TIMEOUT = 60          # seconds; a probe boot takes 1-3 s
 PROBE_REVISION = 1          # raised when the probe changes, so that cached verdicts are redone
@@ -65,24 +69,13 @@ def crash_lines(output: str) -> list[str]:
     return [line.strip() for line in output.splitlines() if keep.search(line)]
 
 
-def _cpu_key() -> str:
-    model = flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not model and line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith("flags"):
-                    flags = line.split(":", 1)[1].strip()
-                if model and flags:
-                    break
-    except OSError:
-        pass
+def _cpu_key(machine) -> str:
+    model, flags = machine.cpu()
     return f"{model}|{flags}"
 
 
-def cpu_name() -> str:
-    return _cpu_key().split("|", 1)[0] or "unknown CPU"
+def cpu_name(machine=None) -> str:
+    return _cpu_key(machine or local()).split("|", 1)[0] or "unknown CPU"
 
 
 def _cache_dir() -> str:
@@ -90,17 +83,18 @@ def _cache_dir() -> str:
     return os.path.join(base, "mln", "uml-probe")
 
 
-def _key(kernel: str) -> str:
+def _key(kernel: str, machine) -> str:
     st = os.stat(kernel)
-    ident = f"{PROBE_REVISION}|{os.path.realpath(kernel)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{_cpu_key()}"
+    ident = (f"{PROBE_REVISION}|{os.path.realpath(kernel)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|"
+             f"{_cpu_key(machine)}")
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def _query(kernel: str, flag: str) -> str:
+def _query(kernel: str, flag: str, machine) -> str:
     try:
-        p = subprocess.run([kernel, flag], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           errors="replace", timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
+        with open(os.devnull, "rb") as null:
+            p = machine.run([kernel, flag], check=False, stdin=null, text=True, errors="replace", timeout=20)
+    except (OSError, MlnError):                   # cannot run, or no answer in time
         return ""
     return p.stdout + p.stderr
 
@@ -115,7 +109,7 @@ def drivers_of(help_text: str) -> list[str]:
     return found
 
 
-def _probe_image(d: str) -> str | None:
+def _probe_image(d: str, machine) -> str | None:
     """A tiny ext4 image whose init prints MARK and powers off (None without busybox-static)."""
     busybox = next((b for b in ("/bin/busybox", "/usr/bin/busybox") if _static(b)), None)
     if busybox is None:
@@ -128,7 +122,7 @@ def _probe_image(d: str) -> str | None:
         f.write(f"#!/bin/busybox sh\n/bin/busybox echo {MARK}\n/bin/busybox poweroff -f\n")
     os.chmod(os.path.join(root, "init"), 0o755)
     img = os.path.join(d, "probe.ext4")
-    r = subprocess.run(["mkfs.ext4", "-q", "-F", "-d", root, img, "8M"], capture_output=True, text=True)
+    r = machine.run(["mkfs.ext4", "-q", "-F", "-d", root, img, "8M"], check=False, text=True, timeout=None)
     return img if r.returncode == 0 else None
 
 
@@ -141,29 +135,27 @@ def _static(path: str) -> bool:
     return head.startswith(b"\x7fELF") and b"/lib64/ld-linux" not in head and b"ld-linux" not in head
 
 
-def _boot(kernel: str) -> dict:
+def _boot(kernel: str, machine) -> dict:
     with tempfile.TemporaryDirectory(prefix="mln-uml-probe-") as d:
-        img = _probe_image(d)
+        img = _probe_image(d, machine)
         if img is None:
             return {"boots": None, "why": "cannot probe: no statically linked busybox "
                                           "(install busybox-static) or mkfs.ext4 failed"}
         argv = [kernel, f"ubd0={img}", "root=/dev/ubda", "rw", "mem=64M", "init=/init", "umid=mln-probe",
                 f"uml_dir={d}", "con=null", "con0=null,fd:1"]
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        try:
-            out, _ = p.communicate(timeout=PROBE_TIMEOUT)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, _ = p.communicate()
-            timed_out = True
-        finally:
+        # output and errors into one file (its console is fd 1), in a process group of its own
+        with open(os.devnull, "rb") as null, open(os.path.join(d, "console"), "w+b") as out:
+            p = machine.popen(argv, stdin=null, stdout=out, stderr=out, start_new_session=True)
             try:
-                os.killpg(p.pid, signal.SIGKILL)      # UML's helper threads, if any are left
-            except ProcessLookupError:
-                pass
-    text = out.decode("utf-8", "replace")
+                end = time.monotonic() + PROBE_TIMEOUT
+                while p.poll() is None and time.monotonic() < end:
+                    time.sleep(0.05)
+                timed_out = p.poll() is None
+            finally:
+                machine.signal_group(p.pid, signal.SIGKILL)     # UML's helper threads, if any are left
+                p.wait()
+            out.seek(0)
+            text = out.read().decode("utf-8", "replace")
     if MARK in text:
         return {"boots": True, "why": ""}
     why = cause(text) or ("it did not reach its init within "
@@ -171,15 +163,16 @@ def _boot(kernel: str) -> dict:
     return {"boots": False, "why": why, "output": "\n".join(crash_lines(text) or text.splitlines()[-8:])}
 
 
-def inspect(kernel: str, boot: bool = True) -> dict:
+def inspect(kernel: str, boot: bool = True, machine=None) -> dict:
     """``{"kernel", "version", "drivers", "boots" (True/False/None), "why", "output"}`` for the
-    UML binary ``kernel``; cached per binary and CPU. ``boot=False`` skips the probe boot
-    unless its verdict is cached ("boots" is then None)."""
+    UML binary ``kernel`` on ``machine``; cached per binary and CPU. ``boot=False`` skips the
+    probe boot unless its verdict is cached ("boots" is then None)."""
     if not (os.path.isfile(kernel) and os.access(kernel, os.X_OK)):
         return {"kernel": kernel, "version": "", "drivers": [], "boots": False,
                 "why": "it does not exist or is not executable", "output": ""}
+    machine = machine or local()
     cache = _cache_dir()
-    path = os.path.join(cache, _key(kernel) + ".json")
+    path = os.path.join(cache, _key(kernel, machine) + ".json")
     try:
         with open(path) as f:
             found = json.load(f)
@@ -187,16 +180,16 @@ def inspect(kernel: str, boot: bool = True) -> dict:
             return {**found, "kernel": kernel}
     except (OSError, ValueError):
         pass
-    info = {"kernel": kernel, "version": _query(kernel, "--version").strip().splitlines()[-1:] or [""],
-            "drivers": drivers_of(_query(kernel, "--help")), "boots": None, "why": "", "output": ""}
-    info["version"] = info["version"][0]
+    version = _query(kernel, "--version", machine).strip().splitlines()[-1:] or [""]
+    info = {"kernel": kernel, "version": version[0], "drivers": drivers_of(_query(kernel, "--help", machine)),
+            "boots": None, "why": "", "output": ""}
     if not boot:
         return info
     try:
         os.makedirs(cache, exist_ok=True)
         lock = open(path + ".lock", "w")
     except OSError:                               # no cache here: probe every time
-        info.update(_boot(kernel))
+        info.update(_boot(kernel, machine))
         return info
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)          # one probe at a time per binary (parallel starts)
@@ -205,7 +198,7 @@ def inspect(kernel: str, boot: bool = True) -> dict:
                 return {**json.load(f), "kernel": kernel}
         except (OSError, ValueError):
             pass
-        info.update(_boot(kernel))
+        info.update(_boot(kernel, machine))
         if info["boots"] is not None:
             try:
                 tmp = f"{path}.{os.getpid()}"
@@ -217,7 +210,7 @@ def inspect(kernel: str, boot: bool = True) -> dict:
     return info
 
 
-def verdict(info: dict) -> str:
+def verdict(info: dict, machine=None) -> str:
     """One line for people: usable or not, and why."""
     name = f"{info['kernel']}" + (f" ({info['version']})" if info.get("version") else "")
     nets = {"eth": "legacy ethN", "vec": "vector vecN"}
@@ -226,7 +219,7 @@ def verdict(info: dict) -> str:
         return f"{name} boots on this CPU; network drivers: {net}"
     if info.get("boots") is None:
         return f"{name}: {info.get('why') or 'not probed'}"
-    return f"{name} cannot run on this machine ({cpu_name()}): {info['why']}"
+    return f"{name} cannot run on this machine ({cpu_name(machine)}): {info['why']}"
 
 
 def main(argv: list[str]) -> int:

@@ -52,35 +52,29 @@ guest a soft stop fails, and mln stops the VM hard at once, as the original's
 a host is "down: saved"); ``vmrun start`` resumes a suspended VM. Workstation needs no
 registration, so nothing is unregistered at ``remove``. Without vmrun installed every
 host is down.
+
+The helper modules ``vmware_disk`` (VMDK files), ``vmware_vmx`` (the .vmx file) and
+``vmware_vnet`` (vmnets and their device nodes) do the work; this module holds the hooks.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
-import re
 import shutil
 from dataclasses import asdict
 
 from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
+from mln_core.model import Attachment
 
 from . import imagefs
+from .vmware_disk import guest_devices, to_vmdk
+from .vmware_vmx import check_mounts, is_suspended, vcpus, vmx_path, vmx_values, write_vmx
+from .vmware_vnet import allocate_vmnet, is_up, make_device, release_vmnet, remove_device
 
 NAME = "vmware"
-DEFAULT_MAPPINGS = "/etc/mln/vmware/vnet_switch_mappings.dat"
 DEFAULT_TYPE = "ws"
 RUN_TYPES = ("ws", "player", "fusion")
-HW_VERSION = "19"
-GUEST_OS = "otherlinux-64"
-NIC_MODEL = "e1000"
-VMNET_FIRST, VMNET_LAST = 10, 99
-VMNET_MAJOR = 119
-SCSI_UNITS = [u for u in range(16) if u != 7]      # scsi0:7 is the controller itself
-VMDK_OPTIONS = "subformat=monolithicSparse,adapter_type=lsilogic"
-_VMNET_LINE = re.compile(r"\s*(vmnet(\d+))\s+(\S+)\s*\Z")
 
 
 @hookimpl
@@ -88,8 +82,6 @@ def mln_register_keywords(registry):
     registry.hypervisor(NAME, ("vmware",), "VMware Workstation/Player/Fusion (vmrun); disks are VMDK",
                         disk_formats=("vmdk",))
     registry.keyword("switch", "vmware", "a VMware switch (a vmnet); needed on the switches of VMware hosts")
-    if registry.lookup("host", "vcpus") is None:      # qemu declares it too
-        registry.keyword("host", "vcpus", "number of virtual CPUs")
 
 
 def _mine(host) -> bool:
@@ -147,47 +139,14 @@ def _pos(iface, key):
 
 # -- guest devices ---------------------------------------------------------------------------
 
-def _disk_letters(host) -> list[str]:
-    """Linux names SCSI disks in unit order: root, swap (if any), then the mounts."""
-    n = 1 + (1 if host.swap else 0) + len(host.mounts)
-    return [f"/dev/sd{chr(ord('a') + k)}" for k in range(n)]
-
-
 @hookimpl
 def mln_guest_devices(host, ctx):
     if not _mine(host):
         return None
-    letters = _disk_letters(host)
-    swap = letters[1] if host.swap else None
-    return {"root": letters[0], "swap": swap, "extra": letters[2 if host.swap else 1:], "console": "ttyS0"}
+    return guest_devices(host)
 
 
 # -- build -----------------------------------------------------------------------------------
-
-def _image_format(path: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return {b"KDMV": "vmdk", b"QFI\xfb": "qcow2"}.get(head, "raw")
-
-
-def to_vmdk(ctx, src_record: str, what: str) -> str:
-    """Convert the image ``src_record`` (relative to the project or absolute) into
-    ``<same>.vmdk`` and delete the source; return the record of the VMDK."""
-    dst_record = src_record + ".vmdk"
-    src = ctx.path(src_record)
-    dst = ctx.outside(dst_record) if os.path.isabs(dst_record) else ctx.path(dst_record)
-    # written under its final file name (a filepath disk in the build's staging folder, which
-    # keeps the name): a monolithicSparse VMDK names its own file in its embedded descriptor
-    try:
-        ctx.run(["qemu-img", "convert", "-q", "-f", _image_format(src), "-O", "vmdk", "-o", VMDK_OPTIONS,
-                 src, dst], what=f"converting {what} {src} to VMDK", timeout=3600)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(dst)
-        raise
-    os.unlink(src)
-    return dst_record
-
 
 def _vnet_of(host, iface, ctx) -> str:
     sw = ctx.project.switches.get(iface.switch) if ctx.project is not None else None
@@ -198,34 +157,6 @@ def _vnet_of(host, iface, ctx) -> str:
         raise MlnError(f"{iface.name}: switch '{sw.name}' is not a VMware switch; write 'vmware' in "
                        f"'switch {sw.name} {{ }}'")
     return st["vmnet"]
-
-
-def vmx_escape(value) -> str:
-    """A .vmx value: VMware writes '"', '|', '#' and control characters as |XX."""
-    return "".join(f"|{ord(c):02X}" if c in '"|#' or ord(c) < 0x20 else c for c in str(value))
-
-
-def _jinja():
-    import jinja2
-    here = os.path.join(os.path.dirname(__file__), "templates")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(here),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True, autoescape=False)
-    env.filters["vmx"] = vmx_escape
-    return env
-
-
-def render_vmx(values: dict) -> str:
-    return _jinja().get_template("vmware.vmx.j2").render(**values)
-
-
-def _vcpus(host) -> int | None:
-    text = host.tree.get("vcpus") if host.tree is not None else None
-    if text is None:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise MlnError(f"vcpus must be a number of at least 1, not '{text}'")
-    return int(text)
 
 
 @hookimpl
@@ -239,132 +170,27 @@ def mln_build_host(host, disk, ctx):
             raise MlnError(_mac_error(host, i))
     nics = [{"name": i.name, "index": i.index, "mac": i.mac,
              "vnet": _vnet_of(host, i, ctx) if i.switch else None} for i in host.interfaces]
-    vcpus = _vcpus(host)
-    for m in host.mounts:
-        if not m.source.endswith(".vmdk"):
-            raise MlnError(f"mount {m.source}: VMware attaches only VMDK disks (a .vmdk file)")
-    if len(host.mounts) + 2 > len(SCSI_UNITS):
-        raise MlnError(f"too many mount disks for one SCSI controller ({len(host.mounts)})")
+    ncpus = vcpus(host)
+    check_mounts(host)
 
     if disk.format != "vmdk":
         if imagefs.is_ext_filesystem(ctx.path(disk.path)):
             ctx.log(f"warning: host {host.name}: template {host.template} is a bare filesystem with no boot "
                     "loader; VMware boots disks through its BIOS, so this VM will not boot under VMware")
-        disk.path = to_vmdk(ctx, disk.path, "the disk")
+        disk.path = to_vmdk(ctx, host, disk.path, "the disk")
         disk.format = "vmdk"
     if disk.extra.get("swap") and not disk.extra["swap"].endswith(".vmdk"):
-        disk.extra["swap"] = to_vmdk(ctx, disk.extra["swap"], "the swap disk")
+        disk.extra["swap"] = to_vmdk(ctx, host, disk.extra["swap"], "the swap disk")
     # the lifecycle recorded the raw disk the storage plugin made; the host's disk is the VMDK now
     ctx.host_state(host)["disk"] = asdict(disk)
 
-    units = iter(SCSI_UNITS)
-    disks = [{"unit": next(units), "path": disk.path}]     # relative: inside the project
-    if disk.extra.get("swap"):
-        disks.append({"unit": next(units), "path": disk.extra["swap"]})
-    disks += [{"unit": next(units), "path": m.source} for m in host.mounts]
     ctx.host_dir(host)
-    values = {
-        "hw_version": ctx.config.get("vmware_hw_version") or HW_VERSION,
-        "display_name": host.fqname,
-        "guest_os": ctx.config.get("vmware_guestos") or GUEST_OS,
-        "memsize": -(-max(4, host.memory // 2**20) // 4) * 4,
-        "vcpus": vcpus,
-        "nvram": f"{host.name}.nvram",
-        "disks": disks,
-        "console": f"hosts/{host.name}/console.log",
-        "nic_model": ctx.config.get("vmware_nic") or NIC_MODEL,
-        "nics": nics,
-    }
     vmx = f"{host.name}.vmx"
-    path = ctx.path(vmx)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(render_vmx(values))
-    os.chmod(path + ".tmp", 0o755)       # as Workstation on Linux writes them (#!/usr/bin/vmware)
-    os.replace(path + ".tmp", path)
+    write_vmx(ctx.path(vmx), vmx_values(host, disk, nics, ncpus, ctx))
     return {"vmx": vmx, "disk": disk.path, "vnets": {n["name"]: n["vnet"] for n in nics if n["vnet"]}}
 
 
 # -- vmnet switches -------------------------------------------------------------------------
-
-def mappings_path(ctx) -> str:
-    return ctx.config.get("vmware_vnet_mappings") or DEFAULT_MAPPINGS
-
-
-@contextlib.contextmanager
-def _mappings(ctx):
-    """The mapping file's lines, locked (flock on its directory) and written back on exit."""
-    path = mappings_path(ctx)
-    d = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError as e:
-        raise MlnError(f"cannot create {d} for the vmnet mapping file: {e.strerror}") from None
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            with open(path) as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            lines = []
-        before = list(lines)
-        yield lines
-        if lines != before:
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write("".join(line + "\n" for line in lines))
-            os.replace(tmp, path)
-    finally:
-        os.close(fd)
-
-
-def _entries(lines):
-    for n, line in enumerate(lines):
-        m = _VMNET_LINE.match(line)
-        if m:
-            yield n, m.group(1), int(m.group(2)), m.group(3)
-
-
-def _held_by_stored_project(switch, vmnet: str, ctx) -> bool:
-    """Does the project as it is stored (not the build in progress) use ``vmnet``?"""
-    store = ctx.store
-    if store is None or not store.exists(switch.project):
-        return False
-    from mln_core.store import Store
-    state = Store.read_state(store.project_dir(switch.project))
-    return state.get("switches", {}).get(switch.name, {}).get("vmnet") == vmnet
-
-
-def allocate_vmnet(switch, ctx) -> str:
-    """The first free vmnet10..vmnet99, recorded as ``vmnetNN <switch>.<project>``.
-
-    A line for this switch that the stored project does not use is left over from a build
-    that failed: it is taken again. A line the stored project uses stays its own until the
-    replacing build has succeeded (then ``mln_remove_switch`` of the old project deletes it),
-    so a rebuild gets another vmnet."""
-    name = f"{switch.name}.{switch.project}"
-    with _mappings(ctx) as lines:
-        taken = set()
-        for _, vmnet, num, owner in _entries(lines):
-            if owner == name and not _held_by_stored_project(switch, vmnet, ctx):
-                return vmnet
-            taken.add(num)
-        for num in range(VMNET_FIRST, VMNET_LAST + 1):
-            if num not in taken:
-                vmnet = f"vmnet{num}"
-                lines.append(f"{vmnet} {name}")
-                return vmnet
-    raise MlnError(f"no free vmnet left (vmnet{VMNET_FIRST}..vmnet{VMNET_LAST} are all in "
-                   f"{mappings_path(ctx)})", f"switch {switch.name}")
-
-
-def release_vmnet(switch, vmnet: str, ctx) -> None:
-    name = f"{switch.name}.{switch.project}"
-    with _mappings(ctx) as lines:
-        for n, v, _, owner in reversed(list(_entries(lines))):
-            if v == vmnet and owner == name:
-                del lines[n]
-
 
 @hookimpl(tryfirst=True)
 def mln_build_switch(switch, ctx):
@@ -378,27 +204,12 @@ def _switch_vmnet(switch, ctx) -> str | None:
     return st.get("vmnet") if st.get("kind") == NAME else None
 
 
-def _device(ctx, vmnet: str) -> str:
-    return os.path.join(ctx.config.get("vmware_dev_dir") or "/dev", vmnet)
-
-
-def _marker(switch, ctx) -> str:
-    return os.path.join(ctx.path("switches", switch.name), "vmnet.json")
-
-
 @hookimpl
 def mln_start_switch(switch, ctx):
     vmnet = _switch_vmnet(switch, ctx)
     if vmnet is None:
         return None
-    dev = _device(ctx, vmnet)
-    made = False
-    if not os.path.exists(dev):
-        ctx.run(["mknod", "-m", "600", dev, "c", str(VMNET_MAJOR), vmnet[len("vmnet"):]],
-                what=f"switch {switch.name}: making {dev}")
-        made = True
-    with open(os.path.join(ctx.switch_dir(switch), "vmnet.json"), "w") as f:
-        json.dump({"vmnet": vmnet, "device": dev, "made": made}, f)
+    make_device(switch, vmnet, ctx)
     return True
 
 
@@ -406,16 +217,7 @@ def mln_start_switch(switch, ctx):
 def mln_stop_switch(switch, ctx):
     if _switch_vmnet(switch, ctx) is None:
         return None
-    marker = _marker(switch, ctx)
-    try:
-        with open(marker) as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        return True
-    if info.get("made"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(info["device"])
-    os.unlink(marker)
+    remove_device(switch, ctx)
     return True
 
 
@@ -424,7 +226,7 @@ def mln_switch_status(switch, ctx):
     vmnet = _switch_vmnet(switch, ctx)
     if vmnet is None:
         return None
-    return "up" if os.path.exists(_marker(switch, ctx)) and os.path.exists(_device(ctx, vmnet)) else "down"
+    return "up" if is_up(switch, vmnet, ctx) else "down"
 
 
 @hookimpl
@@ -432,7 +234,7 @@ def mln_switch_attachment(switch, host, interface, ctx):
     vmnet = _switch_vmnet(switch, ctx)
     if vmnet is None:
         return None
-    return {"kind": NAME, "vnet": vmnet}
+    return Attachment(NAME, network=vmnet)
 
 
 @hookimpl
@@ -452,10 +254,6 @@ def _vmrun(ctx) -> list[str]:
     return ["vmrun", "-T", kind]
 
 
-def vmx_path(host, ctx) -> str:
-    return ctx.path(ctx.host_state(host).get("backend", {}).get("vmx") or f"{host.name}.vmx")
-
-
 @hookimpl
 def mln_start_host(host, ctx):
     if not _mine(host):
@@ -468,12 +266,12 @@ def mln_start_host(host, ctx):
         if not i.switch:
             continue
         att = ctx.attachment(host, i)
-        if att is None or att.get("kind") != NAME:
-            raise MlnError(f"{i.name}: VMware cannot join a switch of kind {att and att.get('kind')}")
-        if recorded.get(i.name) not in (None, att["vnet"]):
+        if att is None or att.kind != NAME:
+            raise MlnError(f"{i.name}: VMware cannot join a switch of kind {att and att.kind}")
+        if recorded.get(i.name) not in (None, att.network):
             raise MlnError(f"{i.name}: the .vmx uses {recorded[i.name]} but switch '{i.switch}' is "
-                           f"{att['vnet']}; build the project again")
-    ctx.run(_vmrun(ctx) + ["start", vmx, "nogui"], what="vmrun start")
+                           f"{att.network}; build the project again")
+    ctx.on(host).run(_vmrun(ctx) + ["start", vmx, "nogui"], what="vmrun start")
     return True
 
 
@@ -483,12 +281,12 @@ def mln_stop_host(host, hard, ctx):
         return None
     vmx = vmx_path(host, ctx)
     if not hard:
-        r = ctx.run(_vmrun(ctx) + ["stop", vmx, "soft"], what="vmrun stop", check=False)
+        r = ctx.on(host).run(_vmrun(ctx) + ["stop", vmx, "soft"], what="vmrun stop", check=False)
         if r.returncode == 0:
             return True
         why = (r.stdout or r.stderr or b"").decode("utf-8", "replace").strip()
         ctx.log(f"+---> {host.name}: soft stop failed ({why or f'exit {r.returncode}'}); stopping it hard")
-    ctx.run(_vmrun(ctx) + ["stop", vmx, "hard"], what="vmrun stop")
+    ctx.on(host).run(_vmrun(ctx) + ["stop", vmx, "hard"], what="vmrun stop")
     return True
 
 
@@ -496,25 +294,15 @@ def mln_stop_host(host, hard, ctx):
 def mln_save_host(host, ctx):
     if not _mine(host):
         return None
-    ctx.run(_vmrun(ctx) + ["suspend", vmx_path(host, ctx)], what="vmrun suspend", timeout=900)
+    ctx.on(host).run(_vmrun(ctx) + ["suspend", vmx_path(host, ctx)], what="vmrun suspend", timeout=900)
     return True
-
-
-def is_suspended(host, ctx) -> bool:
-    """VMware writes ``checkpoint.vmState = "<vm>.vmss"`` into the .vmx of a suspended VM
-    (and empties it when the VM resumes)."""
-    try:
-        with open(vmx_path(host, ctx), encoding="utf-8", errors="replace") as f:
-            return any(re.fullmatch(r'\s*checkpoint\.vmState\s*=\s*"[^"]+"\s*', line) for line in f)
-    except OSError:
-        return False
 
 
 def running_vmx(ctx) -> list[str] | None:
     """The .vmx files ``vmrun list`` shows (real paths); None without vmrun."""
     if shutil.which("vmrun") is None:
         return None
-    out = ctx.run(_vmrun(ctx) + ["list"], what="vmrun list", timeout=60).stdout.decode("utf-8", "replace")
+    out = ctx.on().run(_vmrun(ctx) + ["list"], what="vmrun list", timeout=60).stdout.decode("utf-8", "replace")
     return [os.path.realpath(line.strip()) for line in out.splitlines()[1:] if line.strip()]
 
 

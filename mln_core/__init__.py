@@ -1,13 +1,16 @@
 """mln: Manage Large Networks — the core (language, model, plugin manager, lifecycle)."""
-from importlib.metadata import PackageNotFoundError, version as _version
-
 import pluggy as _pluggy
 
 hookimpl = _pluggy.HookimplMarker("mln")
 
-try:
-    __version__ = _version("mln")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
 __all__ = ["hookimpl", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "__version__":       # looked up when asked: reading package metadata is slow
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return version("mln")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ import traceback
 
 import click
 
-from . import __version__
 from .config import load_config
 from .context import Context
 from .errors import MlnError, Pos
@@ -68,7 +67,7 @@ def get_ctx(click_ctx: click.Context) -> Context:
 @click.option("--no-plugin", "no_plugin", multiple=True, metavar="NAME",
               help="Do not load this plugin (repeatable); see also MLN_DISABLE_PLUGINS.")
 @click.option("--verbose", is_flag=True, help="Print the commands mln runs.")
-@click.version_option(__version__, "--version", prog_name="mln")
+@click.version_option(None, "--version", package_name="mln", prog_name="mln")
 @click.pass_context
 def cli(click_ctx, projects, templates, files, no_plugin, verbose):
     """mln: build and run projects of virtual machines and switches from one file.

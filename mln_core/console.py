@@ -20,13 +20,13 @@ import fcntl
 import os
 import select
 import signal
-import socket
 import sys
 import termios
 import time
 import tty
 
 from .errors import MlnError
+from .machine import local
 
 ESCAPE = b"\x1d"   # Ctrl-]
 CONNECT_TIMEOUT = 5
@@ -42,15 +42,12 @@ class _OutputClosed(Exception):
 
 class _Socket:
     def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            self.sock.settimeout(CONNECT_TIMEOUT)
-            self.sock.connect(path)
-            self.sock.settimeout(None)
+            self.sock = local().connect_unix(path, CONNECT_TIMEOUT)
         except OSError as e:
-            self.sock.close()
             raise MlnError(f"cannot connect to the console socket {path}: {e.strerror or e} (QEMU "
                            "serves one client at a time: is something else attached?)") from None
+        self.sock.settimeout(None)
         self.fd = self.wfd = self.sock.fileno()
 
     def send(self, data: bytes) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -67,15 +66,17 @@ class Context:
     def switch_state(self, switch) -> dict:
         return self.state.setdefault("switches", {}).setdefault(switch.name, {})
 
-    def attachment(self, host, interface) -> dict | None:
-        """How ``interface`` of ``host`` joins its switch (asks the switch's plugin)."""
+    def attachment(self, host, interface):
+        """How ``interface`` of ``host`` joins its switch (asks the switch's plugin): a
+        :class:`mln_core.model.Attachment`, or None if the interface is on no project switch."""
+        from .model import Attachment
         switch = self.project.switches.get(interface.switch) if interface.switch else None
         if switch is None:
             return None
         for answer in self.pm.hook.mln_switch_attachment(switch=switch, host=host, interface=interface,
                                                          ctx=self):
             if answer:
-                return answer
+                return Attachment(**answer) if isinstance(answer, dict) else answer
         raise MlnError(f"no installed plugin attaches hosts to switch '{switch.name}'")
 
     def detach(self, host, interface) -> None:

@@ -16,7 +16,7 @@ Conventions for all hooks:
   plugin, in alphabetical order of plugin name, and their non-None results are collected.
 * A plugin acts only on the hosts, switches and projects that ask for it (its keyword or
   block is present, or it is the chosen backend), and every change it makes to a guest
-  image is idempotent: ``upgrade`` runs the configure hooks again on configured images.
+  image is idempotent: a rebuild runs the configure hooks again on configured images.
 * Errors: raise :class:`mln_core.errors.MlnError` with a message that names the object.
 """
 from __future__ import annotations
@@ -53,7 +53,42 @@ def mln_register_commands(cli):
 
 
 # ---------------------------------------------------------------------------------------
-# This machine: what can run here
+# Parse and check
+# ---------------------------------------------------------------------------------------
+
+@hookspec
+def mln_post_parse(doc, ctx):
+    """Change the parsed tree before anything else reads it (autoenum creates hosts here).
+
+    Called once after a project file is parsed (with its includes), before superclass
+    merging, by every command that reads a project (``build``, ``check``, ``show``,
+    ``parse`` with a query). ``doc`` is a :class:`mln_core.lang.parser.Document`;
+    change ``doc.root`` with the :class:`~mln_core.lang.tree.Block` building methods and
+    report problems with ``doc.problems.error(message, pos)`` / ``.warn``. Return value: ignored.
+    """
+
+
+@hookspec
+def mln_validate(project, ctx):
+    """Check a resolved project for problems this plugin knows about.
+
+    Called by ``check``, ``build`` and ``show`` after the model is built. Return a list
+    of :class:`mln_core.errors.Problem` (or None); an error stops ``build``.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_runnable(host, ctx):
+    """Can ``host`` run on this machine as it is configured?
+
+    Called by ``mln check`` for every host. The backend of ``host.hypervisor`` returns
+    None when it can (or when the host is not yours), else one sentence saying why not
+    and what to do; ``check`` prints it as a warning on the host.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# This machine
 # ---------------------------------------------------------------------------------------
 
 @hookspec
@@ -70,64 +105,9 @@ def mln_doctor(ctx):
     """
 
 
-@hookspec(firstresult=True)
-def mln_runnable(host, ctx):
-    """Can ``host`` run on this machine as it is configured?
-
-    Called by ``mln check`` for every host. The backend of ``host.hypervisor`` returns
-    None when it can (or when the host is not yours), else one sentence saying why not
-    and what to do; ``check`` prints it as a warning on the host.
-    """
-
-
-# ---------------------------------------------------------------------------------------
-# Parse and validate
-# ---------------------------------------------------------------------------------------
-
-@hookspec
-def mln_post_parse(doc, ctx):
-    """Change the parsed tree before anything else reads it (autoenum creates hosts here).
-
-    Called once after a project file is parsed (with its includes), before superclass
-    merging, by every command that reads a project (``build``, ``check``, ``show``,
-    ``parse`` with a query, ``upgrade``). ``doc`` is a :class:`mln_core.lang.parser.Document`;
-    change ``doc.root`` with the :class:`~mln_core.lang.tree.Block` building methods and
-    report problems with ``doc.problems.error(message, pos)`` / ``.warn``. Return value: ignored.
-    """
-
-
-@hookspec
-def mln_validate(project, ctx):
-    """Check a resolved project for problems this plugin knows about.
-
-    Called by ``check``, ``build`` and ``upgrade`` after the model is built. Return a list
-    of :class:`mln_core.errors.Problem` (or None); an error stops ``build``.
-    """
-
-
 # ---------------------------------------------------------------------------------------
 # Build
 # ---------------------------------------------------------------------------------------
-
-@hookspec(firstresult=True)
-def mln_attach_disk(host, disk, ctx):
-    """Make the disk of ``host`` usable for one run, just before ``mln_start_host``.
-
-    A storage plugin whose disks need something on this machine to be opened (an LVM
-    volume without device-mapper: a loop device over its extents) makes it and returns the
-    path the hypervisor should open instead of ``disk.path``; backends see it through
-    ``mln_core.lifecycle.disk_of``. Return None if the disk is not yours or needs nothing.
-    The core calls ``mln_detach_disk`` when the host has stopped or failed to start.
-    """
-
-
-@hookspec
-def mln_detach_disk(host, disk, path, ctx):
-    """Undo ``mln_attach_disk``: ``path`` is what it returned. Called after the host
-    stopped, after a failed start, and before a start that finds an attachment of a run
-    that ended without mln (a crashed guest). Return value: ignored.
-    """
-
 
 @hookspec(firstresult=True)
 def mln_build_switch(switch, ctx):
@@ -140,21 +120,10 @@ def mln_build_switch(switch, ctx):
 
 
 @hookspec(firstresult=True)
-def mln_console(host, ctx):
-    """How ``mln console`` reaches the console of the running ``host``.
-
-    Return ``{"socket": PATH}`` for a Unix stream socket that carries the console both ways,
-    or ``{"input": FIFO, "log": PATH}`` when keystrokes are written into the named pipe
-    FIFO and the console's output is appended to the file PATH; None if the host is not
-    yours or your backend has no console mln can attach to.
-    """
-
-
-@hookspec(firstresult=True)
 def mln_create_disk(host, ctx):
     """Create the host's disk from its template (file copy, overlay, logical volume...).
 
-    Called by ``build`` (and ``upgrade`` for new hosts or a changed template) before the
+    Called by ``build`` for every host this machine builds, before the
     image is configured. Return a :class:`mln_core.model.Disk` describing what was made,
     or None if this storage plugin does not handle the host.
     """
@@ -166,6 +135,17 @@ def mln_open_image(host, disk, ctx):
 
     Return a :class:`mln_core.guest.GuestFS` (the core closes it), or None if this
     plugin cannot open that disk.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_guest_devices(host, ctx):
+    """The device names the guest sees, for its fstab and boot configuration.
+
+    The backend for ``host.hypervisor`` returns a dict: ``{"root": "/dev/vda", "swap":
+    "/dev/vdb", "extra": ["/dev/vdc", ...], "console": "ttyS0"}``, and ``"nic_renames":
+    {"vec0": "eth0"}`` when the hypervisor may give a NIC another name than the project's
+    (the guest configuration renames it at boot); others return None.
     """
 
 
@@ -191,20 +171,6 @@ def mln_build_host(host, disk, ctx):
     """
 
 
-# ---------------------------------------------------------------------------------------
-# Run
-# ---------------------------------------------------------------------------------------
-
-@hookspec(firstresult=True)
-def mln_start_switch(switch, ctx):
-    """Start a switch (create the bridge, start the vde_switch...). True if handled."""
-
-
-@hookspec(firstresult=True)
-def mln_stop_switch(switch, ctx):
-    """Stop a switch and delete what ``mln_start_switch`` made. True if handled."""
-
-
 @hookspec
 def mln_commit_host(host, ctx):
     """A build succeeded: put what it made for ``host`` outside the project directory
@@ -221,19 +187,72 @@ def mln_commit_host(host, ctx):
     """
 
 
+# ---------------------------------------------------------------------------------------
+# Run: start
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_attach_disk(host, disk, ctx):
+    """Make the disk of ``host`` usable for one run, just before ``mln_start_host``.
+
+    A storage plugin whose disks need something on this machine to be opened (an LVM
+    volume without device-mapper: a loop device over its extents) makes it and returns the
+    path the hypervisor should open instead of ``disk.path``; backends see it through
+    ``ctx.disk(host)``. Return None if the disk is not yours or needs nothing.
+    The core calls ``mln_detach_disk`` when the host has stopped or failed to start.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_start_switch(switch, ctx):
+    """Start a switch (create the bridge, start the vde_switch...). True if handled."""
+
+
+@hookspec
+def mln_switch_attachment(switch, host, interface, ctx):
+    """Connect a host's interface to a switch, just before the host starts.
+
+    Called by a hypervisor backend (through ``ctx.attachment(host, interface)``) for each
+    interface on a project switch. The switch's plugin prepares what the guest needs (a
+    tap device on the bridge, say) and returns a :class:`mln_core.model.Attachment`:
+    ``Attachment("vde", socket=PATH)``, ``Attachment("tap", tap=NAME, bridge=BRIDGE)`` or a
+    kind of its own; other plugins return None.
+    """
+
+
 @hookspec(firstresult=True)
 def mln_start_host(host, ctx):
     """Start a host's virtual machine. Return True when it was started, None if not yours."""
 
 
-@hookspec(firstresult=True)
-def mln_stop_host(host, hard, ctx):
-    """Stop a host: ask the guest to shut down, or destroy it at once if ``hard``.
+# ---------------------------------------------------------------------------------------
+# Run: while it runs
+# ---------------------------------------------------------------------------------------
 
-    Return True when the request was made (the core waits with ``mln_host_status``), None
-    if not yours.
+@hookspec(firstresult=True)
+def mln_host_status(host, ctx):
+    """Is the host running? Return "up" or "down" (optionally "up: detail"), None if not yours."""
+
+
+@hookspec(firstresult=True)
+def mln_switch_status(switch, ctx):
+    """Is the switch up? Return "up" or "down", or None if not yours."""
+
+
+@hookspec(firstresult=True)
+def mln_console(host, ctx):
+    """How ``mln console`` reaches the console of the running ``host``.
+
+    Return ``{"socket": PATH}`` for a Unix stream socket that carries the console both ways,
+    or ``{"input": FIFO, "log": PATH}`` when keystrokes are written into the named pipe
+    FIFO and the console's output is appended to the file PATH; None if the host is not
+    yours or your backend has no console mln can attach to.
     """
 
+
+# ---------------------------------------------------------------------------------------
+# Run: stop
+# ---------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
 def mln_save_host(host, ctx):
@@ -247,33 +266,12 @@ def mln_save_host(host, ctx):
     """
 
 
-@hookspec
-def mln_host_stopped(host, ctx):
-    """The host was seen down after a stop: remove its runtime files (sockets, pid files).
-
-    Called by ``stop`` once per stopped host, after its interfaces were detached from
-    their switches. Return value: ignored.
-    """
-
-
 @hookspec(firstresult=True)
-def mln_host_status(host, ctx):
-    """Is the host running? Return "up" or "down" (optionally "up: detail"), None if not yours."""
+def mln_stop_host(host, hard, ctx):
+    """Stop a host: ask the guest to shut down, or destroy it at once if ``hard``.
 
-
-@hookspec(firstresult=True)
-def mln_switch_status(switch, ctx):
-    """Is the switch up? Return "up" or "down", or None if not yours."""
-
-
-@hookspec
-def mln_switch_attachment(switch, host, interface, ctx):
-    """Connect a host's interface to a switch, just before the host starts.
-
-    Called by a hypervisor backend (through ``ctx.attachment(host, interface)``) for each
-    interface on a project switch. The switch's plugin prepares what the guest needs (a
-    tap device on the bridge, say) and returns a dict such as ``{"kind": "vde", "socket":
-    path}`` or ``{"kind": "tap", "tap": name}``; other plugins return None.
+    Return True when the request was made (the core waits with ``mln_host_status``), None
+    if not yours.
     """
 
 
@@ -285,13 +283,26 @@ def mln_switch_detachment(switch, host, interface, ctx):
     """
 
 
-@hookspec(firstresult=True)
-def mln_guest_devices(host, ctx):
-    """The device names the guest sees, for its fstab and boot configuration.
+@hookspec
+def mln_host_stopped(host, ctx):
+    """The host was seen down after a stop: remove its runtime files (sockets, pid files).
 
-    The backend for ``host.hypervisor`` returns a dict: ``{"root": "/dev/vda", "swap":
-    "/dev/vdb", "extra": ["/dev/vdc", ...], "console": "ttyS0"}``; others return None.
+    Called by ``stop`` once per stopped host, after its interfaces were detached from
+    their switches. Return value: ignored.
     """
+
+
+@hookspec
+def mln_detach_disk(host, disk, path, ctx):
+    """Undo ``mln_attach_disk``: ``path`` is what it returned. Called after the host
+    stopped, after a failed start, and before a start that finds an attachment of a run
+    that ended without mln (a crashed guest). Return value: ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_stop_switch(switch, ctx):
+    """Stop a switch and delete what ``mln_start_switch`` made. True if handled."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,7 +312,8 @@ def mln_guest_devices(host, ctx):
 @hookspec
 def mln_remove_host(host, ctx):
     """Delete what was built for a host outside the project directory (volumes, tap
-    devices, registrations). Called by ``remove`` and ``upgrade``. Return value: ignored."""
+    devices, registrations). Called by ``remove``, and by ``build -r`` for the project it
+    replaces. Return value: ignored."""
 
 
 @hookspec
@@ -312,21 +324,3 @@ def mln_remove_switch(switch, ctx):
 @hookspec
 def mln_remove_project(project, ctx):
     """Last call of ``remove``, before the project directory is deleted. Return value: ignored."""
-
-
-# ---------------------------------------------------------------------------------------
-# Upgrade and distribution
-# ---------------------------------------------------------------------------------------
-
-@hookspec(firstresult=True)
-def mln_migrate_host(host, source, target, live, ctx):
-    """Move a host from service host ``source`` to ``target`` (``live``: while it runs).
-
-    Return True when done, None if this plugin cannot move that host.
-    """
-
-
-@hookspec(firstresult=True)
-def mln_remote_transport(service_host, ctx):
-    """How to reach a service host: return an object with ``run(cmd)`` and ``put(src, dst)``
-    (e.g. a Fabric connection), or None if this plugin does not know the host."""

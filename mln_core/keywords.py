@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from .errors import Problems
+from .errors import MlnError, Problems
 from .lang.parser import Document
 from .lang.tree import Block
 from .merge import LINE_BLOCKS
@@ -47,15 +47,24 @@ class KeywordRegistry:
 
     def keyword(self, context: str, name: str, help: str = "", no_effect: str | None = None) -> None:
         """Declare a keyword line; ``no_effect`` says why a keyword of the original's language
-        is accepted but does nothing here (``check`` then warns once where it is used)."""
+        is accepted but does nothing here (``check`` then warns once where it is used).
+        A keyword another plugin (or the core) declared already is refused."""
+        self._claim(context, name, "keyword")
         self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
                                                              no_effect=no_effect)
 
     def block(self, context: str, name: str, contents: str = "free", help: str = "") -> None:
         if contents not in ("keywords", "lines", "free"):
             raise ValueError(f"block contents must be keywords, lines or free, not {contents!r}")
+        self._claim(context, name, "block")
         self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
                                                              contents)
+
+    def _claim(self, context: str, name: str, what: str) -> None:
+        old = self.entries.get(context, {}).get(name)
+        if old is not None and old.plugin != self.current_plugin:
+            raise MlnError(f"plugin '{self.current_plugin}' declares the {context} {what} '{name}', which "
+                           f"{_who(old.plugin)} declares already: two plugins cannot own one name")
 
     def hypervisor(self, name: str, flags: tuple[str, ...] = (), help: str = "",
                    disk_formats: tuple[str, ...] | None = None) -> None:
@@ -66,10 +75,16 @@ class KeywordRegistry:
         (as its backend does) keeps the flags and updates the formats."""
         flags = tuple(flags) or (name,)
         old = self.hypervisors.get(name)
+        if old is not None and old.plugin not in ("core", self.current_plugin):
+            raise MlnError(f"plugin '{self.current_plugin}' declares the hypervisor '{name}', which "
+                           f"{_who(old.plugin)} declares already: two plugins cannot own one name")
         if disk_formats is None:
             disk_formats = old.disk_formats if old else ("raw",)
         self.hypervisors[name] = Hypervisor(name, flags, self.current_plugin, tuple(disk_formats))
         for f in flags:
+            known = self.entries.get("host", {}).get(f)
+            if known is not None and known.plugin == "core" and old is not None and old.plugin == "core":
+                del self.entries["host"][f]    # the backend takes over the core's declaration of its flags
             self.keyword("host", f, help or f"build this host for {name}")
 
     def lookup(self, context: str, name: str) -> Keyword | None:
@@ -139,6 +154,10 @@ class KeywordRegistry:
         problems.warn(f"unknown {what} '{name}' {where}{hint}", node.pos)
 
 
+def _who(plugin: str) -> str:
+    return "the core" if plugin == "core" else f"plugin '{plugin}'"
+
+
 def core_keywords(reg: KeywordRegistry) -> None:
     """The keywords of the MLN language that the core itself gives meaning to."""
     reg.current_plugin = "core"
@@ -163,6 +182,8 @@ def core_keywords(reg: KeywordRegistry) -> None:
         "root_password": "alias of root_passwd",
         "nameserver": "written to /etc/resolv.conf",
         "hypervisor": "the hypervisor backend by name (instead of a flag such as xen)",
+        "vcpus": "number of virtual CPUs",
+        "extra": "extra kernel command line arguments",
     }
     for name, text in host.items():
         reg.keyword("host", name, text)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -274,9 +273,10 @@ class Engine:
         if not os.path.exists(path):
             return
         self.ctx.log(f"+---> running {name}")
-        p = subprocess.run(["bash", path], cwd=self.ctx.project_dir,
-                           env={**os.environ, "MLN_PROJECT": self.ctx.project.name,
-                                "MLN_PROJECT_DIR": self.ctx.project_dir})
+        p = self.ctx.on().run(["bash", path], check=False, timeout=None, stdout=None, stderr=None,
+                              cwd=self.ctx.project_dir,
+                              env={**os.environ, "MLN_PROJECT": self.ctx.project.name,
+                                   "MLN_PROJECT_DIR": self.ctx.project_dir})
         if p.returncode != 0:
             msg = f"{name} script failed (exit {p.returncode})"
             if abort:

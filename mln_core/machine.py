@@ -219,7 +219,7 @@ class Machine:
     def mounts() -> list[tuple[str, str, str]]:
         """(source, mount point, type) of every mount."""
         try:
-            with open("/proc/mounts") as f:
+            with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
                 return [tuple(line.split()[:3]) for line in f if len(line.split()) >= 3]
         except OSError:
             return []
@@ -239,6 +239,61 @@ class Machine:
             s.close()
             raise
         return s
+
+    # -- names and storage devices (for the storage plugins) --------------------------------------
+    @staticmethod
+    def hostnames() -> set[str]:
+        """The names this machine goes by: its host name and its fully qualified name."""
+        return {socket.gethostname(), socket.getfqdn()}
+
+    @staticmethod
+    def device_exists(path: str) -> bool:
+        """True if the device node ``path`` exists (/dev/fuse, /dev/mapper/control, a volume's)."""
+        return os.path.exists(path)
+
+    @staticmethod
+    def loop_device(path: str) -> tuple[str, int, int] | None:
+        """(backing file, offset, size limit) of the loop device ``path``; None if ``path`` is
+        no loop device. OSError (or ValueError) if it is missing or its state cannot be read."""
+        import stat
+        st = os.stat(path)
+        if not stat.S_ISBLK(st.st_mode) or os.major(st.st_rdev) != 7:      # 7: the loop driver
+            return None
+        sysdir = f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/loop"
+        with open(f"{sysdir}/backing_file") as f:
+            backing = f.read().rstrip("\n")
+        with open(f"{sysdir}/offset") as f:
+            offset = int(f.read())
+        with open(f"{sysdir}/sizelimit") as f:
+            return backing, offset, int(f.read())
+
+    @staticmethod
+    def hold_loop(device: str, offset: int, length: int, note=None) -> int:
+        """Open the loop device ``device`` and return the descriptor that holds it until
+        ``os.close``, after checking that it covers ``length`` bytes from ``offset`` of its
+        file and setting it to detach itself when its last user closes it (autoclear: it goes
+        also if mln is killed; if that cannot be set, ``note`` gets the reason). OSError if it
+        cannot be opened; ValueError (descriptor closed) if it covers another range."""
+        import fcntl
+        import struct
+        # struct loop_info64, LOOP_GET_STATUS64, LOOP_SET_STATUS64, LO_FLAGS_AUTOCLEAR
+        info64, get_status64, set_status64, autoclear = "=QQQQQIIII64s64s32sQQ", 0x4C05, 0x4C04, 4
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            buf = bytearray(struct.calcsize(info64))
+            fcntl.ioctl(fd, get_status64, buf)
+            fields = list(struct.unpack(info64, buf))
+            if fields[3] != offset or (fields[4] or length) != length:
+                raise ValueError(f"{device} does not cover the expected range")
+            fields[8] |= autoclear
+            fcntl.ioctl(fd, set_status64, struct.pack(info64, *fields))
+        except OSError as e:
+            if note is not None:
+                note(f"{device}: cannot set autoclear: {e}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 _LOCAL: dict[tuple, Machine] = {}

@@ -161,6 +161,17 @@ class Host:
         return size
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """How one interface of a host joins its switch: what ``mln_switch_attachment`` answers
+    and ``ctx.attachment(host, interface)`` gives the hypervisor backend."""
+    kind: str                    # "vde": a vde_switch socket; "tap": a tap device on a bridge; or a backend's own
+    socket: str | None = None    # vde: the switch's control socket
+    tap: str | None = None       # tap: the tap device made for this interface
+    bridge: str | None = None    # tap: the bridge the tap is on
+    network: str | None = None   # a hypervisor's own network (VMware's vmnetN)
+
+
 @dataclass
 class Switch:
     name: str

@@ -18,7 +18,7 @@ from importlib import metadata
 from dataclasses import dataclass, field
 
 import pluggy
-from stevedore import ExtensionManager
+from stevedore.named import NamedExtensionManager
 
 from . import hookspecs
 from .keywords import KeywordRegistry, core_keywords
@@ -60,9 +60,11 @@ class PluginManager(pluggy.PluginManager):
     def load(self, disabled: set[str] | None = None, env=os.environ) -> None:
         self.disabled = set(disabled or ())
         self.disabled |= {n.strip() for n in env.get("MLN_DISABLE_PLUGINS", "").split(",") if n.strip()}
-        mgr = ExtensionManager(
-            namespace=NAMESPACE, invoke_on_load=False, propagate_map_exceptions=False,
-            on_load_failure_callback=self._load_failed,
+        # a disabled plugin is not even imported: only the others' names are loaded
+        names = sorted({ep.name for ep in metadata.entry_points(group=NAMESPACE)} - self.disabled)
+        mgr = NamedExtensionManager(
+            namespace=NAMESPACE, names=names, invoke_on_load=False, propagate_map_exceptions=False,
+            on_load_failure_callback=self._load_failed, on_missing_entrypoints_callback=lambda names: None,
         )
         for ext in sorted(mgr.extensions, key=lambda e: e.name, reverse=True):
             # pluggy calls the last registered first: register in reverse order so that
@@ -105,7 +107,7 @@ class PluginManager(pluggy.PluginManager):
         if self._keywords is None:
             reg = KeywordRegistry()
             core_keywords(reg)
-            for impl in self.hook.mln_register_keywords.get_hookimpls():
+            for impl in reversed(self.hook.mln_register_keywords.get_hookimpls()):   # in plugin order
                 reg.current_plugin = impl.plugin_name
                 impl.function(registry=reg)
             reg.current_plugin = "core"

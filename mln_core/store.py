@@ -28,11 +28,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 
-from .machine import Machine
+from .machine import Machine, local
 from .errors import MlnError
 
 STATE = "state.json"
@@ -259,17 +258,14 @@ def kill_recorded_helpers(staging: str) -> None:
         return
     for pidfile, mnt in entries:
         pid = _pid_from(pidfile)
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        machine = local()
+        if pid is not None and machine.send_signal(pid, signal.SIGTERM):
             for _ in range(100):
                 if not alive(pid) or _pid_from(pidfile) is None:
                     break
                 time.sleep(0.05)
         if mnt != "-" and _is_mounted(mnt):
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
+            machine.run(["umount", "-l", mnt], check=False)
         tmp = os.path.dirname(pidfile)
         if os.path.basename(tmp).startswith("mln-") and not (mnt != "-" and _is_mounted(mnt)):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -277,20 +273,11 @@ def kill_recorded_helpers(staging: str) -> None:
 
 def _pid_from(pidfile: str) -> int | None:
     """The pid in ``pidfile`` if that process is alive and was started with that pidfile."""
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if pidfile.encode() not in f.read():
-                return None
-    except (OSError, ValueError):
+    pid = Machine.read_pid(pidfile)
+    if pid is None or not any(pidfile in word for word in Machine.cmdline(pid) or []):
         return None
     return pid if alive(pid) else None
 
 
 def _is_mounted(path: str) -> bool:
-    try:
-        with open("/proc/mounts") as f:
-            return any(line.split()[1] == path for line in f)
-    except OSError:
-        return False
+    return any(mountpoint == path for _, mountpoint, _ in Machine.mounts())

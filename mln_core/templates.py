@@ -12,10 +12,10 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import tarfile
 from dataclasses import dataclass
 
+from .machine import local
 from .errors import MlnError
 
 LIST = "templates.list"
@@ -44,10 +44,8 @@ class Template:
 
 def _copy(src: str, dest: str) -> None:
     """Copy keeping holes (templates are sparse images), then rename into place."""
-    r = subprocess.run(["cp", "--sparse=always", "--reflink=auto", src, dest + ".part"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise MlnError(f"cannot copy {src} to {dest}: {r.stderr.strip()}")
+    local().run(["cp", "--sparse=always", "--reflink=auto", src, dest + ".part"],
+                what=f"cannot copy {src} to {dest}", timeout=None)
     os.replace(dest + ".part", dest)
 
 

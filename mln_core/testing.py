@@ -13,6 +13,16 @@ the user's, and returns an object whose ``run(*args)`` runs an ``mln`` command o
 
 Its ``mln.conf`` holds only this machine's settings (:func:`machine_config`: the UML
 binary that boots here), so the user's directories and defaults never leak into a test.
+
+The backend conformance suite (``mln_core.conformance``) is part of this plugin: describe
+your backend with :class:`Backend` (and a storage plugin with :class:`Storage`) and assign
+``conformance_tests(...)`` to a ``Test...`` name in a test module::
+
+    from mln_core.testing import Backend, conformance_tests
+    TestMine = conformance_tests(Backend("myhv", boot_log=r"login:", setup=register_my_template))
+
+Its fixtures ``mln_conformance_env`` (override it to run the scenarios in your own set-up)
+and ``mln_conformance_case`` are registered here; see docs/plugins.md.
 """
 from __future__ import annotations
 
@@ -22,6 +32,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
 import pytest
+
+from .conformance import (FILE, Backend, ConformanceEnv, Storage, conformance_tests,  # noqa: F401
+                          image_files, mln_conformance_case, mln_conformance_env)
 
 _TAKES_FILE = {"parse", "check", "show", "build", "upgrade"}
 MACHINE_KEYS = ("default_kernel",)     # what depends on this machine, not on the user
@@ -87,3 +100,7 @@ def mln_project(tmp_path):
     def make(text: str, name: str = "project.mln") -> MlnProject:
         return MlnProject(tmp_path, text, name)
     return make
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mln_conformance: a scenario of mln's backend conformance suite")

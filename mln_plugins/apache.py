@@ -34,7 +34,7 @@ import posixpath
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError, Problem
-from mln_plugins.guestconfig import set_section
+from mln_core.guest import set_section
 
 NAME = "apache"
 ETC = "/etc/apache2"

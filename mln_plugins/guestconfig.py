@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
-import subprocess
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError
+from mln_core.guest import set_section  # noqa: F401  (also this module's name for it)
+from mln_core.machine import local
 
 CRYPT = re.compile(r"(\$(1|2[abxy]|5|6|7|y|gy)\$.+|[./0-9A-Za-z]{13}|[*!].*)\Z")
 SALT_CHARS = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -31,32 +33,26 @@ LINUX = ("debian", "redhat", "busybox", "suse")
 # helpers
 # ---------------------------------------------------------------------------------------
 
-def set_section(text: str, name: str, body: str | None) -> str:
-    """Replace (or add at the end, or remove when ``body`` is None) mln's marked section."""
-    begin, end = f"# >>> mln {name} >>>", f"# <<< mln {name} <<<"
-    lines = text.splitlines()
-    if begin in lines and end in lines[lines.index(begin):]:
-        i = lines.index(begin)
-        j = lines.index(end, i)
-        new = [] if body is None else [begin, *body.rstrip("\n").splitlines(), end]
-        lines[i:j + 1] = new
-    elif body is not None:
-        lines += [begin, *body.rstrip("\n").splitlines(), end]
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def password_hash(password: str, salt_seed: str) -> str:
-    """A crypt hash as it is; anything else hashed with SHA-512 crypt and a stable salt."""
+def password_hash(password: str, salt_seed: str, machine=None) -> str:
+    """A crypt hash as it is; anything else hashed with SHA-512 crypt and a stable salt, by
+    ``openssl passwd`` on ``machine`` (this machine when None is given). The password goes
+    to its standard input, never on a command line."""
     if CRYPT.match(password):
         return password
     digest = hashlib.sha256(f"{salt_seed}\0{password}".encode()).digest()
     salt = "".join(SALT_CHARS[b % 64] for b in digest[:16])
+    machine = machine if machine is not None else local()
     try:
-        r = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=password.encode(),
-                           capture_output=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise MlnError(f"cannot hash a password (openssl passwd): {e}") from None
+        r = machine.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=password.encode())
+    except MlnError as e:
+        raise MlnError(f"cannot hash a password (openssl passwd): {e.message}") from None
     return r.stdout.decode().strip()
+
+
+def _in_guest(*parts: str) -> str:
+    """An absolute path inside the guest, named from its parts: the guest's own kernel
+    filesystems that its scripts and fstab refer to (never this machine's)."""
+    return posixpath.join("/", *parts)
 
 
 def _table(guest, path: str) -> list[list[str]]:
@@ -98,7 +94,7 @@ def mln_configure_image(host, guest, ctx):
         if gw:
             net += f"GATEWAY={gw}\n"
         guest.write_text("/etc/sysconfig/network", net)
-    _users(host, guest, shell)
+    _users(host, guest, shell, ctx.on(host))
     _groups(host, guest)
     _nic_renames(guest, family, devices.get("nic_renames") or {})
     if host.interfaces:
@@ -112,7 +108,7 @@ def mln_configure_image(host, guest, ctx):
     _modules(host, guest, family)
     _scripts(host, guest, family)
     if host.root_passwd:
-        _set_password(guest, "root", password_hash(host.root_passwd, f"{host.fqname}/root"))
+        _set_password(guest, "root", password_hash(host.root_passwd, f"{host.fqname}/root", ctx.on(host)))
 
 
 # -- users and groups ----------------------------------------------------------------------
@@ -128,7 +124,7 @@ def _set_password(guest, user: str, hashed: str) -> None:
     _write_table(guest, "/etc/shadow", rows, 0o640 if guest.exists("/etc/gshadow") else 0o600)
 
 
-def _users(host, guest, shell: str) -> None:
+def _users(host, guest, shell: str, machine) -> None:
     if not host.users:
         return
     passwd = _table(guest, "/etc/passwd")
@@ -149,7 +145,7 @@ def _users(host, guest, shell: str) -> None:
             if u.home and u.home != home:
                 existing[5] = home = u.home
         guest.mkdir(home, 0o755, uid, gid)
-        _set_password(guest, u.name, password_hash(u.password, f"{host.fqname}/{u.name}")
+        _set_password(guest, u.name, password_hash(u.password, f"{host.fqname}/{u.name}", machine)
                       if u.password else "!")
     _write_table(guest, "/etc/passwd", passwd, 0o644)
     _write_table(guest, "/etc/group", group, 0o644)
@@ -207,7 +203,7 @@ def _nic_renames(guest, family: str, renames: dict) -> None:
     (UML's vector driver: vec0 for eth0): a udev rule, or for busybox a step of rcS that
     runs before the network section."""
     if family == "busybox":
-        body = "\n".join(f"[ -e /sys/class/net/{old} ] && ip link set dev {old} name {new}"
+        body = "\n".join(f"[ -e {_in_guest('sys', 'class', 'net', old)} ] && ip link set dev {old} name {new}"
                          for old, new in sorted(renames.items())) or None
         rcs = guest.read_text("/etc/init.d/rcS") or "#!/bin/sh\n"
         rcs = set_section(rcs, "nic-names", None)
@@ -305,7 +301,7 @@ def _fstab(host, guest, devices: dict) -> None:
     if not root or (host.tree is not None and host.tree.has("hvm")):
         return
     fstype = devices.get("root_fstype", "ext4")
-    lines = [f"{root}\t/\t{fstype}\tdefaults\t0\t1", "proc\t/proc\tproc\tdefaults\t0\t0"]
+    lines = [f"{root}\t/\t{fstype}\tdefaults\t0\t1", f"proc\t{_in_guest('proc')}\tproc\tdefaults\t0\t0"]
     if host.swap and devices.get("swap"):
         lines.append(f"{devices['swap']}\tnone\tswap\tsw\t0\t0")
     extra = list(devices.get("extra", []))

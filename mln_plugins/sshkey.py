@@ -35,7 +35,7 @@ import re
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError, Problem
-from mln_plugins.guestconfig import set_section
+from mln_core.guest import set_section
 
 NAME = "sshkey"
 #: A key type followed by its base64 blob, anywhere in a line (options may come first).

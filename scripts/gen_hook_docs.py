@@ -17,9 +17,19 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 def reference() -> str:
     from mln_core import hookspecs
     out = [BEGIN, ""]
-    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
-        if not name.startswith("mln_"):
-            continue
+    source = inspect.getsource(hookspecs).splitlines()
+    # the banners of hookspecs.py ("# ---" / "# Phase" / "# ---") name the phases
+    phases = [(n + 1, source[n][2:].strip()) for n in range(1, len(source) - 1)
+              if source[n].startswith("# ") and source[n - 1].startswith("# ---") and
+              source[n + 1].startswith("# ---")]
+    hooks = sorted(((fn.__code__.co_firstlineno, name, fn) for name, fn in
+                    inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("mln_")))
+    phase = None
+    for line, name, fn in hooks:
+        here = next((title for at, title in reversed(phases) if at < line), None)
+        if here != phase:
+            phase = here
+            out += [f"**{phase}**", ""]
         opts = getattr(fn, "mln_spec", {}) or {}
         style = []
         if opts.get("firstresult"):

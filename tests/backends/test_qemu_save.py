@@ -6,13 +6,21 @@ it stopped, without booting again. The console log is appended to across the res
 A save file that cannot be loaded makes the start fail and is kept.
 
 The failures around the files (the part file cannot be made or synced; the resume fails
-after the guest ran) are unit tests against a scripted QMP client, without QEMU.
+after the guest ran) are unit tests against a fake QEMU: a process that runs until QMP
+``quit`` and a scripted QMP server on the host's QMP socket, which mln reaches through its
+machine (``ctx.on(host)``) as it reaches the real one.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
 import time
 from types import SimpleNamespace
 
@@ -20,6 +28,7 @@ import pytest
 
 from mln_backends import qemu
 from mln_core.errors import MlnError
+from mln_core.machine import Machine
 
 PROJECT = r"""
 global {
@@ -136,54 +145,110 @@ def test_save_and_resume_keeps_the_guest_memory(mln_env):
     assert mln_env.processes() == [] and mln_env.runtime_dirs() == []
 
 
-class ScriptedQmp:
-    """A QMP client for ``_save_to_fd``/``_load_from_fd``: ``query-status`` answers the
-    given states in turn (the last one repeats), migrations complete at once; ``sent``
-    records the commands."""
+class FakeQemu:
+    """What mln sees of a running QEMU: a process (its pid in the host's pid file) and a QMP
+    server on the host's QMP socket. ``query-status`` answers ``states`` in turn (the last one
+    repeats), migrations complete at once, ``quit`` ends the process; ``sent`` records the
+    commands, "(fd)" for a file descriptor passed."""
 
-    def __init__(self, *states: str):
+    GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
+                        "capabilities": []}}
+
+    def __init__(self, sock: str, pidfile: str, *states: str):
         self.states, self.sent = list(states), []
+        self.proc = subprocess.Popen(["sleep", "300"])
+        with open(pidfile, "w") as f:
+            f.write(f"{self.proc.pid}\n")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(sock)
+        self.server.listen(4)
+        threading.Thread(target=self._serve, daemon=True).start()
 
-    def send_fd_scm(self, fd: int) -> None:
-        self.sent.append("(fd)")
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
-    async def execute(self, command: str, args=None):
-        self.sent.append(command)
+    def stop_answering(self) -> None:
+        """Nothing listens on the QMP socket any more (the file stays)."""
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)      # wakes the accept
+        except OSError:
+            pass
+        self.server.close()
+
+    def close(self) -> None:
+        self.stop_answering()
+        if self.running():
+            self.proc.kill()
+        self.proc.wait()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                self._session(conn)
+
+    def _session(self, conn) -> None:
+        conn.sendall(json.dumps(self.GREETING).encode() + b"\n")
+        buf = ""
+        while True:
+            data, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(16 * struct.calcsize("i")))
+            for level, kind, fds in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for (fd,) in struct.iter_unpack("i", fds[:len(fds) - len(fds) % 4]):
+                        os.close(fd)
+                        self.sent.append("(fd)")
+            if not data:
+                return
+            buf += data.decode()
+            while buf.strip():                # a stream of JSON objects, as QEMU reads it
+                try:
+                    msg, end = json.JSONDecoder().raw_decode(buf.lstrip())
+                except ValueError:            # not all of it yet
+                    break
+                buf = buf.lstrip()[end:]
+                self._answer(conn, msg)
+
+    def _answer(self, conn, msg: dict) -> None:
+        command = msg["execute"]
+        if command != "qmp_capabilities":
+            self.sent.append(command)
+        result = {}
         if command == "query-status":
-            return {"status": self.states.pop(0) if len(self.states) > 1 else self.states[0]}
-        return {"status": "completed"} if command == "query-migrate" else {}
+            result = {"status": self.states.pop(0) if len(self.states) > 1 else self.states[0]}
+        elif command == "query-migrate":
+            result = {"status": "completed"}
+        elif command == "quit":
+            self.proc.kill()          # reaped by running() or close(), in the test's own thread
+        conn.sendall(json.dumps({"return": result, "id": msg.get("id")}).encode() + b"\n")
 
 
 @pytest.fixture
-def fake_qemu(tmp_path, monkeypatch):
-    """Host ``counter`` of a project in ``tmp_path`` whose QEMU "runs" and answers QMP
-    with the ScriptedQmp returned; nothing is really started or ended."""
-    client = ScriptedQmp("running")
-    sock, pidfile = tmp_path / "qmp.sock", tmp_path / "pid"
-    sock.touch()
-    monkeypatch.setattr(qemu, "_paths", lambda host, ctx, create=False: (str(tmp_path), str(sock),
-                                                                         str(pidfile)))
-    monkeypatch.setattr(qemu, "read_pid", lambda path: 4242)
-    monkeypatch.setattr(qemu, "alive", lambda pid: True)
-
-    async def session(sock, work, timeout=5.0):
-        return await work(client)
-    monkeypatch.setattr(qemu, "_session", session)
-    monkeypatch.setattr(qemu, "qmp", lambda sock, command, timeout=5.0: client.sent.append(f"qmp {command}"))
-    monkeypatch.setattr(qemu, "_wait_gone", lambda pid, timeout: None)
-    monkeypatch.setattr(qemu, "_undo_start", lambda host, ctx: client.sent.append("(undo start)"))
+def fake_qemu(tmp_path):
+    """Host ``counter`` of a project in ``tmp_path``, its QEMU the FakeQemu returned (running)."""
     project = tmp_path / "sv"
     (project / "hosts" / "counter").mkdir(parents=True)
-    client.host = SimpleNamespace(name="counter", hypervisor="qemu")
-    client.ctx = SimpleNamespace(path=lambda *p: os.path.join(project, *p))
-    client.ram = project / "hosts" / "counter" / "counter.ram"
-    return client
+    host = SimpleNamespace(name="counter", hypervisor="qemu", interfaces=[])
+    machine = Machine(env={})
+    ctx = SimpleNamespace(path=lambda *p: os.path.join(project, *p), project_dir=str(project),
+                          on=lambda obj=None: machine)
+    d, sock, pidfile = qemu._paths(host, ctx, create=True)
+    fake = FakeQemu(sock, pidfile, "running")
+    fake.host, fake.ctx, fake.runtime, fake.pidfile = host, ctx, d, pidfile
+    fake.ram = project / "hosts" / "counter" / "counter.ram"
+    yield fake
+    fake.close()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_save_writes_the_part_file_and_renames_it(fake_qemu):
     assert qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx) is True
     assert fake_qemu.ram.exists() and not os.path.exists(f"{fake_qemu.ram}.part")
-    assert "cont" not in fake_qemu.sent and fake_qemu.sent[-1] == "qmp quit"
+    assert fake_qemu.sent[:5] == ["query-status", "stop", "(fd)", "getfd", "migrate-set-parameters"]
+    assert "cont" not in fake_qemu.sent and fake_qemu.sent[-1] == "quit"
+    assert not fake_qemu.running()
 
 
 def test_save_that_cannot_sync_the_file_lets_the_guest_run_on(fake_qemu, monkeypatch):
@@ -196,17 +261,35 @@ def test_save_that_cannot_sync_the_file_lets_the_guest_run_on(fake_qemu, monkeyp
         qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx)
     assert str(e.value) == ("host counter: saving failed: writing the save file failed: No space left on "
                             "device; the host keeps running")
-    assert fake_qemu.sent[-1] == "cont" and "qmp quit" not in fake_qemu.sent
-    assert os.listdir(fake_qemu.ram.parent) == []
+    assert fake_qemu.sent[-1] == "cont" and "quit" not in fake_qemu.sent
+    assert os.listdir(fake_qemu.ram.parent) == ["pid"] and fake_qemu.running()
 
 
-def test_save_that_cannot_create_the_file_does_not_stop_the_guest(fake_qemu):
-    fake_qemu.ram.parent.rmdir()
+def test_save_that_cannot_create_the_file_does_not_stop_the_guest(fake_qemu, tmp_path):
+    # the part file's place is in a directory that is not there
+    os.symlink(tmp_path / "gone" / "counter.ram.part", f"{fake_qemu.ram}.part")
     with pytest.raises(MlnError) as e:
         qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx)
     assert str(e.value).startswith(f"host counter: saving failed: cannot create {fake_qemu.ram}.part: "
                                    "No such file or directory")
-    assert fake_qemu.sent == []                     # not even stopped
+    assert fake_qemu.sent == [] and fake_qemu.running()         # not even stopped
+
+
+def test_save_of_a_qemu_that_does_not_answer_on_qmp(fake_qemu):
+    """The QMP socket is there but nothing listens on it: the save fails as the QMP client
+    says, and the guest is left alone."""
+    fake_qemu.stop_answering()
+    with pytest.raises(MlnError) as e:
+        qemu.mln_save_host(fake_qemu.host, fake_qemu.ctx)
+    assert str(e.value) == ("host counter: saving failed: ConnectError: Failed to establish connection: "
+                            "[Errno 111] Connection refused; the host keeps running")
+    assert not os.path.exists(f"{fake_qemu.ram}.part") and not fake_qemu.ram.exists()
+    assert fake_qemu.running()
+
+
+def _undone(fake) -> bool:
+    """The failed start was undone: QEMU ended, its pid file and runtime directory gone."""
+    return not fake.running() and not os.path.exists(fake.pidfile) and not os.path.exists(fake.runtime)
 
 
 def test_resume_deletes_the_file_as_soon_as_the_guest_ran(fake_qemu):
@@ -218,7 +301,7 @@ def test_resume_deletes_the_file_as_soon_as_the_guest_ran(fake_qemu):
         qemu._resume(fake_qemu.host, fake_qemu.ctx, str(fake_qemu.ram))
     assert "the guest is 'internal-error'" in str(e.value)
     assert "The guest had already run on, so the file is deleted" in str(e.value)
-    assert not fake_qemu.ram.exists() and fake_qemu.sent[-1] == "(undo start)"
+    assert not fake_qemu.ram.exists() and _undone(fake_qemu)
 
 
 def test_resume_that_fails_before_the_guest_ran_keeps_the_file(fake_qemu):
@@ -227,7 +310,7 @@ def test_resume_that_fails_before_the_guest_ran_keeps_the_file(fake_qemu):
     with pytest.raises(MlnError) as e:
         qemu._resume(fake_qemu.host, fake_qemu.ctx, str(fake_qemu.ram))
     assert "The file is kept; delete it to boot counter afresh" in str(e.value)
-    assert fake_qemu.ram.exists() and "cont" not in fake_qemu.sent
+    assert fake_qemu.ram.exists() and "cont" not in fake_qemu.sent and _undone(fake_qemu)
 
 
 def test_resume_that_works_deletes_the_file(fake_qemu):
@@ -235,3 +318,4 @@ def test_resume_that_works_deletes_the_file(fake_qemu):
     fake_qemu.ram.write_bytes(b"saved")
     qemu._resume(fake_qemu.host, fake_qemu.ctx, str(fake_qemu.ram))
     assert not fake_qemu.ram.exists() and fake_qemu.sent.count("cont") == 1
+    assert fake_qemu.sent[:4] == ["(fd)", "getfd", "migrate-incoming", "query-status"] and fake_qemu.running()

@@ -221,7 +221,26 @@ def test_configuring_twice_gives_the_same_image(tmp_path, ctx, family):
 
 
 def test_set_section_is_idempotent_and_removable():
+    from mln_core.guest import set_section
     text = "#!/bin/sh\nboot\n"
-    once = guestconfig.set_section(text, "net", "ifconfig eth0 up")
-    assert guestconfig.set_section(once, "net", "ifconfig eth0 up") == once
-    assert guestconfig.set_section(once, "net", None) == text
+    once = set_section(text, "net", "ifconfig eth0 up")
+    assert set_section(once, "net", "ifconfig eth0 up") == once
+    assert set_section(once, "net", None) == text
+
+
+def test_password_hash_runs_openssl_through_the_machine():
+    from mln_core.machine import Machine
+    machine = Machine(env={})
+    machine.inject("fail@openssl passwd")
+    with pytest.raises(MlnError, match=r"cannot hash a password \(openssl passwd\): .*injected fault"):
+        guestconfig.password_hash("s3cret-Pass", "p/root", machine)
+    hashed = guestconfig.password_hash("s3cret-Pass", "p/root", machine)      # the fault is used up
+    assert hashed.startswith("$6$") and hashed == guestconfig.password_hash("s3cret-Pass", "p/root")
+    assert guestconfig.password_hash("$1$abc$x", "p/root", machine) == "$1$abc$x"   # a hash stays as it is
+
+
+def test_busybox_nic_renames_test_the_guest_interface(tmp_path):
+    with Ext4Image(str(make_image(tmp_path, "busybox"))) as g:
+        guestconfig._nic_renames(g, "busybox", {"vec0": "eth0"})
+        rcs = g.read_text("/etc/init.d/rcS")
+    assert "[ -e /sys/class/net/vec0 ] && ip link set dev vec0 name eth0\n" in rcs

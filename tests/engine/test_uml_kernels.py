@@ -79,9 +79,9 @@ def test_quickstart_pings_with_each_uml(mln_env, uml):
     assert cmdline.startswith(uml + " ")
     mac = mac_address("fe:fd:00", "qs", "alpha", "eth0")
     if "eth" in umlprobe.inspect(uml)["drivers"]:
-        assert f"eth0=vde," in cmdline and mac in cmdline
+        assert "eth0=vde," in cmdline and mac in cmdline
     else:
-        assert f"vec0:transport=vde,vnl=vde://" in cmdline and f"mac={mac}" in cmdline
+        assert "vec0:transport=vde,vnl=vde://" in cmdline and f"mac={mac}" in cmdline
     # the console still takes commands
     r = mln_env.mln("console", "-p", "qs", "-h", "alpha", "-w", "2", input="\nip -o link show eth0\n")
     assert mac in r.stdout, r.output

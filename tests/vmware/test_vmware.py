@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mln_backends.vmware import static_mac_ok, vmx_escape
+from mln_backends.vmware import static_mac_ok
+from mln_backends.vmware_vmx import vmx_escape
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mln_backends import xen
-from mln_backends.switch_bridge import bridge_name
+from mln_backends import xen, xen_config, xen_guest
+from mln_backends.bridges import bridge_name
 
 from . import xlucheck
 from .conftest import (EXAMPLE_FILES, GOLDEN, OWN_FILES, PROJECT_OF, copy_case, generated, guest_file,
@@ -125,7 +125,7 @@ def test_ldaptest_like_spec_7_1(xen_plain):
     assert guest_file(image, "/etc/fstab") == \
         "/dev/xvda1\t/\text4\tdefaults\t0\t1\nproc\t/proc\tproc\tdefaults\t0\t0\n"
     assert "hvc:2345:respawn:/sbin/getty 38400 hvc0" in guest_file(image, "/etc/inittab")
-    assert guest_file(image, xen.NET_RULES) is None    # eth0 only: the guest names it right
+    assert guest_file(image, xen_guest.NET_RULES) is None    # eth0 only: the guest names it right
     # the switch with Xen hosts on it became a Linux bridge of the bridge plugin
     assert state(xen_plain, "ldaptest")["switches"]["lan"] == {"kind": "bridge", "bridge": "lan.ldaptest",
                                                                "for": "xen"}
@@ -256,7 +256,7 @@ def test_xl_parser_disk_specs(tmp_path, libxlutil):
     (which is why xen_extra lines come last)."""
     cfg = tmp_path / "t_xen.cfg"
     cfg.write_text('name = "t.p"\nmemory = 64\nmemory = 96\ndisk = [ "phy:/dev/vg/t.p,xvda1,w", '
-                   '"file:/srv/a b/img,xvda3,w" ]\nesc = ' + xen.xl_quote('a "quoted" \\ value') + "\n")
+                   '"file:/srv/a b/img,xvda3,w" ]\nesc = ' + xen_config.xl_quote('a "quoted" \\ value') + "\n")
     with xlucheck.read_cfg(str(cfg)) as c:
         assert c.long("memory") == 96
         assert [(d["target"], d["vdev"]) for d in c.disks()] == [("/dev/vg/t.p", "xvda1"),
@@ -289,10 +289,10 @@ def test_guest_edits_pv(xen_plain):
     assert "1:2345:respawn:/sbin/getty 38400 tty1" in inittab
     assert guest_file(image, "/etc/securetty") == \
         "console\ntty1\ntty2\n# >>> mln xen-console >>>\nhvc0\n# <<< mln xen-console <<<\n"
-    rules = guest_file(image, xen.NET_RULES)
+    rules = guest_file(image, xen_guest.NET_RULES)
     assert 'ATTR{address}=="00:16:3e:12:34:56", NAME="eth0"' in rules
     assert re.search(r'ATTR\{address\}=="00:16:3e:[0-9a-f:]{8}", NAME="eth2"', rules)
-    rules = guest_file(xen_plain.projects / "xenfeat" / "images" / "kernelled", xen.NET_RULES)
+    rules = guest_file(xen_plain.projects / "xenfeat" / "images" / "kernelled", xen_guest.NET_RULES)
     assert [line.rsplit("NAME=", 1)[1] for line in rules.splitlines() if "NAME=" in line] == \
         ['"eth0"', '"eth1"', '"eth3"']
 
@@ -300,8 +300,8 @@ def test_guest_edits_pv(xen_plain):
 def test_guest_edits_are_idempotent():
     inittab = ("id:2:initdefault:\n1:2345:respawn:/sbin/getty 38400 tty1\n"
                "T0:23:respawn:/sbin/getty 38400 hvc0\n")
-    once = xen.xen_inittab(inittab, "/sbin/getty 38400 hvc0")
-    assert xen.xen_inittab(once, "/sbin/getty 38400 hvc0") == once
+    once = xen_guest.xen_inittab(inittab, "/sbin/getty 38400 hvc0")
+    assert xen_guest.xen_inittab(once, "/sbin/getty 38400 hvc0") == once
     assert "T0:" not in once and once.count("hvc0") == 1
 
 
@@ -423,3 +423,13 @@ def test_bridge_names_of_switches():
     long = Switch("lan", "oscourse-group07")
     assert bridge_name(long) != bridge_name(Switch("lan", "oscourse-group08"))
     assert all(len(bridge_name(s)) <= 15 for s in (long, Switch("lan", "x")))
+
+
+def test_bridge_records():
+    """The record xen gives a plain switch is the bridge record of the shared helper module."""
+    from mln_backends import bridges
+    from mln_core.model import Switch
+    s = Switch("lan", "p")
+    assert bridges.record(s, **{"for": "xen"}) == {"kind": "bridge", "bridge": "lan.p", "for": "xen"}
+    assert bridges.bridge_of(bridges.record(s)) == "lan.p"
+    assert bridges.bridge_of({"kind": "vde", "bridge": "x"}) is None and bridges.bridge_of({}) is None

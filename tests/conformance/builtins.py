@@ -1,0 +1,90 @@
+"""The built-in backends and storages, described for the conformance suite.
+
+uml and qemu boot real guests (the busybox test template ``mln_env`` registers); xen and
+vmware cannot run here and are driven through the fakes their own tests use (``FakeXl``
+of tests/xen/conftest.py with the templates of ``xen_templates``; ``VM`` of
+tests/vmware/test_vmware.py, the fake ``vmrun``). ``lvm`` is a volume group on a loop
+device (``test_vg`` of tests/lvm/conftest.py).
+"""
+from __future__ import annotations
+
+import os
+
+from mln_core.testing import FILE, Backend, Storage, image_files
+
+#: the busybox template's console once it has booted (``::askfirst:-/bin/sh``)
+PROMPT = r"Please press Enter to activate this console"
+
+
+def guest_process(env, project: str, host: str) -> bool:
+    """A UML or QEMU process of the host runs (``umid=<host>.<project>`` / ``-name <host>.<project>``)."""
+    return any(f"{host}.{project} " in p + " " for p in env.processes())
+
+
+# -- xen: the fake xl -------------------------------------------------------------------------
+
+def setup_xen(env, request) -> None:
+    from tests.xen.conftest import FakeXl, setup_xen
+    setup_xen(env, request.getfixturevalue("xen_templates"))
+    env.fake_xl = FakeXl(env)
+
+
+def xen_running(env, project: str, host: str) -> bool:
+    return f"{host}.{project}" in env.fake_xl.domains()
+
+
+def xen_leftovers(env) -> list:
+    return [f"domain {d}" for d in env.fake_xl.domains()]
+
+
+# -- vmware: the fake vmrun ---------------------------------------------------------------------
+
+def setup_vmware(env, request) -> None:
+    from tests.vmware.test_vmware import VM
+    env.vmware = VM(env, request.getfixturevalue("test_template"))
+
+
+def _vmrun_list(env, name: str) -> list[str]:
+    path = env.vmware.fake / name
+    return path.read_text().split() if path.exists() else []
+
+
+def vmware_running(env, project: str, host: str) -> bool:
+    return str(env.projects / project / f"{host}.vmx") in _vmrun_list(env, "running")
+
+
+def vmware_leftovers(env) -> list:
+    vm = env.vmware
+    return ([f"running {x}" for x in _vmrun_list(env, "running")] + [f"suspended {x}" for x in
+            _vmrun_list(env, "suspended")] + [f"vnet mapping {x}" for x in vm.mapping_lines()]
+            + [f"device {x}" for x in sorted(os.listdir(vm.dev))])
+
+
+# -- lvm: a volume group on a loop device --------------------------------------------------------
+
+def lvm_disks(env, project: str, vg) -> dict:
+    """The project's logical volumes (by UUID: a rebuilt one is new) and its image files."""
+    lvs = {f"{vg.name}/{lv}": (vg.lv_uuid(lv), size) for lv, size in vg.lvs().items()
+           if lv.endswith(f".{project}")}
+    return {**lvs, **image_files(env, project)}
+
+
+LVM = Storage(
+    "lvm", fixture="test_vg",
+    host_lines=lambda vg: f"lvm\nlvm_vg {vg.name}",
+    disks=lvm_disks,
+    in_use=lambda env, vg: [f"loop device {d}" for d in vg.imitation_loops()],
+    leftovers=lambda env, vg: [f"logical volume {lv}" for lv in vg.lvs()],
+    fail_at="lvcreate#2",              # the second host's volume cannot be made
+)
+
+UML = Backend("uml", storages=("file", "lvm"), boot_log=PROMPT, running=guest_process)
+QEMU = Backend("qemu", storages=("file", "lvm"), can_save=True, boot_log=PROMPT, running=guest_process)
+XEN = Backend("xen", storages=("file", "lvm"), template="ubuntu-server.ext3", can_save=True, console=False,
+              running=xen_running, leftovers=xen_leftovers, setup=setup_xen)
+VMWARE = Backend("vmware", storages=("file",), switch_lines="vmware", can_save=True, console=False,
+                 running=vmware_running, leftovers=vmware_leftovers, setup=setup_vmware,
+                 fail_at="qemu-img convert#2")          # the second host's VMDK cannot be made
+
+BACKENDS = (UML, QEMU, XEN, VMWARE)
+STORAGES = (FILE, LVM)

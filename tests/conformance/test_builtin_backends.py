@@ -1,0 +1,14 @@
+"""Every built-in hypervisor backend over every storage it supports passes the conformance
+suite: uml and qemu (real guests) over file and lvm, xen (fake xl) over file and lvm,
+vmware (fake vmrun) over file. See tests/conformance/builtins.py."""
+from __future__ import annotations
+
+import pytest
+
+from mln_core.testing import conformance_tests
+
+from .builtins import BACKENDS, STORAGES
+
+pytestmark = [pytest.mark.guests, pytest.mark.root]
+
+TestBuiltinBackends = conformance_tests(*BACKENDS, storages=STORAGES, name="TestBuiltinBackends")
