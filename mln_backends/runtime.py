@@ -14,7 +14,6 @@ Processes, pids and signals are the machine's business: backends use ``ctx.on(ho
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
@@ -23,6 +22,7 @@ _IFNAME_OK = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 
 def digest(*parts: str, n: int = 8) -> str:
+    import hashlib
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
 
 

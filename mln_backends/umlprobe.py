@@ -17,8 +17,6 @@ a :class:`mln_core.machine.Machine` (``machine``; this machine if none is given)
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -84,6 +82,7 @@ def _cache_dir() -> str:
 
 
 def _key(kernel: str, machine) -> str:
+    import hashlib
     st = os.stat(kernel)
     ident = (f"{PROBE_REVISION}|{os.path.realpath(kernel)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|"
              f"{_cpu_key(machine)}")
@@ -167,6 +166,7 @@ def inspect(kernel: str, boot: bool = True, machine=None) -> dict:
     """``{"kernel", "version", "drivers", "boots" (True/False/None), "why", "output"}`` for the
     UML binary ``kernel`` on ``machine``; cached per binary and CPU. ``boot=False`` skips the
     probe boot unless its verdict is cached ("boots" is then None)."""
+    import json
     if not (os.path.isfile(kernel) and os.access(kernel, os.X_OK)):
         return {"kernel": kernel, "version": "", "drivers": [], "boots": False,
                 "why": "it does not exist or is not executable", "output": ""}

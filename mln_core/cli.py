@@ -5,10 +5,8 @@ Global options ``-P DIR`` (projects), ``-T DIR`` (templates), ``-F DIR`` (files)
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
 
 import click
 
@@ -186,6 +184,7 @@ def check(click_ctx, file):
 @click.pass_context
 def show(click_ctx, file, fmt, explain):
     """Show the resolved project: every host and switch with its effective settings."""
+    import json
     from .project import build_model
     from .show import project_to_dict, render_text
     ctx = get_ctx(click_ctx)
@@ -329,6 +328,7 @@ def status(click_ctx, project, host, only_up, only_down, fmt):
     Exit status: with -p (or -h) 0 if everything listed is up, else 1; with -u 0 if anything
     is up; with -d 0 if nothing is up.
     """
+    import json
     if host and not project:
         raise click.UsageError("-h needs -p PROJECT")
     if only_up and only_down:
@@ -449,6 +449,7 @@ def doctor(click_ctx, fmt):
     A UML is probed with a real boot of a tiny image (remembered per UML binary and CPU).
     Exit status 1 when the configured default hypervisor cannot run here.
     """
+    import json
     from .doctor import default_hypervisor_problem, findings, render_text
     ctx = get_ctx(click_ctx)
     found = findings(ctx)
@@ -466,6 +467,7 @@ def doctor(click_ctx, fmt):
 @click.pass_context
 def plugins(click_ctx, fmt):
     """List the loaded plugins, their package and version, and the hooks each implements."""
+    import json
     pm = click_ctx.find_root().obj["pm"]
     infos = [pm.infos[n] for n in pm.plugin_names()]
     if fmt == "json":
@@ -524,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
+    import traceback
     pm = _register_plugin_commands()
     try:
         rv = cli.main(args=args, prog_name="mln", standalone_mode=False, obj={"pm": pm, "disabled": set()})

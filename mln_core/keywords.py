@@ -12,7 +12,6 @@ Block contents:
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from .errors import MlnError, Problems
@@ -148,6 +147,7 @@ class KeywordRegistry:
                 self._check_block(child, f"{ctx}.{key}", problems, no_effect)
 
     def _unknown(self, what: str, name: str, ctx: str, node, problems: Problems, where: str) -> None:
+        import difflib
         known = list(self.entries.get(ctx, {}))
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

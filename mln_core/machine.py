@@ -17,12 +17,15 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .errors import MlnError
+
+if TYPE_CHECKING:
+    import socket
 
 
 class Fault:
@@ -231,6 +234,7 @@ class Machine:
     # -- sockets ---------------------------------------------------------------------------------
     @staticmethod
     def connect_unix(path: str, timeout: float = 5.0) -> socket.socket:
+        import socket
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
@@ -244,6 +248,7 @@ class Machine:
     @staticmethod
     def hostnames() -> set[str]:
         """The names this machine goes by: its host name and its fully qualified name."""
+        import socket
         return {socket.gethostname(), socket.getfqdn()}
 
     @staticmethod

@@ -7,7 +7,6 @@ from: ``host rome``, ``superclass basic``, ``global`` or ``default``.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ class Interface:
 
     @property
     def prefixlen(self) -> int | None:
+        import ipaddress
         if self.netmask is None:
             return None
         return ipaddress.IPv4Network(f"0.0.0.0/{self.netmask}").prefixlen
@@ -229,6 +229,7 @@ _PADDED_V4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}\Z")
 
 def _ip(value: str, line: Line, what: str, problems: Problems) -> str | None:
     """An IP address; zero-padded IPv4 parts (10.0.07.1, from $group = 07) are decimal."""
+    import ipaddress
     if _PADDED_V4.match(value):
         value = ".".join(str(int(part)) for part in value.split("."))
     try:
@@ -241,6 +242,7 @@ def _ip(value: str, line: Line, what: str, problems: Problems) -> str | None:
 @functools.lru_cache(maxsize=256)
 def _netmask_text(value: str) -> str | None:
     """``255.255.255.0`` or ``24`` -> ``255.255.255.0``; None if it is no netmask."""
+    import ipaddress
     try:
         return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
     except ValueError:

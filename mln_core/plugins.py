@@ -18,7 +18,7 @@ from importlib import metadata
 from dataclasses import dataclass, field
 
 import pluggy
-from stevedore.named import NamedExtensionManager
+from stevedore import ExtensionManager
 
 from . import hookspecs
 from .keywords import KeywordRegistry, core_keywords
@@ -48,6 +48,19 @@ class PluginInfo:
                 "version": self.version, "hooks": self.hooks}
 
 
+class _EnabledPlugins(ExtensionManager):
+    """stevedore's manager of the ``mln.plugins`` entry points that does not even import a
+    disabled plugin (the check stevedore's NamedExtensionManager makes for names it was not
+    asked for)."""
+
+    def __init__(self, disabled: set[str], **kw):
+        self._disabled = disabled
+        super().__init__(**kw)
+
+    def _load_one_plugin(self, ep, *args, **kw):
+        return None if ep.name in self._disabled else super()._load_one_plugin(ep, *args, **kw)
+
+
 class PluginManager(pluggy.PluginManager):
     def __init__(self):
         super().__init__("mln")
@@ -60,11 +73,9 @@ class PluginManager(pluggy.PluginManager):
     def load(self, disabled: set[str] | None = None, env=os.environ) -> None:
         self.disabled = set(disabled or ())
         self.disabled |= {n.strip() for n in env.get("MLN_DISABLE_PLUGINS", "").split(",") if n.strip()}
-        # a disabled plugin is not even imported: only the others' names are loaded
-        names = sorted({ep.name for ep in metadata.entry_points(group=NAMESPACE)} - self.disabled)
-        mgr = NamedExtensionManager(
-            namespace=NAMESPACE, names=names, invoke_on_load=False, propagate_map_exceptions=False,
-            on_load_failure_callback=self._load_failed, on_missing_entrypoints_callback=lambda names: None,
+        mgr = _EnabledPlugins(
+            self.disabled, namespace=NAMESPACE, invoke_on_load=False, propagate_map_exceptions=False,
+            on_load_failure_callback=self._load_failed,
         )
         for ext in sorted(mgr.extensions, key=lambda e: e.name, reverse=True):
             # pluggy calls the last registered first: register in reverse order so that
