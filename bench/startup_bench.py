@@ -75,10 +75,13 @@ def main() -> int:
         for name, ts in rows.items():
             med = statistics.median(ts)
             print(f"{name:<22} {med:8.3f} {min(ts):8.3f} {med - base:+13.3f}")
-        print(f"\ntarget: mln --help and mln check (2 hosts) <= 0.150 s each (median)")
+        print("\ntarget: mln --help and mln check (2 hosts) <= 0.150 s each (median)")
         for name, args in (("mln --help", ["--help"]), ("mln check (2 hosts)", ["check", "-f", path])):
             mods = imported(args, env)
-            print(f"{name} imported: {', '.join(mods) or 'nothing heavy'}")
+            heavy = [m for m in mods if m.startswith(HEAVY)]
+            ours = [m for m in mods if not m.startswith(HEAVY)]
+            print(f"{name} imported {len(ours)} plugin and helper modules; heavy libraries: "
+                  f"{', '.join(heavy) or 'none'}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({k: {"median": statistics.median(v), "best": min(v), "runs": v} for k, v in rows.items()},
