@@ -131,7 +131,7 @@ def _static(path: str) -> bool:
             head = f.read(4096)
     except OSError:
         return False
-    return head.startswith(b"\x7fELF") and b"/lib64/ld-linux" not in head and b"ld-linux" not in head
+    return head.startswith(b"\x7fELF") and b"ld-linux" not in head     # no dynamic loader named
 
 
 def _boot(kernel: str, machine) -> dict:
