@@ -32,15 +32,19 @@ host b { network eth0 { switch lan; address 10.0.0.2; netmask 255.255.255.0 } }
 HEAVY = ("jinja2", "asyncio", "qemu.qmp", "fabric", "paramiko", "ruamel.yaml")
 
 
-def timed(argv: list[str], env: dict, repeat: int) -> list[float]:
-    subprocess.run(argv, env=env, capture_output=True)          # warm the bytecode cache
-    out = []
+def timed(cases: list[tuple[str, list[str]]], env: dict, repeat: int) -> dict[str, list[float]]:
+    """Each command ``repeat`` times, in rounds (one run of each command per round), so
+    that a busy moment of the machine weighs on all of them alike."""
+    for _, argv in cases:
+        subprocess.run(argv, env=env, capture_output=True)      # warm the bytecode cache
+    out: dict[str, list[float]] = {name: [] for name, _ in cases}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        r = subprocess.run(argv, env=env, capture_output=True)
-        out.append(time.perf_counter() - t0)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed: {r.stderr.decode()[-500:]}")
+        for name, argv in cases:
+            t0 = time.perf_counter()
+            r = subprocess.run(argv, env=env, capture_output=True)
+            out[name].append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                raise SystemExit(f"{' '.join(argv)} failed: {r.stderr.decode()[-500:]}")
     return out
 
 
@@ -65,11 +69,12 @@ def main() -> int:
             f.write(PROJECT)
         env = {**os.environ, "MLN_CONFIG": conf}
         env.pop("MLN_DISABLE_PLUGINS", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)    # the warm run writes the bytecode cache
         mln = [sys.executable, "-m", "mln_core.cli"]
         cases = [("python3 -c pass", [sys.executable, "-c", "pass"]),
                  ("mln --help", mln + ["--help"]),
                  ("mln check (2 hosts)", mln + ["check", "-f", path])]
-        rows = {name: timed(argv, env, a.repeat) for name, argv in cases}
+        rows = timed(cases, env, a.repeat)
         base = statistics.median(rows["python3 -c pass"])
         print(f"{'command':<22} {'median':>8} {'best':>8} {'above python':>13}")
         for name, ts in rows.items():

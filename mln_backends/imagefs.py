@@ -12,33 +12,46 @@
 * :func:`is_ext_filesystem` and :func:`is_qcow2` (:mod:`mln_backends.imageformat`) tell
   the kind of an image.
 
+The parts are imported on first use (``imagefs.grow_image`` imports
+:mod:`mln_backends.imagesize`), so that commands that touch no image, such as ``mln
+check``, do not pay for them.
+
 Every tool runs on the :class:`mln_core.machine.Machine` given as ``machine`` (plugins
 pass ``ctx.on(host)``), by default this machine.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+from typing import TYPE_CHECKING
 
-from mln_core.machine import Machine
+if TYPE_CHECKING:
+    from mln_core.machine import Machine
 
-from .guestfs_ext import Ext4Image
-from .imageexport import raw_view
-from .imageformat import ImageError, is_ext_filesystem, is_qcow2
-from .imagesize import create_overlay, grow_image, grow_qcow2, image_size
+    from .guestfs_ext import Ext4Image
 
-__all__ = [
-    "ImageError",
-    "Ext4Image",
-    "grow_image",
-    "image_size",
-    "create_overlay",
-    "grow_qcow2",
-    "raw_view",
-    "open_image",
-    "is_ext_filesystem",
-    "is_qcow2",
-]
+_PARTS = {
+    "ImageError": "imageformat",
+    "is_ext_filesystem": "imageformat",
+    "is_qcow2": "imageformat",
+    "Ext4Image": "guestfs_ext",
+    "raw_view": "imageexport",
+    "grow_image": "imagesize",
+    "image_size": "imagesize",
+    "create_overlay": "imagesize",
+    "grow_qcow2": "imagesize",
+}
+__all__ = [*_PARTS, "open_image"]
+
+
+def __getattr__(name: str):
+    part = _PARTS.get(name)
+    if part is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{part}", __package__), name)
+    globals()[name] = value
+    return value
 
 
 def open_image(path: str | os.PathLike, on_helper=None, machine: Machine | None = None) -> Ext4Image:
@@ -46,6 +59,10 @@ def open_image(path: str | os.PathLike, on_helper=None, machine: Machine | None 
 
     For qcow2 the FUSE export is stopped when the returned object is closed;
     ``on_helper`` is passed to :func:`raw_view`."""
+    from .guestfs_ext import Ext4Image
+    from .imageexport import raw_view
+    from .imageformat import is_qcow2
+
     path = os.fspath(path)
     if not is_qcow2(path):
         return Ext4Image(path, machine)

@@ -43,7 +43,6 @@ from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
 
 from . import imagefs, lvmloop
-from .imagefs import is_ext_filesystem as _is_ext
 from .lvmcmd import activate as _activate
 from .lvmcmd import clean as _clean
 from .lvmcmd import have_device_mapper, lv_info, vg_info
@@ -64,8 +63,10 @@ _OWN_OPTIONS = ("-n", "--name", "-L", "--size", "-l", "--extents", "-s", "--snap
 # ---------------------------------------------------------------------------------------
 # settings
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Settings:
+    """The LVM settings of one host: volume group and the access mode."""
+
     vg: str
     options: list[str]
     lock: bool
@@ -363,7 +364,7 @@ def _fill(ctx, m, template: str, dev: str, template_size: int, lv_size: int) -> 
     else:
         m.run(["dd", f"if={template}", f"of={dev}", "bs=4M", "conv=fsync", "status=none"],
               what=f"copying template {template}", timeout=3600)
-    if not _is_ext(dev):
+    if not imagefs.is_ext_filesystem(dev):
         ctx.log(f"warning: template {template} holds no ext2/3/4 filesystem; not resized")
         return
     if lv_size > template_size:
@@ -442,22 +443,6 @@ def mln_detach_disk(host, disk, path, ctx):
                    what=f"releasing {path} ({host.name}'s volume)")
 
 
-class LvmImage(imagefs.Ext4Image):
-    """An Ext4Image on a volume's device; ``close()`` also releases the imitation loop device."""
-
-    def __init__(self, path: str, release=None, machine=None):
-        self._release = release
-        super().__init__(path, machine)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
 @hookimpl
 def mln_open_image(host, disk, ctx):
     if disk.kind != "lvm":
@@ -471,11 +456,14 @@ def mln_open_image(host, disk, ctx):
         view = lvmloop.LoopView(m, *lvmloop.extent_range(m, vg, lv), note=ctx.debug)
         dev, release = view.device, view.release
     try:
-        if not _is_ext(dev):
+        if not imagefs.is_ext_filesystem(dev):
             if release:
                 release()
             return None
-        return LvmImage(dev, release, m)
+        image = imagefs.Ext4Image(dev, m)
+        if release:
+            image._on_close.append(release)      # closing the image releases the loop device
+        return image
     except imagefs.ImageError as e:
         if release:
             release()

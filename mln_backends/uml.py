@@ -30,7 +30,6 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.model import Attachment
 
-from . import umlprobe
 from .umlcow import write_cow
 from .runtime import mac_address, runtime_dir
 
@@ -90,6 +89,7 @@ def _cannot_run(kernel: str, machine) -> str | None:
     """Why the UML binary ``kernel`` cannot run on ``machine`` (None if it can)."""
     if not _executable(kernel):
         return _missing(kernel)
+    from . import umlprobe  # imported when used: mln check needs no probe
     info = umlprobe.inspect(kernel, machine=machine)
     if info["boots"] is False:
         return f"{umlprobe.verdict(info, machine)}; {umlprobe.remedy()}"
@@ -107,6 +107,7 @@ def mln_runnable(host, ctx):
 def mln_doctor(ctx):
     kernel = ctx.config.get("default_kernel") or DEFAULT_KERNEL
     m = ctx.on()
+    from . import umlprobe  # imported when used: mln check needs no probe
     info = umlprobe.inspect(kernel, machine=m)
     ok = bool(info["boots"])
     said = "" if ok or not info["output"] else f" [{' | '.join(info['output'].splitlines())}]"
@@ -191,6 +192,7 @@ def command_line(host, ctx) -> list[str]:
             argv.append(f"ubd{n + 2}={m.source}")
     argv += ["root=/dev/ubda", "rw", f"mem={backend.get('memory_mb', host.memory // 2**20)}M",
              f"umid={umid}", f"uml_dir={d}", "con=null", "con0=fd:3,fd:1", "quiet"]
+    from . import umlprobe  # imported when used: mln check needs no probe
     drivers = umlprobe.inspect(kernel, boot=False, machine=ctx.on(host))["drivers"]
     for i in host.interfaces:
         mac = i.mac or mac_address("fe:fd:00", host.project, host.name, i.name)
@@ -332,6 +334,7 @@ def _crash(machine, hdir: str) -> str | None:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return None
+    from . import umlprobe  # imported when used: mln check needs no probe
     lines = umlprobe.crash_lines(text)
     if not any("Kernel panic" in line for line in lines):
         return None

@@ -35,6 +35,8 @@ DEFAULTS = {
 
 @dataclass
 class Config:
+    """The settings of mln.conf (and ~/.mln), with command-line overrides."""
+
     values: dict[str, str] = field(default_factory=lambda: dict(DEFAULTS))
     lists: dict[str, list[str]] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 
@@ -10,8 +9,10 @@ from .config import Config
 from .errors import MlnError
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Context:
+    """What every hook receives as ``ctx``: configuration, plugins, the project bound now."""
+
     config: Config
     pm: object                      # mln_core.plugins.PluginManager
     project_dir: str | None = None
@@ -107,7 +108,7 @@ class Context:
         return disk_of(self, host, attached)
 
     def run(self, argv: list[str], what: str | None = None, check: bool = True, input: bytes | None = None,
-            timeout: float | None = 300, **kw) -> subprocess.CompletedProcess:
+            timeout: float | None = 300, **kw) -> "subprocess.CompletedProcess":
         """Run a command on this machine (``self.on().run``); on failure raise MlnError
         naming ``what`` and the command's stderr."""
         return self.on().run(argv, what=what, check=check, input=input, timeout=timeout, **kw)

@@ -4,13 +4,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
 class Pos:
-    """A position in a project file (1-based line and column)."""
+    """A position in a project file (1-based line and column); immutable. (A plain class:
+    a frozen dataclass costs more at start-up than all of this module's other code.)"""
 
-    file: str
-    line: int
-    col: int
+    __slots__ = ("file", "line", "col")
+
+    def __init__(self, file: str, line: int, col: int):
+        object.__setattr__(self, "file", file)
+        object.__setattr__(self, "line", line)
+        object.__setattr__(self, "col", col)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Pos is immutable ({name})")
+
+    def __eq__(self, other):
+        return isinstance(other, Pos) and (self.file, self.line, self.col) == (other.file, other.line, other.col)
+
+    def __hash__(self):
+        return hash((self.file, self.line, self.col))
+
+    def __repr__(self) -> str:
+        return f"Pos(file={self.file!r}, line={self.line}, col={self.col})"
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"

@@ -22,6 +22,8 @@ from .merge import LINE_BLOCKS
 
 @dataclass
 class Keyword:
+    """A keyword or block a plugin (or the core) accepts in a context."""
+
     context: str
     name: str
     help: str = ""
@@ -32,14 +34,18 @@ class Keyword:
 
 @dataclass
 class Hypervisor:
+    """A hypervisor a backend provides: its name, flags and disk formats."""
+
     name: str
     flags: tuple[str, ...]
     plugin: str = "core"
     disk_formats: tuple[str, ...] = ("raw",)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class KeywordRegistry:
+    """Every keyword, block and hypervisor, with the plugin that declared it."""
+
     entries: dict[str, dict[str, Keyword]] = field(default_factory=dict)
     hypervisors: dict[str, Hypervisor] = field(default_factory=dict)
     current_plugin: str = "core"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -70,12 +69,14 @@ class Machine:
                 time.sleep(5)          # SIGTERM is handled by Python's default: we do not get here
         return True
 
-    # -- processes ------------------------------------------------------------------------
+    # -- processes (subprocess is imported when first needed: mln --help runs nothing) ---------
     def run(self, argv: list[str], what: str | None = None, check: bool = True, input: bytes | str | None = None,
-            timeout: float | None = 300, **kw) -> subprocess.CompletedProcess:
+            timeout: float | None = 300, **kw) -> "subprocess.CompletedProcess":
         """Run a command to its end and return its result (output captured unless ``kw``
         says otherwise); on failure with ``check`` raise MlnError naming ``what`` and the
         command's error output."""
+        import subprocess
+
         prefix = f"{what}: " if what else ""
         if not self._enter(argv):
             if check:
@@ -96,8 +97,10 @@ class Machine:
             raise MlnError(f"{prefix}'{shlex.join(argv)}' failed (exit {p.returncode}){': ' + err if err else ''}")
         return p
 
-    def popen(self, argv: list[str], what: str | None = None, **kw) -> subprocess.Popen:
+    def popen(self, argv: list[str], what: str | None = None, **kw) -> "subprocess.Popen":
         """Start a process mln talks to or waits for (``subprocess.Popen`` arguments)."""
+        import subprocess
+
         if not self._enter(argv):
             raise MlnError(f"{what + ': ' if what else ''}'{shlex.join(argv)}' could not start: injected fault")
         try:
@@ -116,6 +119,8 @@ class Machine:
                   "echo $!")
         if not self._enter(argv):
             raise MlnError(f"'{shlex.join(argv)}' could not start: injected fault")
+        import subprocess
+
         r = subprocess.run(["setsid", "sh", "-c", script], capture_output=True, text=True)
         if r.returncode != 0 or not r.stdout.strip().isdigit():
             raise MlnError(f"'{shlex.join(argv)}' could not start: {r.stderr.strip()}")

@@ -40,6 +40,8 @@ def format_size(n: int) -> str:
 
 @dataclass
 class Interface:
+    """One network interface of a host (``network ethN { ... }``)."""
+
     name: str
     index: int
     switch: str | None = None
@@ -65,6 +67,8 @@ class Interface:
 
 @dataclass
 class User:
+    """A guest user account (``users { name password group }``)."""
+
     name: str
     password: str | None = None
     home: str | None = None
@@ -73,6 +77,8 @@ class User:
 
 @dataclass
 class FileCopy:
+    """A file or directory copied into the guest (``files { source target }``)."""
+
     source: str
     destination: str
     mode: str | None = None
@@ -80,6 +86,8 @@ class FileCopy:
 
 @dataclass
 class Mount:
+    """A filesystem the guest mounts (``mount { ... }``)."""
+
     source: str
     mountpoint: str
     fstype: str
@@ -97,8 +105,10 @@ class Disk:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Host:
+    """A host of the project, resolved: its effective settings as typed values."""
+
     name: str
     project: str
     hypervisor: str
@@ -172,8 +182,10 @@ class Attachment:
     network: str | None = None   # a hypervisor's own network (VMware's vmnetN)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Switch:
+    """A virtual switch of the project."""
+
     name: str
     project: str
     service_host: str | None = None
@@ -194,8 +206,10 @@ class Switch:
         return self.kind()
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Project:
+    """A whole project, resolved: its global settings, hosts and switches."""
+
     name: str
     hosts: dict[str, Host] = field(default_factory=dict)
     switches: dict[str, Switch] = field(default_factory=dict)

@@ -27,8 +27,10 @@ NAMESPACE = "mln.plugins"
 from . import hookimpl  # noqa: E402,F401  (re-exported)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class PluginInfo:
+    """An installed plugin: its entry-point name, distribution and whether it is enabled."""
+
     name: str
     module: str
     hooks: list[str] = field(default_factory=list)

@@ -15,8 +15,10 @@ from .merge import Resolved
 from .model import Project, build_host, build_switch
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class Loaded:
+    """A project file read: its document, resolved project and the problems found."""
+
     doc: Document
     resolved: Resolved
     project: Project | None

@@ -24,6 +24,8 @@ _VERSIONED = re.compile(r"(?P<base>.+)-V(?P<major>\d+)\.(?P<minor>\d+)(?P<ext>\.
 
 @dataclass
 class Template:
+    """A registered template image."""
+
     name: str
     real_name: str
     size_mb: int
