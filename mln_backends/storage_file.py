@@ -115,16 +115,54 @@ def mln_create_disk(host, ctx):
     extra = {"template": template.name}
     if fmt == "raw" and (host.tree.get("cow_filesystem") or host.tree.get("cow")):
         extra["cow_base"] = os.path.join("images", host.tree.get("cow_filesystem") or host.tree.get("cow"))
-    if host.swap:
-        swap_rel = os.path.join("images", f"swap_{host.name}")
-        swap = ctx.path(swap_rel)
-        with open(swap, "wb") as f:
-            f.truncate(host.swap)
-        r = machine.run(["mkswap", "-q", swap], check=False, timeout=None, text=True)
-        if r.returncode != 0:
-            raise MlnError(f"mkswap {swap}: {r.stderr.strip()}")
-        extra["swap"] = swap_rel
+    _swap(host, ctx, machine, extra)
     return Disk(path=record, format=fmt, kind="file", size=size, extra=extra)
+
+
+def _swap(host, ctx, machine, extra: dict) -> None:
+    """``swap SIZE``: a fresh swap disk ``images/swap_<host>`` (recorded in ``extra``)."""
+    extra.pop("swap", None)
+    if not host.swap:
+        return
+    swap_rel = os.path.join("images", f"swap_{host.name}")
+    swap = ctx.path(swap_rel)
+    with open(swap, "wb") as f:
+        f.truncate(host.swap)
+    r = machine.run(["mkswap", "-q", swap], check=False, timeout=None, text=True)
+    if r.returncode != 0:
+        raise MlnError(f"mkswap {swap}: {r.stderr.strip()}")
+    extra["swap"] = swap_rel
+
+
+@hookimpl(trylast=True)
+def mln_copy_disk(host, disk, ctx):
+    """A copy of the host's disk file (a qcow2 overlay stays an overlay of its template),
+    grown to the host's new size if that is larger. A UML copy-on-write disk over a shared
+    base is not copied: the host is made afresh."""
+    if disk.kind != "file" or any(host.tree.has(k) for k in OTHER_STORAGE) or disk.extra.get("cow_base"):
+        return None
+    machine = ctx.on(host)
+    path, record = _disk_paths(host, ctx, disk.format)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _sparse_copy(disk.path, path, machine)
+    size = disk.size or imagefs.image_size(path, machine)
+    try:
+        template = ctx.templates.resolve(host.template, f"host {host.name}")
+        wanted = host.disk_size(imagefs.image_size(template.path, machine), ctx.log)
+    except MlnError:                     # the template is gone: the disk keeps its size
+        wanted = size
+    try:
+        if wanted > size:
+            if disk.format == "qcow2":
+                imagefs.grow_qcow2(path, wanted, getattr(ctx, "record_helper", None), machine)
+            elif imagefs.is_ext_filesystem(path):
+                imagefs.grow_image(path, wanted, machine)
+            size = wanted
+    except imagefs.ImageError as e:
+        raise MlnError(f"growing the copy {path} of {disk.path}: {e}") from None
+    extra = dict(disk.extra)
+    _swap(host, ctx, machine, extra)
+    return Disk(path=record, format=disk.format, kind="file", size=size, extra=extra)
 
 
 def _sparse_copy(src: str, dst: str, machine) -> None:

@@ -5,8 +5,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from .config import Config
 from .errors import MlnError
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 @dataclass(repr=False, eq=False)

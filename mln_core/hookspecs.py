@@ -306,6 +306,52 @@ def mln_stop_switch(switch, ctx):
 
 
 # ---------------------------------------------------------------------------------------
+# Upgrade: change a built (maybe running) project
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_copy_disk(host, disk, ctx):
+    """Copy a host's existing disk into the build in progress, grown to the host's new
+    size if that is larger, so that ``mln upgrade`` can individualize the copy again while
+    the old disk stays as it was until the upgrade commits.
+
+    Called by ``upgrade`` for a changed host whose template did not change; ``disk`` is the
+    :class:`mln_core.model.Disk` recorded for the old host (absolute path) and ``ctx`` is
+    bound to the upgrade's staging directory (``ctx.path()`` is there). Return the new
+    :class:`mln_core.model.Disk` (a path relative to the project directory, like
+    ``mln_create_disk``), or None if this storage plugin does not handle the disk; when no
+    plugin does, the plan says the host is made afresh from its template instead.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_plan_live(host, old, change, ctx):
+    """Can the running host take ``change`` without a restart?
+
+    Called by ``upgrade`` (and ``upgrade -s``) for each change of a running host whose kind
+    is in :data:`mln_core.change.LIVE_KINDS`. ``old`` is the host as it was built and runs,
+    ``host`` as the new file wants it, ``change`` a :class:`mln_core.change.Change`. The
+    backend for ``old.hypervisor`` returns a short text saying how it will apply the change
+    (``"virtio-balloon to 192M"``, ``"hot-plugged in PCI slot 0x05"``), which the plan
+    shows; None means a restart (and the plan says no backend can do it live).
+    """
+
+
+@hookspec(firstresult=True)
+def mln_apply_live(host, old, change, ctx):
+    """Apply a change to the running guest, as ``mln_plan_live`` promised.
+
+    Called by ``upgrade`` after the new project is in place (``ctx.project`` is the new
+    project, ``ctx.state`` its state, with the host's configuration already rebuilt by
+    ``mln_build_host``). Return True when done; raise MlnError if it cannot be done (the
+    host is then restarted instead). A backend records what the guest now runs with that
+    differs from a cold start of ``host`` (hot-added devices, the boot memory behind a
+    balloon) so that ``stop -S``/``start`` and migration reproduce it until the next cold
+    start.
+    """
+
+
+# ---------------------------------------------------------------------------------------
 # Remove
 # ---------------------------------------------------------------------------------------
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
-import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict
 
 from .errors import MlnError
+from .progress import Progress, parallel as _parallel
 from .guest import detect_family
 from .lang.writer import write_tree
 from .model import Disk, Host, Project, Switch
@@ -24,69 +22,6 @@ from .templates import TemplateRegistry
 
 HOOK_SCRIPTS = ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",
                 "beforeProjectStop", "beforeHostsStop", "afterHostsStop", "afterProjectStop")
-
-
-class Progress:
-    """One status line that updates in place on a terminal; plain lines otherwise."""
-
-    def __init__(self, what: str, total: int, stream=sys.stderr):
-        self.what, self.total, self.done = what, total, 0
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.lock = threading.Lock()
-        self.active: dict[str, str] = {}
-
-    def step(self, item: str, step: str) -> None:
-        with self.lock:
-            self.active[item] = step
-            if self.tty:
-                self._draw()
-            else:
-                print(f"+---> {item}: {step}", file=self.stream, flush=True)
-
-    def finish(self, item: str, message: str = "done") -> None:
-        with self.lock:
-            self.done += 1
-            self.active.pop(item, None)
-            if self.tty:
-                self.stream.write("\r\033[K")
-            print(f"+---> {item}: {message}", file=self.stream, flush=True)
-            if self.tty:
-                self._draw()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-    def _draw(self) -> None:
-        busy = ", ".join(f"{k} ({v})" for k, v in list(self.active.items())[:3])
-        line = f"[{self.done}/{self.total}] {self.what}: {busy}"
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        self.stream.write("\r\033[K" + line[:width])
-        self.stream.flush()
-
-
-def _parallel(items, fn, jobs: int) -> None:
-    """Run ``fn(item)`` on a bounded pool; on the first failure finish the running ones
-    and raise that failure."""
-    if not items:
-        return
-    errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(fn, item): item for item in items}
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
-        wait(pending)
-        for f in list(done) + list(pending):
-            if f.cancelled():
-                continue
-            exc = f.exception()
-            if exc is not None:
-                errors.append(exc)
-    if errors:
-        raise errors[0]
 
 
 class Engine:
@@ -109,7 +44,14 @@ class Engine:
         """Hold the project's lock and yield the stored project, read afresh."""
         self.store.require(project_name)
         with self.store.lock(project_name):
+            self.recover(project_name)
             yield self.open(project_name)
+
+    def recover(self, project_name: str) -> None:
+        """Finish or undo an upgrade of the project that was killed (lock held)."""
+        from .upgrade import JOURNAL, recover
+        if os.path.exists(os.path.join(self.store.project_dir(project_name), JOURNAL)):
+            recover(self, project_name)
 
     def open(self, project: str) -> Loaded:
         pdir = self.store.require(project)
@@ -139,6 +81,7 @@ class Engine:
             existed = self.store.exists(project.name)
             old = None
             if existed:
+                self.recover(project.name)
                 old = self._refuse_if_running(project.name)
                 if not replace:
                     if confirm is None or not confirm(f"project '{project.name}' exists; replace it?"):
@@ -197,27 +140,19 @@ class Engine:
             progress.close()
         Store.write_state(staging, state)
 
-    def _build_host(self, host: Host, progress: Progress) -> None:
+    def _build_host(self, host: Host, progress: Progress, make_disk=None) -> None:
+        """Make the host's disk (``make_disk(host)``, by default from its template),
+        individualize it and write its hypervisor configuration."""
         step = "create disk"
         try:
             progress.step(host.name, step)
-            disk = self.hook.mln_create_disk(host=host, ctx=self.ctx)
+            disk = make_disk(host) if make_disk else self.hook.mln_create_disk(host=host, ctx=self.ctx)
             if disk is None:
                 raise MlnError("no installed storage plugin handles this host")
             entry = self.ctx.state["hosts"][host.name] = {"disk": asdict(disk)}
             step = "configure image"
             progress.step(host.name, step)
-            guest = self.hook.mln_open_image(host=host, disk=disk, ctx=self.ctx)
-            if guest is None:
-                self.ctx.log(f"warning: host {host.name}: its {disk.format} disk holds no filesystem mln "
-                             "can open (a whole-disk image?), so the guest is not individualized")
-            else:
-                try:
-                    guest.family = host.family or detect_family(guest) or \
-                        self.ctx.config.get("default_family")
-                    self.hook.mln_configure_image(host=host, guest=guest, ctx=self.ctx)
-                finally:
-                    guest.close()
+            self.individualize(host, disk)
             step = f"{host.hypervisor} configuration"
             progress.step(host.name, step)
             data = self.hook.mln_build_host(host=host, disk=disk, ctx=self.ctx)
@@ -230,6 +165,19 @@ class Engine:
             raise MlnError(f"{step}: {e.message}", f"host {host.name}") from None
         except OSError as e:
             raise MlnError(f"{step}: {e}", f"host {host.name}") from None
+
+    def individualize(self, host: Host, disk: Disk) -> None:
+        """Open the host's disk and let every plugin write the guest's identity into it."""
+        guest = self.hook.mln_open_image(host=host, disk=disk, ctx=self.ctx)
+        if guest is None:
+            self.ctx.log(f"warning: host {host.name}: its {disk.format} disk holds no filesystem mln "
+                         "can open (a whole-disk image?), so the guest is not individualized")
+            return
+        try:
+            guest.family = host.family or detect_family(guest) or self.ctx.config.get("default_family")
+            self.hook.mln_configure_image(host=host, guest=guest, ctx=self.ctx)
+        finally:
+            guest.close()
 
     def _commit(self, staging: str, project: Project, outside: OutsideFiles) -> None:
         """Let plugins put in place what they made outside the project directory under a
@@ -394,6 +342,7 @@ class Engine:
     def _start_host(self, h: Host) -> None:
         try:
             self._detach_disk(h)                   # left by a run that ended without mln
+            self._catch_up(h)
             path = self.hook.mln_attach_disk(host=h, disk=disk_of(self.ctx, h), ctx=self.ctx)
             if path:
                 with open(_attached(self.ctx, h), "w") as f:
@@ -407,6 +356,17 @@ class Engine:
         except MlnError as e:
             raise MlnError(f"start: {e.message}", f"host {h.name}") from None
         self.ctx.log(f"+---> {h.name}: started")
+
+    def _catch_up(self, h: Host) -> None:
+        """A host changed live by ``upgrade`` (or with ``-l``) has its guest files brought
+        up to date at its next cold start (not when it resumes a saved state)."""
+        entry = self.ctx.state.get("hosts", {}).get(h.name, {})
+        if not entry.get("individualize") or _state(self.host_status(h))[1].startswith("saved"):
+            return
+        self.ctx.log(f"+---> {h.name}: bringing its guest files up to date (changed while it ran)")
+        self.individualize(h, disk_of(self.ctx, h, attached=False))
+        del entry["individualize"]
+        Store.write_state(self.ctx.project_dir, self.ctx.state)
 
     def _detach_disk(self, h: Host) -> None:
         record = _attached(self.ctx, h)

@@ -25,6 +25,7 @@ from .errors import MlnError
 
 if TYPE_CHECKING:
     import socket
+    import subprocess
 
 
 class Fault:
@@ -68,6 +69,12 @@ class Machine:
                 os.kill(os.getpid(), signal.SIGKILL if f.action == "kill" else signal.SIGTERM)
                 time.sleep(5)          # SIGTERM is handled by Python's default: we do not get here
         return True
+
+    def step(self, name: str) -> None:
+        """A named step of mln's own work (no command runs): traced as ``$ mln-step NAME``
+        and, like a command, where ``MLN_FAULTS`` fails (MlnError) or kills mln."""
+        if not self._enter(["mln-step", name]):
+            raise MlnError(f"{name}: injected fault")
 
     # -- processes (subprocess is imported when first needed: mln --help runs nothing) ---------
     def run(self, argv: list[str], what: str | None = None, check: bool = True, input: bytes | str | None = None,
