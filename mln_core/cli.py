@@ -555,5 +555,9 @@ def _main(args: list[str]) -> int:
         return 70
 
 
+if __name__ == "__main__":   # python -m mln_core.cli: the commands below join this very module's group
+    sys.modules.setdefault("mln_core.cli", sys.modules[__name__])
+from . import cli_diff  # noqa: E402,F401  (mln diff)
+from . import cli_upgrade  # noqa: E402,F401  (mln upgrade)
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
