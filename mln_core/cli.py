@@ -229,13 +229,23 @@ _jobs = click.option("-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
 @cli.command()
 @click.option("-f", "file", required=True, type=click.Path(dir_okay=False), help="Project file (.mln).")
 @click.option("-r", "replace", is_flag=True, help="Replace an existing project of that name without asking.")
-@click.option("-s", "simulate", is_flag=True, help="Only read the project and print a summary.")
+@click.option("-s", "simulate", is_flag=True, help="Only read the project and print the plan.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="With -s: how to print the plan.")
 @_jobs
 @click.pass_context
-def build(click_ctx, file, replace, simulate, jobs):
+def build(click_ctx, file, replace, simulate, fmt, jobs):
     """Build a project: disks from templates, individualized guests, hypervisor configuration."""
-    _engine(click_ctx, jobs).build(_project_file(file), replace=replace, simulate=simulate,
-                                   confirm=_confirm)
+    engine = _engine(click_ctx, jobs)
+    project = engine.build(_project_file(file), replace=replace, simulate=simulate, confirm=_confirm)
+    if simulate:
+        import json
+
+        from .model import Project
+        from .plan import make_plan
+        plan = make_plan(Project(name=project.name), project, {}, engine.store.version(project.name),
+                         engine.ctx)
+        click.echo(json.dumps(plan.as_json(), indent=2) if fmt == "json" else plan.render_text(), nl=fmt == "json")
 
 
 def _project_option(f):

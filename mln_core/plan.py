@@ -87,7 +87,7 @@ class Plan:
         return out
 
     def render_text(self) -> str:
-        lines = [f"upgrade of project {self.project} (version {self.version} -> {self.version + 1}):"]
+        lines = [f"plan for project {self.project} (version {self.version} -> {self.version + 1}):"]
         if self.empty:
             return lines[0] + " nothing changes\n"
         for action in ACTIONS:
