@@ -323,28 +323,16 @@ def undo(engine, name: str, journal: Journal) -> None:
     ctx, store = engine.ctx, engine.store
     pdir, data = journal.pdir, journal.data
     work = os.path.join(pdir, WORK)
+    new = new_state = None
     if data.get("phase") in ("commit", "run"):
         new = _load(os.path.join(work, "new.mln"), ctx)
-        if new is not None:
+        if new is not None:                      # what the new project started: stopped
             engine._bind(new, pdir)
+            new_state = copy.deepcopy(ctx.state)
             started = [new.hosts[n] for n in data.get("started", []) if n in new.hosts]
             up = [h for h in started if engine.host_status(h).startswith("up")]
             if up:
                 engine._stop_hosts(up, hard=True, wait_s=5)
-            for hname, change in reversed(data.get("live", [])):
-                host = new.hosts.get(hname)
-                if host is None or not engine.host_status(host).startswith("up"):
-                    continue
-                _undo_live(engine, host, Change(**change))
-            for sname in data.get("switches_started", []):
-                sw = new.switches.get(sname)
-                users = [h for h in new.hosts.values() if any(i.switch == sname for i in h.interfaces)
-                         and engine.host_status(h).startswith("up")]
-                if sw is not None and not users and engine.switch_status(sw) == "up":
-                    try:
-                        ctx.pm.hook.mln_stop_switch(switch=sw, ctx=ctx)
-                    except MlnError as e:
-                        ctx.log(f"warning: switch {sname}: {e}")
     for src, dst, aside, existed in reversed(data.get("moves", [])):
         if os.path.lexists(aside):
             os.replace(aside, dst)
@@ -356,6 +344,30 @@ def undo(engine, name: str, journal: Journal) -> None:
     if data.get("staging"):
         Store.discard_staging(data["staging"])
     old = engine.open(name) if store.exists(name) else None
+    if old is not None and new is not None:      # live changes reversed, on the old project
+        for hname, change in reversed(data.get("live", [])):
+            host, was = old.project.hosts.get(hname), new.hosts.get(hname)
+            if host is not None and was is not None and engine.host_status(host).startswith("up"):
+                _undo_live(engine, host, was, Change(**change), new, new_state)
+    if new is not None:                          # switches the upgrade started and nothing uses
+        saved = ctx.project, ctx.state
+        ctx.project, ctx.state = new, new_state
+        try:
+            for sname in data.get("switches_started", []):
+                sw = new.switches.get(sname)
+                if sw is None or engine.switch_status(sw) != "up" or \
+                        (old is not None and sname in old.project.switches and
+                         any(i.switch == sname for n in data.get("was_running", [])
+                             for i in (old.project.hosts[n].interfaces if n in old.project.hosts else ()))):
+                    continue
+                try:
+                    ctx.pm.hook.mln_stop_switch(switch=sw, ctx=ctx)
+                except MlnError as e:
+                    ctx.log(f"warning: switch {sname}: {e}")
+                if old is None or sname not in old.project.switches:
+                    shutil.rmtree(os.path.join(pdir, "switches", sname), ignore_errors=True)
+        finally:
+            ctx.project, ctx.state = saved
     if old is not None:
         for n in data.get("switches_stopped", []):
             sw = old.project.switches.get(n)
@@ -370,17 +382,28 @@ def undo(engine, name: str, journal: Journal) -> None:
     journal.remove()
 
 
-def _undo_live(engine, host, change: Change) -> None:
-    """Reverse a live change; if the backend cannot, the host restarts on the old project."""
+def _undo_live(engine, host, was, change: Change, new: Project, new_state: dict) -> None:
+    """Reverse a live change (``host``: as the old project has it, ``was``: as the new one
+    had it); if the backend cannot, the host is stopped and starts again on the old project."""
     back = Change(change.kind, f"undo: {change.reason}", change.interface, change.new, change.old)
     ctx = engine.ctx
     try:
         if back.kind in ("memory", "interface_moved") and \
-                ctx.pm.hook.mln_apply_live(host=host, old=host, change=back, ctx=ctx):
+                ctx.pm.hook.mln_apply_live(host=host, old=was, change=back, ctx=ctx):
             return
     except MlnError:
         pass
     engine._stop_hosts([host], hard=True, wait_s=5)   # started again by undo, with the old project
+    iface = was.interface(change.interface) if change.kind == "interface_added" else None
+    if iface is not None:                             # the hot-plugged NIC's side of its switch
+        saved = ctx.project, ctx.state
+        ctx.project, ctx.state = new, new_state
+        try:
+            ctx.detach(was, iface)
+        except MlnError as e:
+            ctx.log(f"warning: {was.name} {iface.name}: {e}")
+        finally:
+            ctx.project, ctx.state = saved
 
 
 def cleanup(engine, journal: Journal) -> None:
