@@ -196,6 +196,9 @@ def make_plan(old: Project, new: Project, status: dict[str, str], version: int, 
             continue
         up = status.get(name, "down").startswith("up")
         changes = host_changes(o, h, old.switches, new.switches, default_switch, flags)
+        if changes and status.get(name, "").partition(":")[2].strip().startswith("saved"):
+            raise MlnError(f"it was saved with 'mln stop -S' and a saved guest cannot take changes; start "
+                           f"it first (mln start -p {new.name} -h {name}), then upgrade", f"host {name}")
         plan.hosts.append(_host_plan(name, o, h, changes, up, name in live_hosts, ctx))
     for name, o in old.hosts.items():
         if name not in new.hosts:
