@@ -11,9 +11,18 @@
   in the host, else the kernel and initrd registered with the template
   (``mln register_template --kernel K --initrd I``), else ``qemu_kernel``/``qemu_initrd``
   in mln.conf. A whole-disk template boots through its own boot loader.
-* NIC ``ethN`` sits in PCI slot ``2 + N``, and every missing index below the highest gets
-  an unconnected placeholder NIC, so the guest kernel (which names NICs in PCI order)
-  calls them exactly as the project file does: a host with eth0 and eth2 has an eth2.
+* Every device has a fixed PCI slot (see ``qemu_live``): NIC ``ethN`` sits in slot
+  ``2 + N``, and every missing index below the highest gets an unconnected placeholder
+  NIC, so the guest kernel (which names NICs in PCI order) calls them exactly as the
+  project file does: a host with eth0 and eth2 has an eth2. The disks follow from slot
+  0x18, then a virtio balloon and a virtio-serial port, ``org.mln.channel`` (socket
+  ``channel.sock`` in the runtime directory), through which mln talks to an agent in the
+  guest (written by the guestconfig plugin).
+* ``mln upgrade`` changes a running guest (``mln_plan_live``/``mln_apply_live``, done in
+  ``qemu_live``): memory lowered through the balloon, an interface moved to another
+  bridge with its tap, an interface added by PCI hot-plug (the guest's agent names it and
+  sets its address). ``hosts/<host>/shape.json`` keeps how the guest then differs from a
+  cold start (the RAM it booted with, the NICs plugged in), for a resume.
 * The serial console is the socket ``console.sock`` in the runtime directory (``mln
   console`` attaches to it), and QEMU logs it to ``hosts/<host>/console.log``; status and
   shutdown use the QMP socket (``system_powerdown`` for a clean stop, ``quit`` for a hard one).
@@ -39,8 +48,8 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.machine import local
 
-from . import imagefs
-from .runtime import mac_address, runtime_dir, saved_state_path
+from . import imagefs, qemu_live, qemu_qmp
+from .runtime import saved_state_path
 
 NAME = "qemu"
 QEMU = "qemu-system-x86_64"
@@ -108,18 +117,17 @@ def mln_build_host(host, disk, ctx):
         raise MlnError(f"vcpus must be a number of at least 1, not '{vcpus}'")
     extra = host.tree.get("extra") if host.tree is not None else None
     return {
-        "accel": _accel(host, ctx), "memory_mb": max(32, host.memory // 2**20), "vcpus": int(vcpus),
+        "accel": _accel(host, ctx), "memory_mb": qemu_live.memory_mb(host), "vcpus": int(vcpus),
         "kernel": kernel, "initrd": initrd,
         "append": " ".join(x for x in ("console=ttyS0 root=/dev/vda rw", extra) if x) if kernel else None,
     }
 
 
 def _paths(host, ctx, create=False):
-    d = runtime_dir(ctx, "qemu", host.name, create=create)
-    return d, os.path.join(d, "qmp.sock"), os.path.join(ctx.path("hosts", host.name), "pid")
+    return qemu_live.paths(host, ctx, create)
 
 
-MAX_NIC_INDEX = 29            # ethN is in PCI slot 2 + N; slots 0 and 1 are the host and ISA bridges
+MAX_NIC_INDEX = qemu_live.MAX_NIC_INDEX     # ethN is in PCI slot 2 + N (see qemu_live)
 
 
 def _console_socket(runtime: str) -> str:
@@ -134,83 +142,33 @@ def mln_console(host, ctx):
     return {"socket": sock} if os.path.exists(sock) else None
 
 
-def _chardev_path(path: str) -> str:
-    return path.replace(",", ",,")     # QEMU option syntax: a literal comma is doubled
-
-
-def command_line(host, ctx, resume: bool = False) -> list[str]:
+def command_line(host, ctx, resume: bool = False, memory_mb: int | None = None) -> list[str]:
     """The QEMU command line; ``resume``: wait for the saved state (``-incoming defer``) and
-    append to the console log instead of starting it afresh."""
+    append to the console log instead of starting it afresh; ``memory_mb``: the RAM size
+    instead of the configured one (a resume of a guest whose memory was lowered live)."""
     b = ctx.host_state(host).get("backend", {})
     disk = ctx.disk(host)
-    d, qmp, pidfile = _paths(host, ctx)
+    d, qmp_sock, pidfile = _paths(host, ctx)
     log = os.path.join(ctx.host_dir(host), "console.log")
-    argv = [QEMU, "-name", host.fqname, "-accel", b.get("accel", "tcg"), "-m", str(b.get("memory_mb", 128)),
+    chardev = qemu_live.chardev_path
+    argv = [QEMU, "-name", host.fqname, "-accel", b.get("accel", "tcg"),
+            "-m", str(memory_mb or b.get("memory_mb", 128)),
             "-smp", str(b.get("vcpus", 1)), "-nodefaults", "-no-user-config", "-display", "none",
-            "-daemonize", "-pidfile", pidfile, "-qmp", f"unix:{qmp},server=on,wait=off",
-            "-chardev", f"socket,id=serial0,path={_chardev_path(_console_socket(d))},server=on,wait=off,"
-                        f"logfile={_chardev_path(log)},logappend={'on' if resume else 'off'}",
-            "-serial", "chardev:serial0",
-            "-drive", f"file={disk.path},format={disk.format},if=virtio,cache=writeback"]
-    if disk.extra.get("swap"):
-        argv += ["-drive", f"file={ctx.path(disk.extra['swap'])},format=raw,if=virtio"]
-    for m in host.mounts:
-        if m.fstype != "hostfs":   # hostfs is UML's way to share a host directory
-            argv += ["-drive", f"file={m.source},format=raw,if=virtio"]
+            "-daemonize", "-pidfile", pidfile, "-qmp", f"unix:{qmp_sock},server=on,wait=off",
+            "-chardev", f"socket,id=serial0,path={chardev(_console_socket(d))},server=on,wait=off,"
+                        f"logfile={chardev(log)},logappend={'on' if resume else 'off'}",
+            "-serial", "chardev:serial0"]
+    argv += qemu_live.disk_args(host, ctx, disk)
     if b.get("kernel"):
         argv += ["-kernel", b["kernel"]]
         if b.get("initrd"):
             argv += ["-initrd", b["initrd"]]
         argv += ["-append", b["append"]]
-    argv += _nics(host, ctx)
+    argv += qemu_live.nic_args(host, ctx)
+    argv += qemu_live.fixed_args(d)
     if resume:
         argv += ["-incoming", "defer"]
     return argv
-
-
-def _nics(host, ctx) -> list[str]:
-    """One virtio NIC per index from eth0 to the highest interface, ethN in PCI slot 2 + N.
-
-    Linux names NICs in PCI order, so a gap in the project file (eth0 and eth2) gets an
-    unconnected placeholder NIC (eth1 in the guest) and eth2 lands on the right NIC. An
-    interface that is connected to nothing gets a NIC without a network too."""
-    if not host.interfaces:
-        return []
-    top = max(i.index for i in host.interfaces)
-    if top > MAX_NIC_INDEX:
-        raise MlnError(f"eth{top}: QEMU hosts have interfaces eth0 to eth{MAX_NIC_INDEX} only")
-    by_index = {i.index: i for i in host.interfaces}
-    argv = []
-    for n in range(top + 1):
-        i = by_index.get(n)
-        name = i.name if i is not None else f"eth{n}"
-        mac = (i.mac if i is not None else None) or mac_address("52:54:00", host.project, host.name, name)
-        nid = f"n{n}"
-        netdev = _netdev(host, ctx, i, nid) if i is not None else None
-        device = f"virtio-net-pci,id=nic{n},mac={mac},addr=0x{2 + n:02x}"
-        if netdev is not None:
-            argv += ["-netdev", netdev]
-            device = f"virtio-net-pci,netdev={nid},id=nic{n},mac={mac},addr=0x{2 + n:02x}"
-        argv += ["-device", device]
-    return argv
-
-
-def _netdev(host, ctx, i, nid: str) -> str | None:
-    """The -netdev for interface ``i``, or None if it is connected to nothing."""
-    slirp = i.tree.get("slirp") if i.tree is not None else None
-    if slirp is not None:
-        netdev = f"user,id={nid}" + (",restrict=on" if slirp == "restrict" else "")
-        return netdev + "".join(f",hostfwd={ln.value}" for ln in i.tree.lines if ln.words[0] == "hostfwd")
-    if i.switch and i.switch.startswith("/"):
-        return f"vde,id={nid},sock={i.switch}"
-    att = ctx.attachment(host, i) if i.switch else None
-    if att is None:
-        return None
-    if att.kind == "vde":
-        return f"vde,id={nid},sock={att.socket}"
-    if att.kind == "tap":
-        return f"tap,id={nid},ifname={att.tap},script=no,downscript=no"
-    raise MlnError(f"{i.name}: QEMU cannot join a switch of kind {att.kind}")
 
 
 @hookimpl
@@ -225,7 +183,17 @@ def mln_start_host(host, ctx):
         os.unlink(qmp_sock)
     saved = saved_state_path(host, ctx)
     resume = os.path.exists(saved)
-    argv = command_line(host, ctx, resume=resume)
+    try:
+        if resume:   # as it ran when saved: its RAM size, with the NICs hot-plugged since its boot
+            configured = ctx.host_state(host).get("backend", {}).get("memory_mb", 128)
+            argv = command_line(host, ctx, resume=True,
+                                memory_mb=qemu_live.resume_memory(host, ctx, configured, saved))
+        else:
+            qemu_live.drop_shape(host, ctx)      # a cold start: the guest is as the project says
+            argv = command_line(host, ctx)
+    except MlnError:
+        _undo_start(host, ctx)
+        raise
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
     r = m.run(argv, what="QEMU did not start", check=False, timeout=60, text=True)
@@ -251,109 +219,34 @@ def _undo_start(host, ctx) -> None:
     mln_host_stopped(host, ctx)
 
 
-# -- QMP ------------------------------------------------------------------------------------------
+# -- live changes (mln upgrade) -------------------------------------------------------------------------
 
-class QmpFailure(Exception):
-    """A QMP exchange did not go as it must (the message says what happened)."""
-
-
-async def _session(machine, sock: str, work, timeout: float = 5.0):
-    """Connect to ``sock`` (through ``machine``), run ``await work(client)``, disconnect."""
-    import asyncio      # here, not at the top: most commands never talk QMP
-    from qemu.qmp import ConnectError, QMPClient
-    client = QMPClient("mln")
-    try:
-        conn = machine.connect_unix(sock, timeout)
-    except TimeoutError:
-        raise
-    except OSError as e:       # as the client says it when it connects by itself
-        raise ConnectError("Failed to establish connection", e) from None
-    try:
-        await asyncio.wait_for(client.connect(conn), timeout)
-        return await work(client)
-    finally:
-        try:
-            await asyncio.wait_for(client.disconnect(), timeout)
-        except Exception:
-            pass
-        conn.close()
-
-
-async def _qmp(machine, sock: str, command: str, timeout: float):
-    import asyncio
-    return await _session(machine, sock, lambda c: asyncio.wait_for(c.execute(command), timeout), timeout)
-
-
-def qmp(machine, sock: str, command: str, timeout: float = 5.0):
-    """Run one QMP command on ``sock``; None if QEMU does not answer."""
-    import asyncio
-    if not os.path.exists(sock):
+@hookimpl
+def mln_plan_live(host, old, change, ctx):
+    if not _mine(old) or not _mine(host):
         return None
-    try:
-        return asyncio.run(_qmp(machine, sock, command, timeout))
-    except Exception:
+    return qemu_live.plan(host, old, change, ctx)
+
+
+@hookimpl
+def mln_apply_live(host, old, change, ctx):
+    if not _mine(old) or not _mine(host):
         return None
+    return qemu_live.apply(host, old, change, ctx)
 
 
-def _describe(e: BaseException) -> str:
-    import asyncio
-    if isinstance(e, QmpFailure):
-        return str(e)
-    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-        return "QEMU did not answer on QMP in time"
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+# -- QMP (qemu_qmp) ------------------------------------------------------------------------------------
+
+QmpFailure = qemu_qmp.QmpFailure
+qmp = qemu_qmp.qmp
+_session = qemu_qmp.session
+_describe = qemu_qmp.describe
 
 
 # -- save and resume (mln stop -S / mln start) --------------------------------------------------------
 
 SAVE_TIMEOUT = 300.0
 RESUME_TIMEOUT = 300.0
-FDNAME = "mln-state"
-
-
-async def _save_to_fd(client, fd: int, timeout: float, finish=lambda: None) -> None:
-    """Stop the guest, migrate it into ``fd``, wait until done, then ``finish()`` (sync and
-    rename the file); the guest runs on if any of it fails."""
-    import asyncio
-    status = (await client.execute("query-status"))["status"]
-    if status in ("inmigrate", "finish-migrate", "postmigrate", "save-vm", "restore-vm"):
-        raise QmpFailure(f"QEMU is busy with a migration ({status})")
-    await client.execute("stop")       # from here on the guest does not write its disk
-    try:
-        client.send_fd_scm(fd)
-        await client.execute("getfd", {"fdname": FDNAME})
-        # the default limit (32 MiB/s) only slows a stopped guest's save down
-        await client.execute("migrate-set-parameters", {"max-bandwidth": 8 * 2**30})
-        await client.execute("migrate", {"uri": f"fd:{FDNAME}"})
-        end = time.monotonic() + timeout
-        while True:
-            info = await client.execute("query-migrate")
-            state = info.get("status")
-            if state == "completed":
-                try:
-                    finish()
-                except OSError as e:
-                    raise QmpFailure(f"writing the save file failed: {e.strerror or e}") from None
-                return
-            if state in ("failed", "cancelled"):
-                raise QmpFailure(f"the migration into the save file {state}: "
-                                 f"{info.get('error-desc', 'QEMU gave no reason')}")
-            if time.monotonic() > end:
-                await client.execute("migrate_cancel")
-                for _ in range(100):      # let the cancel settle before the guest goes on
-                    if (await client.execute("query-migrate")).get("status") not in \
-                            ("setup", "active", "cancelling", "pre-switchover", "device"):
-                        break
-                    await asyncio.sleep(0.05)
-                raise QmpFailure(f"the migration into the save file did not finish in {timeout:g} s")
-            await asyncio.sleep(0.05)
-    except BaseException:
-        if status == "running":
-            try:
-                await client.execute("cont")
-            except Exception:
-                pass
-        raise
 
 
 def _wait_gone(machine, pid: int | None, timeout: float) -> None:
@@ -387,7 +280,7 @@ def mln_save_host(host, ctx):
         os.replace(part, saved)
 
     try:
-        asyncio.run(_session(m, qmp_sock, lambda c: _save_to_fd(c, fd, SAVE_TIMEOUT, finish)))
+        asyncio.run(_session(m, qmp_sock, lambda c: qemu_qmp.save_to_fd(c, fd, SAVE_TIMEOUT, finish)))
     except Exception as e:
         raise MlnError(f"saving failed: {_describe(e)}; the host keeps running", where) from None
     finally:
@@ -398,28 +291,6 @@ def mln_save_host(host, ctx):
     qmp(m, qmp_sock, "quit", timeout=5)
     _wait_gone(m, pid, timeout=10)
     return True
-
-
-async def _load_from_fd(client, fd: int, timeout: float, ran=lambda: None) -> None:
-    """Load the saved state from ``fd`` and continue the guest; ``ran()`` right after a
-    successful ``cont`` (the guest has run and writes its disk from then on)."""
-    import asyncio
-    client.send_fd_scm(fd)
-    await client.execute("getfd", {"fdname": FDNAME})
-    await client.execute("migrate-incoming", {"uri": f"fd:{FDNAME}"})
-    end = time.monotonic() + timeout
-    while True:
-        status = (await client.execute("query-status"))["status"]
-        if status == "running":
-            return
-        if status in ("paused", "postmigrate", "prelaunch"):
-            await client.execute("cont")       # it was saved stopped, so it arrives stopped
-            ran()
-        elif status != "inmigrate":
-            raise QmpFailure(f"the guest is '{status}' after loading its saved state")
-        if time.monotonic() > end:
-            raise QmpFailure(f"loading the saved state did not finish in {timeout:g} s")
-        await asyncio.sleep(0.05)
 
 
 def _resume(host, ctx, saved: str) -> None:
@@ -436,7 +307,7 @@ def _resume(host, ctx, saved: str) -> None:
 
     fd = os.open(saved, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        asyncio.run(_session(m, qmp_sock, lambda c: _load_from_fd(c, fd, RESUME_TIMEOUT, ran)))
+        asyncio.run(_session(m, qmp_sock, lambda c: qemu_qmp.load_from_fd(c, fd, RESUME_TIMEOUT, ran)))
     except Exception as e:
         reason = _describe(e)
         kept = os.path.exists(saved)

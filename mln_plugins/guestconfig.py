@@ -6,6 +6,14 @@ hostname, network interfaces (static or DHCP, netmask, broadcast, gateway, MAC),
 devices, ``nameserver``, ``users`` and ``groups``, ``root_passwd``, ``startup`` and
 ``shutdown`` scripts, ``files {}`` from the files directory and ``modules``.
 
+Busybox guests also get mln's channel agent (``/usr/sbin/mln-channel``, started in the
+background by rcS): it talks to mln through the virtio-serial port ``org.mln.channel``
+that QEMU guests have (see mln_backends.qemu_live) and sets up a NIC hot-plugged into
+the running guest: ``ifup MAC NAME [ADDRESS/PREFIX [GATEWAY]]`` waits for the NIC with
+that MAC, renames it to NAME, sets the address and brings it up, and answers ``ok NAME``
+or ``error NAME WHY``; ``ping`` answers ``pong``. Without virtio-serial (UML, say) it
+ends at once, without such a port after 30 s.
+
 Every edit is idempotent: files are rewritten whole, or mln's own marked section of a
 shared file (``# >>> mln NAME >>>`` ... ``# <<< mln NAME <<<``) is replaced. Passwords:
 a crypt hash is installed as it is; a clear-text password is hashed with SHA-512 crypt
@@ -106,6 +114,7 @@ def mln_configure_image(host, guest, ctx):
         guest.write_text("/etc/resolv.conf", f"nameserver {host.nameserver}\n")
     _files(host, guest, ctx)
     _modules(host, guest, family)
+    _channel_agent(guest, family)
     _scripts(host, guest, family)
     if host.root_passwd:
         _set_password(guest, "root", password_hash(host.root_passwd, f"{host.fqname}/root", ctx.on(host)))
@@ -353,6 +362,101 @@ def _modules(host, guest, family: str) -> None:
     else:
         mods = guest.read_text("/etc/modules") or ""
         guest.write_text("/etc/modules", set_section(mods, "modules", "\n".join(names)))
+
+
+CHANNEL_AGENT = r"""#!/bin/sh
+# mln's channel agent (written by mln, started by rcS): requests from mln on the
+# virtio-serial port org.mln.channel, one per line, each answered with one line.
+#   ifup MAC NAME [ADDRESS/PREFIX [GATEWAY]]  -> ok NAME | error NAME WHY
+#   ping                                      -> pong
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+PORTS=@PORTS@
+NET=@NET@
+[ -d "$PORTS" ] || exit 0          # no virtio-serial driver: not a QEMU guest
+port=
+n=0
+while [ -z "$port" ]; do
+    for f in "$PORTS"/*/name; do
+        [ -r "$f" ] && [ "$(cat "$f")" = org.mln.channel ] && port=/dev/$(basename "$(dirname "$f")")
+    done
+    [ -n "$port" ] && [ -c "$port" ] && break
+    port=
+    n=$((n + 1))
+    [ $n -gt 30 ] && exit 0         # the guest has no mln channel
+    sleep 1
+done
+
+nap() { usleep 200000 2>/dev/null || sleep 1; }
+
+mac_dev() {
+    for d in "$NET"/*; do
+        [ "$(cat "$d/address" 2>/dev/null)" = "$1" ] && { echo "${d##*/}"; return 0; }
+    done
+    return 1
+}
+
+ifup_req() {
+    mac=$1 name=$2 addr=$3 gw=$4
+    if [ -z "$mac" ] || [ -z "$name" ]; then
+        echo "error ${name:--} usage: ifup MAC NAME [ADDRESS/PREFIX [GATEWAY]]"; return
+    fi
+    n=0
+    until dev=$(mac_dev "$mac"); do
+        n=$((n + 1))
+        [ $n -gt 100 ] && { echo "error $name no interface has the MAC address $mac"; return; }
+        nap
+    done
+    if [ "$dev" != "$name" ]; then
+        [ -e "$NET/$name" ] && { echo "error $name the name is taken by another interface"; return; }
+        { ip link set dev "$dev" down && ip link set dev "$dev" name "$name"; } \
+            || { echo "error $name cannot rename $dev to $name"; return; }
+    fi
+    case "$addr" in
+        ''|-) ;;
+        *:*) ip addr show dev "$name" | grep -q "inet6 $addr " || ip addr add "$addr" dev "$name" \
+                 || { echo "error $name cannot set the address $addr"; return; } ;;
+        *) ip addr show dev "$name" | grep -q "inet $addr " || ip addr add "$addr" brd + dev "$name" \
+               || { echo "error $name cannot set the address $addr"; return; } ;;
+    esac
+    ip link set dev "$name" up || { echo "error $name cannot bring it up"; return; }
+    if [ -n "$gw" ]; then
+        ip route replace default via "$gw" || { echo "error $name cannot set the gateway $gw"; return; }
+    fi
+    echo "ok $name"
+}
+
+exec 3<>"$port" || exit 1
+echo "mln-channel: listening on $port"
+while true; do
+    if read -r req a1 a2 a3 a4 rest <&3; then
+        case "$req" in
+            ifup) answer=$(ifup_req "$a1" "$a2" "$a3" "$a4" 2>&1 | tail -n 1) ;;
+            ping) answer=pong ;;
+            '') continue ;;
+            *) answer="error $req unknown request" ;;
+        esac
+        echo "mln-channel: $req $a1 $a2 $a3 $a4: $answer"
+        echo "$answer" >&3
+    else
+        sleep 1                     # nobody on the other side (read gives end of file)
+    fi
+done
+"""
+
+
+def _channel_agent(guest, family: str) -> None:
+    """mln's channel agent (busybox guests), started by rcS before the startup lines (which
+    may take long) and after the network set-up."""
+    if family != "busybox":
+        return
+    agent = CHANNEL_AGENT.replace("@PORTS@", _in_guest("sys", "class", "virtio-ports"))
+    guest.write_text("/usr/sbin/mln-channel", agent.replace("@NET@", _in_guest("sys", "class", "net")), 0o755)
+    rcs = set_section(guest.read_text("/etc/init.d/rcS") or "#!/bin/sh\n", "channel", None)
+    section = set_section("", "channel", "/usr/sbin/mln-channel &")
+    at = rcs.find("# >>> mln startup >>>")
+    rcs = rcs[:at] + section + rcs[at:] if at >= 0 else rcs + section
+    guest.write_text("/etc/init.d/rcS", rcs, 0o755)
 
 
 def _scripts(host, guest, family: str) -> None:

@@ -8,8 +8,9 @@
 #   busybox.ext4  generic busybox-static root filesystem (ext4, 64M sparse), used
 #                 by both UML (/usr/bin/linux.uml) and QEMU (virtio-blk /dev/vda)
 #   vmlinux       uncompressed Debian amd64 kernel (QEMU direct/PVH boot)
-#   initrd.gz     busybox initramfs: loads virtio/ext4/net/button/evdev modules,
-#                 mounts root= (default /dev/vda) and switch_roots to /sbin/init
+#   initrd.gz     busybox initramfs: loads virtio/ext4/net/console/balloon/button/
+#                 evdev modules, mounts root= (default /dev/vda) and switch_roots
+#                 to /sbin/init
 #   manifest      shell-sourceable KEY=value lines
 #   debs/         cached .deb files (busybox-static, linux-image-*-amd64)
 #
@@ -23,7 +24,7 @@ OUTDIR=
 for arg in "$@"; do
     case "$arg" in
         --force|-f) FORCE=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) OUTDIR=$arg ;;
     esac
@@ -42,10 +43,16 @@ ROOTFS_REVISION=2
 KERNEL_APPEND="console=ttyS0 root=/dev/vda rw quiet"
 UML_KERNEL=/usr/bin/linux.uml
 
-# Modules loaded by the initrd, in this order (dependencies first).
+# Modules loaded by the initrd, in this order (dependencies first).  The rootfs
+# has no /lib/modules, so whatever the guest needs must be here: virtio_console
+# for mln's channel (a virtio-serial port), virtio_balloon for memory lowered on
+# a running QEMU guest.
 INITRD_MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
 virtio_pci virtio_blk crc32c_generic crc16 mbcache jbd2 ext4 failover
-net_failover virtio_net button evdev"
+net_failover virtio_net virtio_console virtio_balloon button evdev"
+# Raised whenever the initrd's contents change (INITRD_MODULES, its /init), so
+# that a cached kernel and initrd are rebuilt.
+INITRD_REVISION=2
 
 log() { echo "build-test-template: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -61,8 +68,12 @@ rootfs_current() {
     [ -s "$ROOTFS_IMG" ] && [ -s "$MANIFEST" ] && grep -qx "ROOTFS_REVISION=$ROOTFS_REVISION" "$MANIFEST"
 }
 
-if [ "$FORCE" = 0 ] && rootfs_current && [ -s "$KERNEL_IMG" ] \
-        && [ -s "$INITRD_IMG" ]; then
+initrd_current() {
+    [ -s "$KERNEL_IMG" ] && [ -s "$INITRD_IMG" ] && [ -s "$MANIFEST" ] \
+        && grep -qx "INITRD_REVISION=$INITRD_REVISION" "$MANIFEST"
+}
+
+if [ "$FORCE" = 0 ] && rootfs_current && initrd_current; then
     log "up to date (use --force to rebuild)"
     print_outputs
     exit 0
@@ -350,8 +361,7 @@ fi
 chmod 0644 "$ROOTFS_IMG"
 
 KERNEL_VERSION= KERNEL_PACKAGE= KERNEL_DEB=
-if [ "$FORCE" = 1 ] || [ ! -s "$KERNEL_IMG" ] || [ ! -s "$INITRD_IMG" ] \
-        || [ ! -s "$MANIFEST" ]; then
+if [ "$FORCE" = 1 ] || ! initrd_current; then
     build_kernel
 else
     # kernel outputs kept: keep their recorded version
@@ -367,6 +377,7 @@ fi
     printf 'INITRD=%q\n' "$INITRD_IMG"
     printf 'ROOTFS=%q\n' "$ROOTFS_IMG"
     printf 'ROOTFS_REVISION=%q\n' "$ROOTFS_REVISION"
+    printf 'INITRD_REVISION=%q\n' "$INITRD_REVISION"
     printf 'KERNEL_APPEND=%q\n' "$KERNEL_APPEND"
     printf 'UML_KERNEL=%q\n' "$UML_KERNEL"
 } >"$WORK/manifest"
