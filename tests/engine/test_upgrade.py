@@ -175,6 +175,15 @@ def test_a_superclass_change_reaches_exactly_its_hosts(mln_env):
     r = env.mln("upgrade", "-f", "sc2.mln", "-r")
     assert r.returncode == 0, r.output
     assert "memory 72M" in (env.projects / "sc" / "sc.mln").read_text()
+    # a host removed with -k: its disk is kept, named in the output
+    without_f = text[:text.index("host f {")]
+    env.write("sc3.mln", without_f.replace("    memory 64M\n", "    memory 72M\n", 1))
+    r = env.mln("upgrade", "-f", "sc3.mln", "-r", "-k")
+    assert r.returncode == 0, r.output
+    kept = env.projects / "sc" / "kept" / "f" / "f"
+    assert kept.is_file() and str(kept.parent) in r.stderr
+    assert not (env.projects / "sc" / "images" / "f").exists()
+    assert (env.projects / "sc" / "version").read_text().strip() == "3"
 
 
 def test_upgrade_refuses_what_it_cannot_do(mln_env):
@@ -231,3 +240,33 @@ def test_a_failure_or_a_kill_at_each_step_leaves_the_old_project_running(running
                                  "switch lan": "up", "switch lan2": "up"}
     assert pid(env, "up", "a") == pid_a
     assert env.mln("stop", "-p", "up").returncode == 0
+
+
+def test_a_failure_or_a_kill_at_every_step_of_a_stopped_project(mln_env):
+    env = mln_env
+    env.write("old.mln", old_project("st"))
+    env.write("new.mln", new_project("st"))
+    assert env.mln("build", "-f", "old.mln").returncode == 0
+    env.env["MLN_TRACE_COMMANDS"] = "1"                       # a complete run, traced
+    r = env.mln("upgrade", "-f", "new.mln", "-r")
+    del env.env["MLN_TRACE_COMMANDS"]
+    assert r.returncode == 0, r.output
+    steps = re.findall(r"^\$ mln-step 'upgrade st: (.*)'$", r.stderr, re.M)
+    assert "build host d" in steps and "commit file 1" in steps and "stop b" not in steps, steps
+    assert env.mln("upgrade", "-f", "old.mln", "-r").returncode == 0     # back again
+    before = snapshot(env, "st")
+    disks = {p.name: p.read_bytes() for p in (env.projects / "st" / "images").iterdir()}
+    for step in steps:
+        for mode in ("fail", "kill"):
+            env.env["MLN_FAULTS"] = f"{mode}@upgrade st: {step}#1"
+            r = env.mln("upgrade", "-f", "new.mln", "-r")
+            del env.env["MLN_FAULTS"]
+            assert r.returncode != 0, f"{mode} at {step}: {r.output}"
+            if mode == "kill":
+                assert "interrupted" in env.mln("status", "-p", "st").stderr, f"kill at {step}"
+            assert snapshot(env, "st") == before, f"after a {mode} at '{step}'"
+            now = {p.name: p.read_bytes() for p in (env.projects / "st" / "images").iterdir()}
+            assert now == disks, f"a disk changed after a {mode} at '{step}'"
+            assert not list(env.projects.glob(".st.upgrade-*")), f"staging left after a {mode} at '{step}'"
+    assert env.mln("upgrade", "-f", "new.mln", "-r").returncode == 0
+    assert sorted(p.name for p in (env.projects / "st" / "images").iterdir()) == ["a", "b", "d"]

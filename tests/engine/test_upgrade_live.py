@@ -155,4 +155,10 @@ def test_qemu_guest_gains_an_interface_and_gives_up_memory_live(mln_env):
     time.sleep(1)
     check("resumed")
     assert boots(env, "hot", "q") == 1
+    # a cold start: the guest's files got eth1 (written at this start), memory as configured
+    assert env.mln("stop", "-p", "hot", "-h", "q").returncode == 0
+    r = env.mln("start", "-p", "hot", "-h", "q")
+    assert r.returncode == 0 and "guest files up to date" in r.stderr, r.output
+    env.wait_console("hot", "q", r"MLN-CHECK ping 10\.0\.1\.2 ok", timeout=180)   # a fresh console log
+    check("cold")
     assert env.mln("stop", "-p", "hot").returncode == 0
