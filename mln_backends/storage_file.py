@@ -17,7 +17,7 @@ import threading
 
 from mln_core import hookimpl
 from mln_core.doctor import tool
-from mln_core.errors import MlnError
+from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
 
 from . import imagefs
@@ -34,6 +34,31 @@ def mln_register_keywords(registry):
     registry.keyword("host", "cow_filesystem", "UML: share the base image images/BASE; each host keeps only "
                                                "its own changes in a copy-on-write file")
     registry.keyword("host", "cow", "alias of cow_filesystem")
+
+
+@hookimpl
+def mln_validate(project, ctx):
+    """``filepath`` must be a path this machine can have; ``cow_filesystem`` a plain name
+    of a file in the project's ``images/`` (mln_core.names)."""
+    from mln_core.names import name_problem, path_problem
+    out = []
+    for host in project.hosts.values():
+        tree = host.tree
+        line = tree.line("filepath") if tree is not None else None
+        if line is not None:
+            problem = path_problem(line.value, "filepath")
+            if problem:
+                out.append(Problem("error", f"host {host.name}: {problem}", line.pos))
+            elif not any(tree.has(k) for k in OTHER_STORAGE) and \
+                    not os.path.isdir(project.local_path(line.value)):
+                out.append(Problem("warning", f"host {host.name}: filepath {line.value} is not a directory on "
+                                   "this machine, so 'mln build' will fail", line.pos))
+        for key in ("cow_filesystem", "cow"):
+            line = tree.line(key) if tree is not None else None
+            if line is not None and name_problem("template", line.value):
+                out.append(Problem("error", f"host {host.name}: {key} takes a plain file name (letters, digits, "
+                                   f"'.', '+', '-' and '_'), not '{line.value[:40]}'", line.pos))
+    return out
 
 
 def _cow_base(host, template, size: int, ctx, machine) -> str | None:

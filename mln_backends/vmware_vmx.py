@@ -15,6 +15,7 @@ import os
 import re
 
 from mln_core.errors import MlnError
+from mln_core.limits import whole_number
 
 HW_VERSION = "19"
 GUEST_OS = "otherlinux-64"
@@ -47,7 +48,7 @@ def vcpus(host) -> int | None:
     text = host.tree.get("vcpus") if host.tree is not None else None
     if text is None:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if whole_number(text, 1) is None:
         raise MlnError(f"vcpus must be a number of at least 1, not '{text}'")
     return int(text)
 

@@ -76,6 +76,7 @@ import shutil
 from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
+from mln_core.limits import whole_number
 
 from . import bridges
 from .runtime import IFNAMSIZ, saved_state_path
@@ -133,7 +134,7 @@ def _host_problems(host, project) -> list[Problem]:
 
     for key in ("vcpus", "vncdisplay"):
         value = host_value(host, key)
-        if value is not None and not (value.isdigit() and (int(value) >= 1 or key == "vncdisplay")):
+        if value is not None and whole_number(value, 0 if key == "vncdisplay" else 1, 59635 if key == "vncdisplay" else None) is None:
             err(f"{key} must be a number{' of at least 1' if key == 'vcpus' else ''}, not '{value}'",
                 _pos(host, key))
     pw = vnc_password(host)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 
 from mln_core.errors import MlnError
+from mln_core.limits import whole_number
 
 from . import bridges
 from .runtime import mac_address
@@ -226,10 +227,10 @@ def render(host, disk, ctx) -> str:
     if disk.format != "raw":
         raise MlnError(f"Xen guests boot raw disks, not {disk.format}")
     vcpus = host_value(host, "vcpus")
-    if vcpus is not None and not (vcpus.isdigit() and int(vcpus) >= 1):
+    if vcpus is not None and whole_number(vcpus, 1) is None:
         raise MlnError(f"vcpus must be a number of at least 1, not '{vcpus}'")
     vncdisplay = host_value(host, "vncdisplay")
-    if vncdisplay is not None and not vncdisplay.isdigit():
+    if vncdisplay is not None and whole_number(vncdisplay, 0, 59635) is None:
         raise MlnError(f"vncdisplay must be a number, not '{vncdisplay}'")
     values = {
         "host": host.name, "project": host.project, "cfg": cfg_name(host), "name": host.fqname,

@@ -110,16 +110,19 @@ def _print_problems(problems) -> tuple[int, int]:
 @click.option("-f", "file", required=True, type=click.Path(dir_okay=False), help="Project file.")
 @click.option("-S", "scalar", metavar="PATH", help="Print the value at PATH ('1' for a block).")
 @click.option("-A", "array", metavar="PATH", help="Print the lines of the block at PATH.")
-@click.option("-H", "subtree", metavar="PATH", help="Print the merged subtree at PATH.")
+@click.option("-H", "subtree", metavar="PATH", help="Print the contents of the merged block at PATH.")
 @click.pass_context
 def parse(click_ctx, file, scalar, array, subtree):
     """Print the parsed project, or query one path with inheritance and variables applied.
 
     PATH looks like /host/web14/network/eth0/address, /global/project or /switch/lan.
+    As in the original, a switch also answers what is filled in after parsing:
+    /switch/S/hosts/H (the interface of host H on S), /switch/S/xen, /switch/S/bridge.
     Without a query the tree is printed in normalized form (includes done, comments gone).
     """
     from .lang.writer import write_block, write_tree
     from .merge import Resolved
+    from .parse_fill import switch_filler
     ctx = get_ctx(click_ctx)
     queries = [q for q in (scalar, array, subtree) if q is not None]
     if len(queries) > 1:
@@ -129,7 +132,7 @@ def parse(click_ctx, file, scalar, array, subtree):
         click.echo(write_tree(doc.root), nl=False)
         return
     resolved = Resolved(doc, line_blocks=ctx.pm.keywords.line_blocks())
-    block, keyword = resolved.lookup(queries[0])
+    block, keyword = resolved.lookup(queries[0], switch_filler(doc, ctx))
     if block is None:
         raise MlnError(f"nothing at {queries[0]}")
     if scalar is not None:
@@ -144,8 +147,9 @@ def parse(click_ctx, file, scalar, array, subtree):
     else:
         if keyword is not None:
             click.echo(f"{keyword} {block.get(keyword)}")
-        else:
-            click.echo(write_block(block, header=block.name is not None), nl=False)
+        else:      # the contents only, as the original: no 'host NAME {' line, no closing brace
+            text = write_block(block, header=False)
+            click.echo(text if text.strip() else "", nl=False)
 
 
 def _load_doc(file, ctx, post_parse=True):
@@ -282,13 +286,36 @@ def _each(names: list[str], work) -> None:
 _all_option = click.option("-a", "every", is_flag=True, help="All projects (instead of -p).")
 
 
+class _Wait(click.ParamType):
+    """``stop -w``: seconds, or ``i`` (as in the original; also ``inf``) to wait for ever."""
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        import math
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        try:
+            seconds = math.inf if text in ("i", "inf", "infinity") else float(text)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0:
+            self.fail(f"'{value}' is not a number of seconds (0 or more) or 'i' (wait for ever)", param, ctx)
+        return seconds
+
+
+_WAIT = _Wait()
+
+
 @cli.command()
 @click.option("-p", "project", metavar="PROJECT", help="Project name.")
 @_all_option
 @click.option("-h", "host", metavar="HOST", help="Start only this host.")
+@click.option("-s", "pause", type=click.FloatRange(0), default=0, metavar="SEC",
+              help="Pause SEC seconds between two hosts (they then start one at a time).")
 @_jobs
 @click.pass_context
-def start(click_ctx, project, every, host, jobs):
+def start(click_ctx, project, every, host, pause, jobs):
     """Start a project's switches, then its hosts in boot order (or one host)."""
     engine = _engine(click_ctx, jobs)
 
@@ -296,7 +323,7 @@ def start(click_ctx, project, every, host, jobs):
         if every and all(r["state"] == "up" for r in engine.status(name) if r["kind"] == "host"):
             click.echo("+---> every host is running already", err=True)
         else:
-            engine.start(name, host)
+            engine.start(name, host, pause=pause)
     _each(_projects(engine, project, every, host), work)
 
 
@@ -308,10 +335,12 @@ def start(click_ctx, project, every, host, jobs):
 @click.option("-S", "save", is_flag=True,
               help="Save each host's memory instead of shutting it down (Xen, QEMU, VMware); start "
                    "resumes it.")
-@click.option("-w", "wait_s", type=click.FloatRange(0), default=60, show_default=True, metavar="SEC",
-              help="Wait this long for guests to shut down, then destroy them.")
+@click.option("-w", "wait_s", type=_WAIT, default=60, show_default=True, metavar="SEC|i",
+              help="Wait this long for guests to shut down, then destroy them; 'i': wait for ever.")
+@click.option("-s", "pause", type=click.FloatRange(0), default=0, metavar="SEC",
+              help="Pause SEC seconds between asking two hosts to stop.")
 @click.pass_context
-def stop(click_ctx, project, every, host, hard, save, wait_s):
+def stop(click_ctx, project, every, host, hard, save, wait_s, pause):
     """Stop a project's hosts in reverse boot order, then its switches (or one host)."""
     if hard and save:
         raise click.UsageError("give -H (destroy) or -S (save), not both")
@@ -321,33 +350,39 @@ def stop(click_ctx, project, every, host, hard, save, wait_s):
         if every and not any(r["state"] == "up" for r in engine.status(name)):
             click.echo("+---> nothing is running", err=True)
         else:
-            engine.stop(name, host, hard=hard, wait_s=wait_s, save=save)
+            engine.stop(name, host, hard=hard, wait_s=wait_s, save=save, pause=pause)
     _each(_projects(engine, project, every, host), work)
 
 
 @cli.command()
 @click.option("-p", "project", metavar="PROJECT", help="Only this project (default: all).")
 @click.option("-h", "host", metavar="HOST", help="Only this host (with -p).")
+@click.option("-s", "switch", metavar="SWITCH", help="Only this switch (with -p).")
 @click.option("-u", "only_up", is_flag=True, help="List only what is up; exit 0 if anything is up.")
 @click.option("-d", "only_down", is_flag=True, help="List only what is down; exit 0 if nothing is up.")
+@click.option("-q", "quiet", is_flag=True, help="Print nothing: the exit status answers.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
-def status(click_ctx, project, host, only_up, only_down, fmt):
+def status(click_ctx, project, host, switch, only_up, only_down, quiet, fmt):
     """Print '<project> host|switch <name> up|down' lines.
 
-    Exit status: with -p (or -h) 0 if everything listed is up, else 1; with -u 0 if anything
-    is up; with -d 0 if nothing is up.
+    Exit status: with -p (or -h, -s) 0 if everything listed is up, else 1; with -u 0 if
+    anything is up; with -d 0 if nothing is up.
     """
     import json
-    if host and not project:
-        raise click.UsageError("-h needs -p PROJECT")
+    if (host or switch) and not project:
+        raise click.UsageError(f"{'-h' if host else '-s'} needs -p PROJECT")
+    if host and switch:
+        raise click.UsageError("give -h HOST or -s SWITCH, not both")
     if only_up and only_down:
         raise click.UsageError("give -u or -d, not both")
     engine = _engine(click_ctx)
     names = [project] if project else engine.store.list()
-    rows = [r for name in names for r in engine.status(name, host)]
+    rows = [r for name in names for r in engine.status(name, host, switch)]
     shown = [r for r in rows if (not only_up or r["state"] == "up") and (not only_down or r["state"] != "up")]
-    if fmt == "json":
+    if quiet:
+        pass
+    elif fmt == "json":
         click.echo(json.dumps(shown, indent=2))
     else:
         for r in shown:
@@ -413,86 +448,8 @@ def remove(click_ctx, project, force):
 
 
 # ---------------------------------------------------------------------------------------
-# templates
+# help / completion (setup, version, templates, plugins and doctor: cli_admin)
 # ---------------------------------------------------------------------------------------
-
-@cli.command("register_template")
-@click.option("-t", "source", required=True, type=click.Path(dir_okay=False),
-              help="Image file (or .tar.gz/.tar.bz2 holding one).")
-@click.option("-n", "name", help="Name to register it under (default: the file name).")
-@click.option("-m", "message", default="", help="A description.")
-@click.option("--kernel", type=click.Path(dir_okay=False), help="Kernel for direct boot (QEMU).")
-@click.option("--initrd", type=click.Path(dir_okay=False), help="Initrd for direct boot (QEMU).")
-@click.pass_context
-def register_template(click_ctx, source, name, message, kernel, initrd):
-    """Copy a template into the templates directory and register it."""
-    from .templates import TemplateRegistry
-    ctx = get_ctx(click_ctx)
-    t = TemplateRegistry(ctx.config.templates_dir).register(source, name, message, kernel, initrd)
-    click.echo(f"registered {t.name} ({t.real_name}, {t.size_mb} MB) in {ctx.config.templates_dir}")
-
-
-cli.add_command(register_template, "rt")
-
-
-@cli.command("list_templates")
-@click.pass_context
-def list_templates(click_ctx):
-    """List the registered templates: name, file, size."""
-    from .templates import TemplateRegistry
-    ctx = get_ctx(click_ctx)
-    for t in TemplateRegistry(ctx.config.templates_dir).entries().values():
-        extra = " +kernel" if t.kernel else ""
-        click.echo(f"{t.name:<28} {t.real_name:<28} {t.size_mb:>6} MB{extra}  {t.message}")
-
-
-# ---------------------------------------------------------------------------------------
-# doctor / plugins / help / completion
-# ---------------------------------------------------------------------------------------
-
-@cli.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.pass_context
-def doctor(click_ctx, fmt):
-    """Check what can run on this machine: every hypervisor, switch and storage plugin.
-
-    A UML is probed with a real boot of a tiny image (remembered per UML binary and CPU).
-    Exit status 1 when the configured default hypervisor cannot run here.
-    """
-    import json
-    from .doctor import default_hypervisor_problem, findings, render_text
-    ctx = get_ctx(click_ctx)
-    found = findings(ctx)
-    problem = default_hypervisor_problem(ctx, found)
-    if fmt == "json":
-        click.echo(json.dumps({"checks": found, "default_hypervisor_ok": problem is None,
-                               "problem": problem}, indent=2))
-    else:
-        click.echo(render_text(found, problem), nl=False)
-    sys.exit(1 if problem else 0)
-
-
-@cli.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.pass_context
-def plugins(click_ctx, fmt):
-    """List the loaded plugins, their package and version, and the hooks each implements."""
-    import json
-    pm = click_ctx.find_root().obj["pm"]
-    infos = [pm.infos[n] for n in pm.plugin_names()]
-    if fmt == "json":
-        click.echo(json.dumps({"plugins": [i.as_dict() for i in infos],
-                               "failed": [{"name": n, "reason": r} for n, r in pm.failures],
-                               "disabled": sorted(pm.disabled)}, indent=2))
-        return
-    for info in infos:
-        pkg = f"{info.distribution} {info.version}" if info.distribution else info.module
-        click.echo(f"{info.name:<14} {pkg:<20} {', '.join(info.hooks)}")
-    for name in sorted(pm.disabled):
-        click.echo(f"{name:<14} (disabled)")
-    for name, reason in pm.failures:
-        click.echo(f"{name:<14} (failed) {reason}")
-
 
 @cli.command("help")
 @click.argument("command", required=False)
@@ -569,5 +526,7 @@ if __name__ == "__main__":   # python -m mln_core.cli: the commands below join t
     sys.modules.setdefault("mln_core.cli", sys.modules[__name__])
 from . import cli_diff  # noqa: E402,F401  (mln diff)
 from . import cli_upgrade  # noqa: E402,F401  (mln upgrade)
+from . import cli_admin  # noqa: E402,F401  (mln setup, version, templates, plugins, doctor)
+from . import cli_graph  # noqa: E402,F401  (mln graph)
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

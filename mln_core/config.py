@@ -49,7 +49,14 @@ class Config:
         return list(self.lists.get(key, []))
 
     def path(self, key: str) -> str:
-        return os.path.abspath(os.path.expanduser(self.values[key]))
+        """A directory setting as an absolute path; an error naming where it was set if it
+        cannot be a path (a NUL byte, a part longer than the filesystem allows)."""
+        from .names import path_problem
+        value = self.values[key]
+        problem = path_problem(value, f"'{key}'")
+        if problem:
+            raise MlnError(f"{problem} (set in {self.origins.get(key, 'the defaults')})")
+        return os.path.abspath(os.path.expanduser(value))
 
     @property
     def projects_dir(self) -> str:
@@ -64,6 +71,8 @@ class Config:
         return self.path("files")
 
     def read(self, path: str) -> None:
+        if os.path.exists(path) and not os.path.isfile(path):      # a FIFO would block, /dev/zero never end
+            raise MlnError(f"configuration file {path} is not a regular file")
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()

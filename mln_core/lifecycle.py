@@ -262,18 +262,22 @@ class Engine:
                          "(mln stop -S); the rebuilt hosts boot afresh")
         return loaded
 
-    def status(self, project_name: str, host: str | None = None) -> list[dict]:
+    def status(self, project_name: str, host: str | None = None, switch: str | None = None) -> list[dict]:
+        """Rows of every host and switch; of one host (``host``) or one switch (``switch``)."""
         with self.locked(project_name) as loaded:
             project = loaded.project
         rows = []
-        hosts = [self._host(project, host)] if host else list(project.hosts.values())
+        if switch is not None and switch not in project.switches:
+            known = ", ".join(project.switches) or "none"
+            raise MlnError(f"project '{project.name}' has no switch '{switch}' (switches: {known})")
+        hosts = [self._host(project, host)] if host else [] if switch else list(project.hosts.values())
         for h in hosts:
             st = self.host_status(h)
             state, detail = _state(st)
             rows.append({"project": project.name, "kind": "host", "name": h.name, "state": state,
                          "detail": detail, "hypervisor": h.hypervisor})
         if host is None:
-            for s in project.switches.values():
+            for s in project.switches.values() if switch is None else [project.switches[switch]]:
                 rows.append({"project": project.name, "kind": "switch", "name": s.name,
                              "state": self.switch_status(s), "detail": ""})
         return rows
@@ -286,7 +290,10 @@ class Engine:
         return project.hosts[name]
 
     # -- start / stop --------------------------------------------------------------------------
-    def start(self, project_name: str, host: str | None = None) -> None:
+    def start(self, project_name: str, host: str | None = None, pause: float = 0) -> None:
+        """Start the project (or one host). ``pause``: seconds between two hosts, which then
+        start one at a time (``start -s``)."""
+        pace = Pacer(pause)
         with self.locked(project_name) as loaded:
             project = loaded.project
             started: list[Switch] = []
@@ -308,7 +315,12 @@ class Engine:
                             self.ctx.log(f"+---> {h.name}: already running")
                         else:
                             todo.append(h)
-                    _parallel(todo, self._start_host, self.jobs)
+                    if pause:
+                        for h in todo:
+                            pace()
+                            self._start_host(h)
+                    else:
+                        _parallel(todo, self._start_host, self.jobs)
             except BaseException:
                 self._stop_unused(project, started)
                 raise
@@ -379,7 +391,11 @@ class Engine:
         os.unlink(record)
 
     def stop(self, project_name: str, host: str | None = None, hard: bool = False,
-             wait_s: float = 60.0, save: bool = False) -> None:
+             wait_s: float = 60.0, save: bool = False, pause: float = 0) -> None:
+        """Stop the project (or one host). ``wait_s``: how long a guest may take to shut
+        down before it is destroyed (``math.inf``: wait for ever); ``pause``: seconds
+        between asking two hosts to stop (``stop -s``)."""
+        pace = Pacer(pause)
         with self.locked(project_name) as loaded:
             project = loaded.project
             if host is not None:
@@ -398,7 +414,7 @@ class Engine:
                         self._stopped(h)          # what its run left: taps, sockets, a loop device
                         self.ctx.log(f"+---> {h.name}: had crashed ({status[h.name][1][8:].strip()[:200]})")
                 running = [h for h in group if status[h.name][0] == "up"]
-                unsaved += self._stop_hosts(running, hard, wait_s, save)
+                unsaved += self._stop_hosts(running, hard, wait_s, save, pace)
             self._not_saved(unsaved)
             self.run_hook_script("afterHostsStop")
             for s in project.switches.values():
@@ -413,11 +429,14 @@ class Engine:
             raise MlnError(f"{', '.join(h.name for h in hosts)} could not be saved and still "
                            f"run{'s' * (len(hosts) == 1)} (the switches stay up); the errors are above")
 
-    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float, save: bool = False) -> list[Host]:
+    def _stop_hosts(self, hosts: list[Host], hard: bool, wait_s: float, save: bool = False,
+                    pace=None) -> list[Host]:
         """Stop (or save) ``hosts`` and wait for them; returns the ones whose save failed,
-        which keep running."""
+        which keep running. ``pace()`` is called before each host is asked."""
         unsaved = []
         for h in hosts:
+            if pace is not None:
+                pace()
             if save:
                 try:
                     saved = self.hook.mln_save_host(host=h, ctx=self.ctx)
@@ -511,6 +530,19 @@ class Engine:
                 if not best_effort:
                     raise
                 self.ctx.log(f"warning: removing the replaced project's {what}: {e}")
+
+
+class Pacer:
+    """``pace()`` before each host of ``start -s``/``stop -s``: sleeps ``seconds``, except
+    before the first host."""
+
+    def __init__(self, seconds: float, sleep=time.sleep):
+        self.seconds, self.sleep, self.first = seconds, sleep, True
+
+    def __call__(self) -> None:
+        if self.seconds and not self.first:
+            self.sleep(self.seconds)
+        self.first = False
 
 
 def _state(status: str) -> tuple[str, str]:

@@ -108,6 +108,7 @@ class Resolved:
         hit = self._chains.get((kind, name))
         if hit is not None:
             return hit
+        from .limits import MAX_CHAIN
         table = self.doc.root.named(kind)
         if name not in table:
             raise MlnError(f"no {kind} named '{name}'")
@@ -134,6 +135,10 @@ class Resolved:
                 names = " -> ".join([b.name for b in out] + [parent])
                 raise MlnError(f"superclass cycle: {names}", line.pos)
             seen.add(("superclass", parent))
+            if len(out) > MAX_CHAIN:       # before any merge walks it
+                line = block.line("superclass")
+                raise MlnError(f"superclass chain longer than {MAX_CHAIN}: {out[0].name} -> "
+                               f"{out[1].name} -> ... -> {block.name} -> {parent}", line.pos)
             block = supers[parent]
             out.append(block)
 
@@ -210,9 +215,11 @@ class Resolved:
         return b
 
     # -- queries by path (mln parse -S/-A/-H) ----------------------------------------------
-    def lookup(self, path: str) -> tuple[Block | None, str | None]:
+    def lookup(self, path: str, fill=None) -> tuple[Block | None, str | None]:
         """Resolve ``/host/X/network/eth0/address``: returns (block, None) for a block or
-        (parent block, keyword) for a keyword; (None, None) if absent."""
+        (parent block, keyword) for a keyword; (None, None) if absent. ``fill(kind, name,
+        block)`` may add to a host's, superclass's or switch's effective block what the
+        original fills in after parsing (``mln parse``: see ``parse_fill``)."""
         parts = [p for p in path.split("/") if p]
         if not parts:
             return self.doc.root, None
@@ -223,6 +230,8 @@ class Resolved:
             if parts[1] not in self.doc.root.named(head):
                 return None, None
             block = self.effective(head, parts[1])
+            if fill is not None:
+                block = fill(head, parts[1], block)
             rest = parts[2:]
         elif head == "global":
             if self.doc.global_block is None:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from .errors import MlnError, Pos, Problems
 from .lang.tree import Block, Line
+from .limits import MAX_SIZE, MAX_UID, MAX_VCPUS, octal_mode, whole_number
+from .names import guest_path_problem, inner_path_problem, name_problem, shown
 
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|K|kB|KB|M|MB|G|GB|T|TB)?\s*\Z")
+_SIZE = re.compile(r"\s*([0-9]{1,40}(?:\.[0-9]{1,40})?)\s*(b|K|kB|KB|M|MB|G|GB|T|TB)?\s*\Z")
 _UNITS = {None: 1, "b": 512, "K": 1024, "kB": 1000, "KB": 1000, "M": 2**20, "MB": 10**6,
           "G": 2**30, "GB": 10**9, "T": 2**40, "TB": 10**12}
 _MAC = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}\Z")
@@ -26,9 +28,13 @@ def parse_size(text: str, where: Pos | str | None = None, what: str = "size") ->
     """``128M`` -> bytes. Units as the original: b(512) K(1024) kB/KB(1000) M MB G GB; bare = bytes."""
     m = _SIZE.match(text)
     if not m:
-        raise MlnError(f"bad {what} '{text}': use a number with a unit such as 512M or 2G "
+        raise MlnError(f"bad {what} '{shown(text)}': use a number with a unit such as 512M or 2G "
                        "(units: b K kB KB M MB G GB)", where)
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    from decimal import Decimal
+    n = Decimal(m.group(1)) * _UNITS[m.group(2)]
+    if n > MAX_SIZE:
+        raise MlnError(f"{what} '{shown(text)}' is too large (at most {MAX_SIZE // 2**40}T)", where)
+    return int(n)
 
 
 def format_size(n: int) -> str:
@@ -346,10 +352,12 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
         problems.error(f"unknown family '{fam.value}' (one of {', '.join(FAMILIES)})", fam.pos)
     bo = eff.line("boot_order")
     if bo is not None:
-        if bo.value.isdigit() and 1 <= int(bo.value) <= 99:
-            host.boot_order = int(bo.value)
+        n = whole_number(bo.value, 1, 99)
+        if n is not None:
+            host.boot_order = n
         else:
-            problems.error(f"boot_order must be a number from 1 to 99, not '{bo.value}'", bo.pos)
+            problems.error(f"boot_order must be a number from 1 to 99, not '{shown(bo.value)}'", bo.pos)
+    _check_values(host, eff, problems)
     if host.nameserver:
         _ip(host.nameserver, eff.line("nameserver"), "nameserver", problems)
 
@@ -395,12 +403,15 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
         w = line.words
         uid = None
         if len(w) > 3:
-            if w[3].isdigit():
-                uid = int(w[3])
-            else:
-                problems.error(f"user '{w[0]}': uid must be a number, not '{w[3]}'", line.pos)
-        if not re.match(r"[a-z_][a-z0-9_-]*\$?\Z", w[0]):
-            problems.error(f"bad user name '{w[0]}'", line.pos)
+            uid = whole_number(w[3], 0, MAX_UID)
+            if uid is None:
+                problems.error(f"user '{shown(w[0])}': uid must be a number from 0 to {MAX_UID}, not "
+                               f"'{shown(w[3])}'", line.pos)
+        if not re.match(r"[a-z_][a-z0-9_-]{0,31}\$?\Z", w[0]):
+            problems.error(f"bad user name '{shown(w[0])}' (at most 32 lower-case letters, digits, '_' "
+                           "and '-', starting with a letter or '_')", line.pos)
+        if len(w) > 2:
+            _path_error(guest_path_problem(w[2], "home directory"), line, problems)
         host.users.append(User(w[0], w[1] if len(w) > 1 else None, w[2] if len(w) > 2 else None, uid))
     groups = eff.block("groups")
     if groups:
@@ -418,15 +429,53 @@ def build_host(name: str, eff: Block, project: str, defaults: dict, hypervisor_f
         if len(w) < 2:
             problems.error("a files line is: source destination [mode]", line.pos)
             continue
-        host.files.append(FileCopy(w[0], w[1], w[2] if len(w) > 2 else None))
+        bad = _path_error(inner_path_problem(w[0], "files source", "files directory"), line, problems)
+        bad |= _path_error(guest_path_problem(w[1], "files destination"), line, problems)
+        if len(w) > 2 and octal_mode(w[2]) is None:
+            problems.error(f"files mode must be octal, 0 to 7777 (such as 644), not '{shown(w[2])}'", line.pos)
+            bad = True
+        if not bad:
+            host.files.append(FileCopy(w[0], w[1], w[2] if len(w) > 2 else None))
     mounts = eff.block("mount")
     for line in mounts.lines if mounts else []:
         w = line.words
         if len(w) < 3:
             problems.error("a mount line is: source mountpoint fstype [options]", line.pos)
             continue
+        if _path_error(guest_path_problem(w[1], "mount point"), line, problems):
+            continue
         host.mounts.append(Mount(w[0], w[1], w[2], " ".join(w[3:]) or None))
     return host
+
+
+def _path_error(problem: str | None, line: Line, problems: Problems) -> bool:
+    if problem:
+        problems.error(problem, line.pos)
+    return bool(problem)
+
+
+def _check_values(host: Host, eff: Block, problems: Problems) -> None:
+    """Values that become file names or numbers of a backend: checked here, so that what
+    ``check`` accepts builds."""
+    line = eff.line("template")        # default_template: checked once, by check_defaults
+    problem = name_problem("template", host.template) if line is not None else None
+    if problem:
+        problems.error(problem, line.pos)
+    line = eff.line("vcpus")
+    if line is not None and whole_number(line.value, 1, MAX_VCPUS) is None:
+        problems.error(f"vcpus must be a number from 1 to {MAX_VCPUS}, not '{shown(line.value)}'", line.pos)
+
+
+def check_defaults(project: Project, defaults: dict, hypervisors: list[str], problems: Problems) -> None:
+    """The defaults of mln.conf that hosts use, once (not once per host)."""
+    used = {key for h in project.hosts.values() for key, v in h.defaults.items() if v == "default"}
+    template = defaults.get("default_template", "")
+    if "template" in used and name_problem("template", template):
+        problems.error(f"default_template: {name_problem('template', template)}", "mln.conf")
+    hv = defaults.get("default_hypervisor", "uml")
+    if "hypervisor" in used and hv not in hypervisors:
+        problems.error(f"unknown default_hypervisor '{shown(hv)}' (known: {', '.join(sorted(hypervisors))})",
+                       "mln.conf")
 
 
 def build_switch(name: str, block: Block, project: str) -> Switch:

@@ -10,10 +10,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 class Progress:
     """One status line that updates in place on a terminal; plain lines otherwise."""
 
-    def __init__(self, what: str, total: int, stream=sys.stderr):
+    def __init__(self, what: str, total: int, stream=None):
         self.what, self.total, self.done = what, total, 0
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream if stream is not None else sys.stderr    # the one of now, not of the import
+        self.tty = self.stream.isatty()
         self.lock = threading.Lock()
         self.active: dict[str, str] = {}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import MlnError, Problems
 from .lang.parser import Document, parse_file, parse_text
 from .merge import Resolved
-from .model import Project, build_host, build_switch
+from .model import Project, build_host, build_switch, check_defaults
 
 
 @dataclass(repr=False, eq=False)
@@ -77,10 +77,11 @@ def _build_model(doc: Document, ctx, fragment_ok: bool) -> Loaded:
     resolved = Resolved(doc, line_blocks=registry.line_blocks())
     if g is not None and g.get("project") is not None:
         name = resolved.project
-        import re
-        if not re.match(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z", name):
-            problems.error(f"bad project name '{name}': use letters, digits, '.', '-' and '_'",
-                           g.line("project").pos)
+        from .names import name_problem
+        problem = name_problem("project", name)
+        if problem:
+            problems.error(problem, g.line("project").pos)
+            name = None
     project = Project(name=name or "", superclasses=list(doc.superclasses()),
                       source=doc.files[0] if doc.files else None)
     try:
@@ -109,6 +110,7 @@ def _build_model(doc: Document, ctx, fragment_ok: bool) -> Loaded:
         for iface in host.interfaces:
             if iface.switch in project.switches:
                 project.switches[iface.switch].members.append((hname, iface.name))
+    check_defaults(project, defaults, sorted(set(flags.values())), problems)
     _check_addresses(project, problems)
     _check_hypervisors(project, registry, problems)
     for found in ctx.pm.hook.mln_validate(project=project, ctx=ctx):

@@ -33,6 +33,7 @@ import time
 
 from .machine import Machine, local
 from .errors import MlnError
+from .names import check_name, name_problem, path_problem
 
 STATE = "state.json"
 OUTSIDE = "outside"   # in a staging directory: the folders its build staged files in, one per line
@@ -42,13 +43,17 @@ class ProjectLock:
     """An exclusive fcntl lock on one project; a second command gets a clear message."""
 
     def __init__(self, projects_dir: str, project: str):
-        os.makedirs(projects_dir, exist_ok=True)
+        check_name("project", project)
+        _make_root(projects_dir)
         self.path = os.path.join(projects_dir, f".{project}.lock")
         self.project = project
         self.fd: int | None = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise MlnError(f"cannot lock project '{self.project}': {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -71,13 +76,31 @@ class ProjectLock:
             self.fd = None
 
 
+def _make_root(projects_dir: str) -> None:
+    """Make the projects directory; a clear error when it cannot be one."""
+    problem = path_problem(projects_dir, "the projects directory")
+    if problem:
+        raise MlnError(problem)
+    if os.path.lexists(projects_dir) and not os.path.isdir(projects_dir):
+        raise MlnError(f"the projects directory {projects_dir} is not a directory (see 'projects' in "
+                       "mln.conf, or -P)")
+    try:
+        os.makedirs(projects_dir, exist_ok=True)
+    except OSError as e:
+        raise MlnError(f"cannot make the projects directory {projects_dir}: {e.strerror}") from None
+
+
 class Store:
-    """Paths and files of the projects directory."""
+    """Paths and files of the projects directory. Every project name that reaches a path
+    here is checked (:mod:`mln_core.names`): ``-p x/../../victim`` names no directory."""
 
     def __init__(self, projects_dir: str):
         self.root = projects_dir
 
     def project_dir(self, project: str) -> str:
+        check_name("project", project)
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            _make_root(self.root)          # raises: the projects directory is a file
         return os.path.join(self.root, project)
 
     def exists(self, project: str) -> bool:
@@ -91,15 +114,18 @@ class Store:
 
     def list(self) -> list[str]:
         if not os.path.isdir(self.root):
+            if os.path.lexists(self.root):
+                _make_root(self.root)      # raises: the projects directory is a file
             return []
         return sorted(n for n in os.listdir(self.root)
-                      if not n.startswith(".") and self.exists(n))
+                      if not n.startswith(".") and name_problem("project", n) is None and self.exists(n))
 
     def lock(self, project: str) -> ProjectLock:
         return ProjectLock(self.root, project)
 
     # -- saved files ---------------------------------------------------------------------
     def source_path(self, project: str, base: str | None = None) -> str:
+        check_name("project", project)
         return os.path.join(base or self.project_dir(project), f"{project}.mln")
 
     def version(self, project: str) -> int:
@@ -113,9 +139,14 @@ class Store:
     def read_state(pdir: str) -> dict:
         try:
             with open(os.path.join(pdir, STATE)) as f:
-                return json.load(f)
+                state = json.load(f)
         except FileNotFoundError:
             return {"hosts": {}, "switches": {}}
+        except (ValueError, OSError) as e:
+            raise MlnError(f"cannot read {os.path.join(pdir, STATE)}: {e}") from None
+        if not isinstance(state, dict):
+            raise MlnError(f"{os.path.join(pdir, STATE)} is damaged: it holds no JSON object")
+        return state
 
     @staticmethod
     def write_state(pdir: str, state: dict) -> None:
@@ -126,10 +157,12 @@ class Store:
 
     # -- staging ---------------------------------------------------------------------------
     def staging_dir(self, project: str) -> str:
+        check_name("project", project)
         return os.path.join(self.root, f".{project}.build-{os.getpid()}")
 
     def clean_stale_builds(self, project: str, log=None) -> None:
         """Remove staging directories of builds that died (their helper processes too)."""
+        check_name("project", project)
         prefix = f".{project}.build-"
         if not os.path.isdir(self.root):
             return
@@ -137,7 +170,9 @@ class Store:
             if not name.startswith(prefix):
                 continue
             pid = name[len(prefix):]
-            if pid.isdigit() and (int(pid) == os.getpid() or alive(int(pid))):
+            if not (pid.isascii() and pid.isdigit()) or len(pid) > 7:
+                continue                   # not a staging directory of ours
+            if int(pid) == os.getpid() or alive(int(pid)):
                 continue
             path = os.path.join(self.root, name)
             if log:

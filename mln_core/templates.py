@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .machine import local
 from .errors import MlnError
+from .names import check_name, name_problem, path_problem
 
 LIST = "templates.list"
 _VERSIONED = re.compile(r"(?P<base>.+)-V(?P<major>\d+)\.(?P<minor>\d+)(?P<ext>\.[^.]+)?\Z")
@@ -74,11 +75,15 @@ class TemplateRegistry:
                 size_mb = int(size.rstrip("MB") or 0)
             except (ValueError, IndexError):
                 raise MlnError(f"{path}:{n}: cannot read this templates.list line: {line!r}") from None
+            if "/" in real or real in ("", ".", "..") or "\x00" in real:   # it would reach outside
+                raise MlnError(f"{path}:{n}: the file of template '{name}' must be a file of the templates "
+                               f"directory, not '{real}'")
             out[name] = Template(name, real, size_mb, comp, msg, os.path.join(self.dir, real))
         return out
 
     def resolve(self, name: str, who: str | None = None) -> Template:
         """The template a host's ``template NAME`` means; an error lists the registered ones."""
+        check_name("template", name, who)
         entries = self.entries()
         if name in entries:
             t = entries[name]
@@ -107,12 +112,25 @@ class TemplateRegistry:
     def register(self, source: str, name: str | None = None, message: str = "",
                  kernel: str | None = None, initrd: str | None = None) -> Template:
         """Copy ``source`` (an image, or a .tar.gz/.tar.bz2 holding one) into the registry."""
+        for text, what in ((source, "the template file"), (kernel, "the kernel file"),
+                           (initrd, "the initrd file")):
+            problem = path_problem(text, what) if text is not None else None
+            if problem:
+                raise MlnError(problem)
+        if name is not None:
+            check_name("template", name)
         if not os.path.isfile(source):
             raise MlnError(f"no such template file: {source}")
         for extra, what in ((kernel, "kernel"), (initrd, "initrd")):
             if extra is not None and not os.path.isfile(extra):
                 raise MlnError(f"no such {what} file: {extra}")
-        os.makedirs(self.dir, exist_ok=True)
+        if os.path.lexists(self.dir) and not os.path.isdir(self.dir):
+            raise MlnError(f"the templates directory {self.dir} is not a directory (see 'templates' in "
+                           "mln.conf, or -T)")
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:
+            raise MlnError(f"cannot make the templates directory {self.dir}: {e.strerror}") from None
         base = os.path.basename(source)
         compression = ""
         if base.endswith((".tar.gz", ".tgz", ".tar.bz2")):
@@ -121,13 +139,13 @@ class TemplateRegistry:
                 members = [m for m in tar.getmembers() if m.isfile()]
                 if len(members) != 1:
                     raise MlnError(f"{source} must hold exactly one image file, not {len(members)}")
-                real = os.path.basename(members[0].name)
+                real = self._real_name(os.path.basename(members[0].name), source)
                 dest = os.path.join(self.dir, real)
                 with tar.extractfile(members[0]) as src, open(dest + ".part", "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 os.replace(dest + ".part", dest)
         else:
-            real = base
+            real = self._real_name(base, source)
             dest = os.path.join(self.dir, real)
             if os.path.abspath(source) != os.path.abspath(dest):
                 _copy(source, dest)
@@ -141,6 +159,18 @@ class TemplateRegistry:
         entries[name] = t
         self._write(entries)
         return t
+
+    @staticmethod
+    def _real_name(real: str, source: str) -> str:
+        """The file name the image gets in the templates directory: a good template name,
+        and not the registry's own files."""
+        problem = name_problem("template", real)
+        if problem:
+            raise MlnError(f"{source}: the image's file name is no template name: {problem}; rename it")
+        if real == LIST or real.endswith((".part", ".tmp", ".kernel", ".initrd")):
+            raise MlnError(f"{source}: an image cannot be named '{real}' (the registry uses that name); "
+                           "rename it")
+        return real
 
     def _write(self, entries: dict[str, Template]) -> None:
         path = os.path.join(self.dir, LIST)

@@ -28,6 +28,8 @@ import re
 
 from mln_core import hookimpl
 from mln_core.lang.variables import unescape
+from mln_core.limits import MAX_HOSTS, whole_number
+from mln_core.names import name_problem
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")  # the parser's rule for host names
 GROUPS = ("autoenum",) + tuple(f"autoenum{i}" for i in range(6))
@@ -77,19 +79,27 @@ def _expand(doc, block) -> None:
     if line is None:
         problems.error(f"{block.kind}: 'numhosts N' is missing", block.pos)
         return
-    if not text.isdigit() or int(text) < 1:
-        problems.error(f"{block.kind}: numhosts must be a whole number of at least 1, not '{text}'",
+    count = whole_number(text, 1)
+    if count is None:
+        problems.error(f"{block.kind}: numhosts must be a whole number of at least 1, not '{text[:40]}'",
                        line.pos)
         return
-    count = int(text)
+    if count + len(doc.hosts()) > MAX_HOSTS:      # before a single host is made
+        problems.error(f"{block.kind}: numhosts {count} would make more than {MAX_HOSTS:,} hosts in the "
+                       f"project (the limit; {len(doc.hosts()):,} exist already)", line.pos)
+        return
     numhosts_pos = line.pos
     prefix, prefix_line = _value(doc, block, "hostprefix")
     prefix = prefix if prefix not in (None, "", "1") else "node"
     if not _HOST_NAME.match(f"{prefix}1"):
-        problems.error(f"{block.kind}: bad hostprefix '{prefix}': host names are letters, digits, "
+        problems.error(f"{block.kind}: bad hostprefix '{prefix[:40]}': host names are letters, digits, "
                        "'-' and '_' (starting with a letter or digit)", prefix_line.pos)
         return
     width = len(str(count))
+    too_long = name_problem("host", f"{prefix}{count}")
+    if too_long:
+        problems.error(f"{block.kind}: hostprefix: {too_long}", prefix_line.pos)
+        return
     superclass, sc_line = _value(doc, block, "superclass")
     if superclass is not None and superclass not in doc.superclasses():
         known = ", ".join(sorted(doc.superclasses())) or "none are defined"
@@ -142,11 +152,11 @@ def _addresses(doc, block, count, problems):
     begin_text, begin_line = _value(doc, block, "addresses_begin")
     begin = 1
     if begin_line is not None:
-        if not begin_text.isdigit():
-            problems.error(f"{block.kind}: addresses_begin must be a number, not '{begin_text}'",
+        begin = whole_number(begin_text, 0, 2**32)
+        if begin is None:
+            problems.error(f"{block.kind}: addresses_begin must be a number, not '{begin_text[:40]}'",
                            begin_line.pos)
             return None
-        begin = int(begin_text)
     first = int(net.network_address) + begin
     last = first + count - 1
     if begin < 1 or last >= int(net.broadcast_address):
@@ -172,8 +182,8 @@ def _service_hosts(block, count, problems):
         if len(w) == 2:
             if w[1] == "all":
                 n = count - len(out)
-            elif w[1].isdigit():
-                n = int(w[1])
+            elif whole_number(w[1], 0, MAX_HOSTS) is not None:
+                n = min(whole_number(w[1]), count - len(out))
             else:
                 problems.error(f"service host count must be a number or 'all', not '{w[1]}'", line.pos)
                 return None

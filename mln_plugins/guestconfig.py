@@ -30,7 +30,9 @@ import re
 from mln_core import hookimpl
 from mln_core.errors import MlnError
 from mln_core.guest import set_section  # noqa: F401  (also this module's name for it)
+from mln_core.limits import MAX_UID, octal_mode, whole_number
 from mln_core.machine import local
+from mln_core.names import inner_path_problem, inside
 
 CRYPT = re.compile(r"(\$(1|2[abxy]|5|6|7|y|gy)\$.+|[./0-9A-Za-z]{13}|[*!].*)\Z")
 SALT_CHARS = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -70,6 +72,11 @@ def _table(guest, path: str) -> list[list[str]]:
 
 def _write_table(guest, path: str, rows: list[list[str]], mode: int) -> None:
     guest.write_text(path, "".join(":".join(r) + "\n" for r in rows), mode)
+
+
+def _ids(rows: list[list[str]]) -> set[int]:
+    """The ids (third field) of /etc/passwd or /etc/group rows that have a valid one."""
+    return {n for r in rows if len(r) > 2 for n in [whole_number(r[2], 0, MAX_UID)] if n is not None}
 
 
 def _free_id(used: set[int], start: int = 1000) -> int:
@@ -141,8 +148,8 @@ def _users(host, guest, shell: str, machine) -> None:
     for u in host.users:
         existing = next((r for r in passwd if r[0] == u.name), None)
         if existing is None:
-            uids = {int(r[2]) for r in passwd if len(r) > 2 and r[2].isdigit()}
-            gids = {int(r[2]) for r in group if len(r) > 2 and r[2].isdigit()}
+            uids = _ids(passwd)
+            gids = _ids(group)
             uid = u.uid if u.uid is not None else _free_id(uids | gids)
             gid = uid if uid not in gids else _free_id(gids)
             home = u.home or f"/home/{u.name}"
@@ -150,7 +157,11 @@ def _users(host, guest, shell: str, machine) -> None:
             if not any(r[0] == u.name for r in group):
                 group.append([u.name, "x", str(gid), ""])
         else:
-            uid, gid, home = int(existing[2]), int(existing[3]), existing[5]
+            uid = whole_number(existing[2], 0, MAX_UID) if len(existing) > 2 else None
+            gid = whole_number(existing[3], 0, MAX_UID) if len(existing) > 3 else None
+            if uid is None or gid is None or len(existing) < 6:
+                raise MlnError(f"host {host.name}: the guest's /etc/passwd line of {u.name} is damaged")
+            home = existing[5]
             if u.home and u.home != home:
                 existing[5] = home = u.home
         guest.mkdir(home, 0o755, uid, gid)
@@ -164,7 +175,7 @@ def _groups(host, guest) -> None:
     if not host.groups:
         return
     group = _table(guest, "/etc/group")
-    gids = {int(r[2]) for r in group if len(r) > 2 and r[2].isdigit()}
+    gids = _ids(group)
     for name, members in host.groups.items():
         row = next((r for r in group if r[0] == name), None)
         if row is None:
@@ -324,29 +335,49 @@ def _fstab(host, guest, devices: dict) -> None:
 
 
 def _files(host, guest, ctx) -> None:
+    """``files {}``: copy each source from the files directory. Nothing outside it reaches
+    the guest: the source is a path inside it (checked by the model too), and a symbolic
+    link that leads out of the source (to a host file, or to all of /etc) is skipped with
+    a warning naming the host and the link."""
     if not host.files:
         return
     base = os.path.realpath(ctx.config.files_dir)
     for f in host.files:
+        problem = inner_path_problem(f.source, "files source", "files directory")
         src = os.path.realpath(os.path.join(base, f.source))
-        if os.path.commonpath([src, base]) != base:
+        if problem or not inside(base, src):
             raise MlnError(f"files: '{f.source}' is outside the files directory {base}; refusing to copy it")
         if not os.path.exists(src):
             raise MlnError(f"files: '{f.source}' does not exist in the files directory {base}")
         dest = f.destination
         if guest.is_dir(dest) and not os.path.isdir(src):
             dest = dest.rstrip("/") + "/" + os.path.basename(src)
-        mode = int(f.mode, 8) if f.mode else None
-        _copy_in(src, guest, dest, mode)
+        mode = octal_mode(f.mode) if f.mode else None
+        if f.mode and mode is None:
+            raise MlnError(f"files: mode '{f.mode}' of '{f.source}' is not octal (such as 644)")
+        _copy_in(src, guest, dest, mode, src, set(), lambda why: ctx.log(f"warning: host {host.name}: {why}"))
 
 
-def _copy_in(src: str, guest, dest: str, mode: int | None) -> None:
-    if os.path.isdir(src):
+def _copy_in(src: str, guest, dest: str, mode: int | None, top: str, seen: set, warn) -> None:
+    """Copy ``src`` (inside the source ``top``) into the guest as ``dest``. A symbolic link
+    is followed only when it leads to a file or directory inside ``top``; a directory is
+    copied once (a link back to a parent would loop)."""
+    real = os.path.realpath(src)
+    if os.path.islink(src) and not inside(top, real):
+        warn(f"files: skipping '{src}': a symbolic link to {os.readlink(src)}, outside {top}")
+        return
+    if os.path.isdir(real):
+        if real in seen:
+            warn(f"files: skipping '{src}': a link to a directory that is copied already ({real})")
+            return
+        seen.add(real)
         guest.mkdir(dest, mode if mode is not None else 0o755)
-        for name in sorted(os.listdir(src)):
-            _copy_in(os.path.join(src, name), guest, dest.rstrip("/") + "/" + name, mode)
+        for name in sorted(os.listdir(real)):
+            _copy_in(os.path.join(src, name), guest, dest.rstrip("/") + "/" + name, mode, top, seen, warn)
+    elif os.path.isfile(real):
+        guest.write_file(dest, real, mode)
     else:
-        guest.write_file(dest, src, mode)
+        warn(f"files: skipping '{src}': not a regular file (a FIFO, socket or device)")
 
 
 def _modules(host, guest, family: str) -> None:

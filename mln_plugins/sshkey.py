@@ -76,8 +76,13 @@ def keys_of(host, line, project) -> list[str]:
         return [text]
     path = key_path(text, project)
     try:
+        if os.path.exists(path) and not os.path.isfile(path):    # a FIFO would block, a device never end
+            raise MlnError(f"sshkey: {_where(host, line)}: {path} is not a regular file", f"host {host.name}")
         with open(path, encoding="utf-8", errors="replace") as f:
-            content = f.read()
+            content = f.read(2**20 + 1)
+        if len(content) > 2**20:
+            raise MlnError(f"sshkey: {_where(host, line)}: {path} is larger than 1 MB: no public key file",
+                           f"host {host.name}")
     except FileNotFoundError:
         raise MlnError(f"sshkey: {_where(host, line)}: the key file {path} does not exist on this machine",
                        f"host {host.name}") from None
@@ -130,7 +135,7 @@ def _account(host, guest, line, passwd: str | None) -> tuple[str, int, int]:
     if passwd is None:
         raise MlnError(f"sshkey: {_where(host, line)}: the image (template {host.template}) has no "
                        "/etc/passwd", f"host {host.name}")
-    if row is None or not row[2].isdigit() or not row[3].isdigit():
+    if row is None or not (row[2].isascii() and row[2].isdigit() and row[3].isascii() and row[3].isdigit()):
         raise MlnError(f"sshkey: {_where(host, line)}: user {user} does not exist in the guest's /etc/passwd "
                        f"(template {host.template}); create it with a 'users' block or in the template",
                        f"host {host.name}")

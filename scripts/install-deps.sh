@@ -3,14 +3,15 @@
 # QEMU (TCG guests, qcow2, qemu-storage-daemon), User-Mode Linux and uml_mconsole,
 # vde_switch, e2fsprogs/e2tools/FUSE for editing images without mounting, busybox and
 # kmod/xz/cpio for the test template, iproute2/ping for switches, openssl for hashes,
-# patchelf for a UML newer than the distribution's (mln_backends/install-uml.sh).
+# patchelf for a UML newer than the distribution's (mln_backends/install-uml.sh), graphviz
+# for mln graph --format svg.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt_packages=(
   qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2
   e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
   iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client
-  xen-utils-4.17 patchelf
+  xen-utils-4.17 patchelf graphviz
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 from ..errors import MlnError, Pos, Problems
+from ..limits import MAX_BLOCK_DEPTH as MAX_DEPTH
+from ..limits import MAX_HOSTS, MAX_INCLUDE_DEPTH, MAX_LINE, MAX_PROJECT_TEXT
+from ..names import name_problem
 from .tree import ESC_DOLLAR, NAMED_KINDS, NESTED_NAMED_KINDS, Block, new_root
-
-MAX_LINE = 65536
-MAX_DEPTH = 64
-MAX_INCLUDE_DEPTH = 32
 
 _SPECIAL = re.compile(r"[{};#\\]")
 _SPLIT = re.compile(r"([{};])")
 _VAR_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 
 
 class Document:
@@ -39,6 +38,8 @@ class Document:
         #: (severity, message, where) of the variable problems already reported, so that a
         #: line resolved more than once (by a plugin and for the global block) warns once.
         self.reported: set = set()
+        #: characters variable expansions added so far (bounded: mln_core.limits.MAX_EXPANDED)
+        self.expanded = 0
 
     @property
     def global_block(self) -> Block | None:
@@ -241,25 +242,59 @@ class _Parser:
         self.include_stack: list[str] = []
         self.cwd = search_cwd
         self.renames: list[tuple[Block, Block, Pos]] = []
+        self.text_left = MAX_PROJECT_TEXT     # bytes of project text still allowed
+
+    def take_text(self, size: int, display: str, pos: Pos | None) -> None:
+        """Count ``size`` bytes of project text against the limit (before they are read)."""
+        if size > self.text_left:
+            raise MlnError(f"the project text is more than {MAX_PROJECT_TEXT // 2**20} MB (with '{display}'): "
+                           "is this a project file?", pos or Pos(display, 1, 1))
+        self.text_left -= size
 
     # ---- files ---------------------------------------------------------------------
-    def feed_file(self, path: str, display: str, text: str | None = None) -> None:
+    def feed_file(self, path: str, display: str, text: str | None = None, pos: Pos | None = None) -> None:
         real = os.path.realpath(path)
         if text is None:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except IsADirectoryError:
-                raise MlnError(f"'{display}' is a directory, not a project file") from None
-            except OSError as e:
-                raise MlnError(f"cannot read '{display}': {e.strerror}") from None
-            text = _decode(data, display)
+            text = _decode(self.read_file(path, display, pos), display)
         self.files.append(display)
         self.include_stack.append(real)
         try:
             self.feed(tokenize(text, display), os.path.dirname(os.path.abspath(path)))
         finally:
             self.include_stack.pop()
+
+    def read_file(self, path: str, display: str, pos: Pos | None) -> bytes:
+        """The bytes of a regular file, at most as many as the limit leaves. A FIFO, a
+        device such as /dev/zero or a directory is refused before anything is read."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except IsADirectoryError:
+            raise MlnError(f"'{display}' is a directory, not a project file", pos or display) from None
+        except OSError as e:
+            raise MlnError(f"cannot read '{display}': {e.strerror}", pos or display) from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise MlnError(f"'{display}' is a directory, not a project file", pos or display)
+            if not stat.S_ISREG(st.st_mode):
+                raise MlnError(f"'{display}' is not a regular file (a FIFO, socket or device): "
+                               "mln reads project files only", pos or display)
+            self.take_text(st.st_size, display, pos)
+            chunks, left = [], st.st_size + self.text_left + 1
+            while left > 0:       # the file may grow while it is read: never more than the limit
+                chunk = os.read(fd, min(left, 2**20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+            if len(data) > st.st_size:
+                self.take_text(len(data) - st.st_size, display, pos)
+            return data
+        except OSError as e:
+            raise MlnError(f"cannot read '{display}': {e.strerror}", pos or display) from None
+        finally:
+            os.close(fd)
 
     def include(self, arg: str, pos: Pos, base_dir: str) -> None:
         if not arg:
@@ -276,7 +311,7 @@ class _Parser:
                     raise MlnError(f"include cycle: {chain}", pos)
                 display = cand if os.path.isabs(arg) else os.path.relpath(cand, self.cwd) \
                     if not os.path.relpath(cand, self.cwd).startswith("..") else cand
-                self.feed_file(cand, display)
+                self.feed_file(cand, display, pos=pos)
                 return
         where = arg if os.path.isabs(arg) else f"{arg} (looked in {base_dir} and {self.cwd})"
         raise MlnError(f"cannot open include file {where}", pos)
@@ -345,6 +380,8 @@ class _Parser:
                 cont = parent.blocks[kind] = Block(kind, None, pos, origin, container=True)
             elif not cont.container:
                 raise MlnError(f"'{kind} {name}' conflicts with the block '{kind}' at {cont.pos}", pos)
+            if len(cont.blocks) >= MAX_HOSTS:
+                raise MlnError(f"more than {MAX_HOSTS:,} {kind} blocks in one project", pos)
             b = Block(kind, name, pos, origin)
             if "$" in name:
                 self.renames.append((cont, b, pos))
@@ -369,11 +406,9 @@ class _Parser:
         self.open_pos.pop()
 
     def _check_name(self, kind: str, name: str, pos: Pos) -> None:
-        if kind in ("host", "switch", "superclass") and not _NAME.match(name):
-            raise MlnError(f"bad {kind} name '{name}': use letters, digits, '-' and '_' "
-                           "(starting with a letter or digit)", pos)
-        if kind == "network" and not _NAME.match(name):
-            raise MlnError(f"bad interface name '{name}'", pos)
+        problem = name_problem("interface" if kind == "network" else kind, name)
+        if problem:
+            raise MlnError(problem, pos)
 
     def finish(self) -> Block:
         if len(self.stack) > 1:
@@ -416,6 +451,7 @@ def parse_text(text: str, filename: str = "<text>", cwd: str | None = None) -> D
     """Parse project text (``#include`` relative to ``cwd``)."""
     problems = Problems()
     p = _Parser(problems, cwd or os.getcwd())
+    p.take_text(len(text), filename, None)
     p.files.append(filename)
     p.include_stack.append(filename)
     p.feed(tokenize(text, filename), cwd or os.getcwd())

@@ -5,7 +5,8 @@ only other files include) it writes
 
 * ``golden/<example>.show.txt``: the output of ``mln show -f <example>.mln``;
 * ``golden/<example>.parse-H.txt``: ``mln parse -f <example>.mln -H /host/NAME`` for
-  every host, one after the other.
+  every host, one after the other, each after a line ``# -H /host/NAME`` (``-H`` prints
+  the block's contents only, as the original).
 
 mln runs in the examples directory with relative file names (no absolute paths in the
 output) and with MLN_CONFIG naming an empty file (no site configuration). READ the diff
@@ -47,7 +48,8 @@ def render(example: str) -> dict[str, str]:
     hosts = json.loads(_mln("show", "--format", "json", "-f", fname))["hosts"]
     return {
         f"{example}.show.txt": _mln("show", "-f", fname),
-        f"{example}.parse-H.txt": "".join(_mln("parse", "-f", fname, "-H", f"/host/{h}") for h in hosts),
+        f"{example}.parse-H.txt": "".join(f"# -H /host/{h}\n" + _mln("parse", "-f", fname, "-H", f"/host/{h}")
+                                          for h in hosts),
     }
 
 

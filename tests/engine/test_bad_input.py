@@ -136,7 +136,7 @@ def test_before_project_start_failure_aborts_start(mln_env):
     (["start"], "give -p PROJECT or -a (all projects)"),
     (["remove"], "Missing option '-p'"),
     (["status", "-h", "a"], "-h needs -p PROJECT"),
-    (["stop", "-p", "x", "-w", "soon"], "'soon' is not a valid float"),
+    (["stop", "-p", "x", "-w", "soon"], "'soon' is not a number of seconds"),
 ])
 def test_wrong_options_are_usage_errors(mln_plain, args, needle):
     r = mln_plain.mln(*args)

@@ -203,8 +203,13 @@ def test_files_are_copied_with_mode_and_sources_must_stay_in_the_files_dir(tmp_p
     st = stat(img, "/etc/motd")
     assert "Mode:  0640" in st
     bad = PROJECT.replace("files { motd /etc/motd 0640 }", "files { ../../etc/passwd /etc/x }")
-    loaded = load_project("p.mln", ctx, text=bad % {"hv": "uml", "pw": "x"})
+    with pytest.raises(MlnError, match=r"goes up with '\.\.'") as e:      # check refuses it, with where
+        load_project("p.mln", ctx, text=bad % {"hv": "uml", "pw": "x"})
+    assert str(e.value.where).startswith("p.mln:")
+    loaded = load_project("p.mln", ctx, text=PROJECT % {"hv": "uml", "pw": "x"})
     ctx.project = loaded.project
+    from mln_core.model import FileCopy
+    loaded.project.hosts["web"].files = [FileCopy("../../etc/passwd", "/etc/x")]    # the plugin refuses it too
     (tmp_path / "b").mkdir()
     with Ext4Image(str(make_image(tmp_path / "b", "debian"))) as g:
         g.family = "debian"

@@ -72,10 +72,12 @@ def test_build_rebuild_remove(mln_env, test_vg):
     assert not vg.imitation_loops()
 
     # a rebuild that fails after web's new volume was made (its configure step refuses a
-    # file from outside the files directory) leaves the old volume as it was
+    # file from outside the files directory: a link to it, which check cannot see) leaves
+    # the old volume as it was
     old_uuid = vg.lv_uuid("web.lvmt")
     (mln_env.root / "files").mkdir(exist_ok=True)
-    f.write_text(project(vg.name, size="120M", extra="files { ../../etc/passwd /etc/x }"))
+    (mln_env.root / "files" / "escape").symlink_to("/etc/passwd")
+    f.write_text(project(vg.name, size="120M", extra="files { escape /etc/x }"))
     r = mln_env.mln("build", "-r", "-f", str(f))
     assert r.returncode != 0 and "host web" in r.stderr, r.output
     assert "web.lvmt+mln-new" in r.output                 # the new volume was made aside ...
