@@ -120,21 +120,15 @@ def mln_create_disk(host, ctx):
         if fmt == "qcow2":
             imagefs.create_overlay(template.path, path, machine=machine)
             if size > template_size:
-                if ext or imagefs.is_qcow2(template.path):
-                    imagefs.grow_qcow2(path, size, getattr(ctx, "record_helper", None), machine)
-                else:
-                    try:
-                        machine.run(["qemu-img", "resize", "-q", path, str(size)], timeout=None)
-                    except MlnError as e:
-                        raise imagefs.ImageError(e.message) from None
+                _grow(path, "qcow2", size, ext or imagefs.is_qcow2(template.path), ctx, machine)
         else:
             base = _cow_base(host, template, size, ctx, machine)
             if base is not None:
                 _sparse_copy(ctx.path(base), path, machine)   # individualized, then made a COW file
             else:
                 _sparse_copy(template.path, path, machine)
-                if size > template_size and ext:
-                    imagefs.grow_image(path, size, machine)
+                if size > template_size:
+                    _grow(path, "raw", size, ext, ctx, machine)
     except imagefs.ImageError as e:
         raise MlnError(f"making {path} from template {template.path}: {e}") from None
     extra = {"template": template.name}
@@ -174,20 +168,32 @@ def mln_copy_disk(host, disk, ctx):
     try:
         template = ctx.templates.resolve(host.template, f"host {host.name}")
         wanted = host.disk_size(imagefs.image_size(template.path, machine), ctx.log)
+        ext = imagefs.is_ext_filesystem(template.path) or imagefs.is_qcow2(template.path)
     except MlnError:                     # the template is gone: the disk keeps its size
-        wanted = size
+        wanted, ext = size, False
     try:
         if wanted > size:
-            if disk.format == "qcow2":
-                imagefs.grow_qcow2(path, wanted, getattr(ctx, "record_helper", None), machine)
-            elif imagefs.is_ext_filesystem(path):
-                imagefs.grow_image(path, wanted, machine)
+            _grow(path, disk.format, wanted, ext, ctx, machine)
             size = wanted
     except imagefs.ImageError as e:
         raise MlnError(f"growing the copy {path} of {disk.path}: {e}") from None
     extra = dict(disk.extra)
     _swap(host, ctx, machine, extra)
     return Disk(path=record, format=disk.format, kind="file", size=size, extra=extra)
+
+
+def _grow(path: str, fmt: str, size: int, ext: bool, ctx, machine) -> None:
+    """Grow the disk file ``path`` to ``size`` bytes, and its ext filesystem with it when it
+    holds one (``ext``); raises imagefs.ImageError."""
+    if fmt == "qcow2" and ext:
+        imagefs.grow_qcow2(path, size, getattr(ctx, "record_helper", None), machine)
+    elif fmt == "qcow2":
+        try:
+            machine.run(["qemu-img", "resize", "-q", path, str(size)], timeout=None)
+        except MlnError as e:
+            raise imagefs.ImageError(e.message) from None
+    elif ext:
+        imagefs.grow_image(path, size, machine)
 
 
 def _sparse_copy(src: str, dst: str, machine) -> None:

@@ -7,7 +7,6 @@ import sys
 import click
 
 from .cli import _engine, _jobs, _project_file, cli
-from .errors import MlnError
 
 
 @cli.command()
@@ -35,11 +34,6 @@ def upgrade(click_ctx, file, project, simulate, start_new, yes, live, keep, fmt,
     from .upgrade import upgrade as run_upgrade
     engine = _engine(click_ctx, jobs)
     path = _project_file(file)
-    if project is not None:
-        from .project import load_project
-        named = load_project(path, engine.ctx).project.name
-        if named != project:
-            raise MlnError(f"{file} names project '{named}', not '{project}'")
 
     def show(plan):
         if fmt == "json":
@@ -52,4 +46,5 @@ def upgrade(click_ctx, file, project, simulate, start_new, yes, live, keep, fmt,
 
     run_upgrade(engine, path, simulate=simulate, start_new=start_new, yes=yes,
                 live_hosts={h for h in live.split(":") if h}, keep=keep,
-                confirm=confirm if sys.stdin.isatty() and fmt == "text" else None, show=show)
+                confirm=confirm if sys.stdin.isatty() and fmt == "text" else None, show=show,
+                project=project)

@@ -122,9 +122,15 @@ FILE = Storage("file")
 
 @dataclass
 class Run:
+    """What an ``mln`` command gave: its exit status, standard output and error."""
+
     returncode: int
     stdout: str
     stderr: str
+
+    @property
+    def exit_code(self) -> int:
+        return self.returncode
 
     @property
     def output(self) -> str:

@@ -566,15 +566,21 @@ def _attached(ctx, host: Host) -> str:
     return os.path.join(ctx.host_dir(host), "attached-disk")
 
 
+def recorded_disk(entry: dict, project_dir: str) -> Disk:
+    """The Disk of a host's state entry, its path made absolute against ``project_dir``."""
+    d = Disk(**entry["disk"])
+    if not os.path.isabs(d.path):
+        d.path = os.path.join(project_dir, d.path)
+    return d
+
+
 def disk_of(ctx, host: Host, attached: bool = True) -> Disk:
     """The disk recorded for ``host`` at build time, with an absolute path; while the host
     runs (``attached``), the path its storage plugin attached for the run, if any."""
     entry = ctx.state.get("hosts", {}).get(host.name)
     if not entry:
         raise MlnError("was not built (no disk recorded); run 'mln build' again", f"host {host.name}")
-    d = Disk(**entry["disk"])
-    if not os.path.isabs(d.path):
-        d.path = os.path.join(ctx.project_dir, d.path)
+    d = recorded_disk(entry, ctx.project_dir)
     if attached:
         try:
             with open(_attached(ctx, host)) as f:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .change import DISK_KINDS, LIVE_KINDS, Change
+from .diff import diff_blocks
 from .errors import MlnError
 from .model import Host, Project, Switch, format_size
 
@@ -141,7 +142,7 @@ def host_changes(old: Host, new: Host, old_switches: dict[str, Switch], new_swit
             ch.append(Change("interface_added", f"{name} added" + (f" on switch {i.switch}" if i.switch else ""),
                              interface=name, new=i.switch))
             continue
-        same_rest = _block_without(o.tree, "switch") == _block_without(i.tree, "switch")
+        same_rest = _differing(o.tree, i.tree) in ([], ["switch"])
         if o.switch != i.switch and same_rest:
             ch.append(Change("interface_moved", f"{name} moved from switch {o.switch} to {i.switch}",
                              interface=name, old=o.switch, new=i.switch))
@@ -258,33 +259,18 @@ def _host_plan(name: str, old: Host, new: Host, changes: list[Change], up: bool,
     return hp
 
 
-def _block_without(block, key: str):
-    if block is None:
-        return None
-    return (tuple(tuple(ln.words) for ln in block.lines if ln.words[0] != key),
-            tuple((k, b.structure()) for k, b in block.blocks.items()))
-
-
 def _differing(old, new) -> list[str]:
-    """The keywords and blocks (top level) whose effective value differs, in file order."""
-    if old is None or new is None:
-        return ["everything"]
-    ov, nv = old.values, new.values
+    """The keywords and blocks (top level) whose effective value differs, in file order:
+    what ``mln diff`` shows, by first word of its path."""
     keys: list[str] = []
-    for k in list(nv) + [k for k in ov if k not in nv]:
-        a, b = ov.get(k), nv.get(k)
-        if (a.words if a else None) != (b.words if b else None) and k not in keys:
-            keys.append(k)
-    for k in list(new.blocks) + [k for k in old.blocks if k not in new.blocks]:
-        a, b = old.blocks.get(k), new.blocks.get(k)
-        if (a.structure() if a else None) != (b.structure() if b else None) and k not in keys:
-            keys.append(k)
+    for e in diff_blocks(old, new):
+        key = e.path.split(" / ")[0].split(" ")[0]
+        if key not in keys:
+            keys.append(key)
     return keys
 
 
 def _switch_differs(old: Switch, new: Switch, default_switch: str) -> bool:
     if old.kind(default_switch) != new.kind(default_switch):
         return True
-    ot = _block_without(old.tree, "service_host")
-    nt = _block_without(new.tree, "service_host")
-    return ot != nt
+    return bool(set(_differing(old.tree, new.tree)) - {"service_host"})

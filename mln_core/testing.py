@@ -29,11 +29,10 @@ from __future__ import annotations
 import io
 import os
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 
 import pytest
 
-from .conformance import (FILE, Backend, ConformanceEnv, Storage, conformance_tests,  # noqa: F401
+from .conformance import (FILE, Backend, ConformanceEnv, Run, Storage, conformance_tests,  # noqa: F401
                           image_files, mln_conformance_case, mln_conformance_env)
 
 _TAKES_FILE = {"parse", "check", "show", "build", "upgrade"}
@@ -51,15 +50,7 @@ def machine_config() -> str:
     return "".join(f"{k} {cfg.values[k]}\n" for k in MACHINE_KEYS if k in cfg.values)
 
 
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
+Result = Run     # what ``mln_project.run(...)`` gives: ``exit_code``, ``stdout``, ``stderr``, ``output``
 
 
 class MlnProject:

@@ -30,6 +30,7 @@ import shutil
 from .change import DISK_KINDS, Change
 from .errors import MlnError
 from .lang.writer import write_tree
+from .lifecycle import recorded_disk
 from .model import Disk, Project
 from .plan import Plan, make_plan
 from .progress import Progress, parallel
@@ -78,13 +79,17 @@ class Journal:
 
 
 def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, yes: bool = False,
-            live_hosts: set[str] = frozenset(), keep: bool = False, confirm=None, show=None) -> Plan:
+            live_hosts: set[str] = frozenset(), keep: bool = False, confirm=None, show=None,
+            project: str | None = None) -> Plan:
     """Plan the upgrade of the stored project named in ``path`` to that file and, unless
     ``simulate``, carry it out. ``show(plan)`` prints the plan; ``confirm(question)`` asks
-    (None: no terminal, so nothing is done without ``yes``)."""
+    (None: no terminal, so nothing is done without ``yes``). ``project``: the project the
+    user named (``-p``); an error if the file names another."""
     ctx, store = engine.ctx, engine.store
     loaded = load_project(path, ctx)
     new = loaded.project
+    if project is not None and new.name != project:
+        raise MlnError(f"{path} names project '{new.name}', not '{project}'")
     for p in loaded.problems.warnings:
         ctx.log(str(p))
     if not store.exists(new.name):
@@ -220,9 +225,7 @@ class _Run:
         self.new_state = state
 
     def _copy_disk(self, host) -> Disk:
-        old = Disk(**self.old_state["hosts"][host.name]["disk"])
-        if not os.path.isabs(old.path):
-            old.path = os.path.join(self.pdir, old.path)
+        old = recorded_disk(self.old_state["hosts"][host.name], self.pdir)
         disk = self.ctx.pm.hook.mln_copy_disk(host=host, disk=old, ctx=self.ctx)
         if disk is None:
             self.ctx.log(f"warning: host {host.name}: its storage cannot copy its disk; it is made afresh "
@@ -234,9 +237,7 @@ class _Run:
         """Configuration only: the disk stays; the hypervisor configuration is written again."""
         host = self.new.hosts[hp.name]
         entry = self.ctx.state["hosts"][host.name]
-        disk = Disk(**entry["disk"])
-        if not os.path.isabs(disk.path):
-            disk.path = os.path.join(self.pdir, disk.path)
+        disk = recorded_disk(entry, self.pdir)
         data = self.ctx.pm.hook.mln_build_host(host=host, disk=disk, ctx=self.ctx)
         if data is None:
             raise MlnError(f"no installed backend builds '{host.hypervisor}' hosts", f"host {host.name}")
@@ -411,7 +412,10 @@ def cleanup(engine, journal: Journal) -> None:
     ctx, data, pdir = engine.ctx, journal.data, journal.pdir
     work = os.path.join(pdir, WORK)
     new = engine.ctx.project
-    old_state = _read_json(os.path.join(work, "old", "state.json"))
+    try:
+        old_state = Store.read_state(os.path.join(work, "old"))
+    except MlnError:
+        old_state = None
     old = _load(os.path.join(work, "old", f"{data['project']}.mln"), ctx)
     if old is not None and new is not None:
         saved = ctx.project, ctx.state
@@ -488,13 +492,3 @@ def _load(path: str, ctx) -> Project | None:
         return load_project(path, ctx).project
     except (MlnError, OSError):
         return None
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
