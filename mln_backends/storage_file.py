@@ -19,6 +19,7 @@ from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
+from mln_core.private import protect_disk
 
 from . import imagefs
 
@@ -53,12 +54,36 @@ def mln_validate(project, ctx):
                     not os.path.isdir(project.local_path(line.value)):
                 out.append(Problem("warning", f"host {host.name}: filepath {line.value} is not a directory on "
                                    "this machine, so 'mln build' will fail", line.pos))
+            elif not any(tree.has(k) for k in OTHER_STORAGE):
+                why = _owned_elsewhere(host, project.local_path(line.value), ctx)
+                if why:
+                    out.append(Problem("error", f"host {host.name}: {why}", line.pos))
         for key in ("cow_filesystem", "cow"):
             line = tree.line(key) if tree is not None else None
             if line is not None and name_problem("template", line.value):
                 out.append(Problem("error", f"host {host.name}: {key} takes a plain file name (letters, digits, "
                                    f"'.', '+', '-' and '_'), not '{line.value[:40]}'", line.pos))
     return out
+
+
+def _owned_elsewhere(host, directory: str, ctx) -> str | None:
+    """Why the host's ``filepath`` disk cannot be built: its file is another project's
+    (or no project's) disk (mln_core.owners); read only, for ``mln check``."""
+    from mln_core.owners import problem, recorded_paths
+    from mln_core.store import Store
+    projects = getattr(getattr(ctx, "config", None), "projects_dir", None)
+    if not projects:
+        return None
+    pdir = os.path.join(projects, host.project)
+    try:
+        mine = recorded_paths(Store.read_state(pdir))
+    except MlnError:
+        mine = set()
+    for suffix in ("", ".qcow2"):
+        why = problem(os.path.join(directory, host.fqname + suffix), pdir, host.name, mine)
+        if why:
+            return why
+    return None
 
 
 def _cow_base(host, template, size: int, ctx, machine) -> str | None:
@@ -119,6 +144,7 @@ def mln_create_disk(host, ctx):
     try:
         if fmt == "qcow2":
             imagefs.create_overlay(template.path, path, machine=machine)
+            protect_disk(path)
             if size > template_size:
                 _grow(path, "qcow2", size, ext or imagefs.is_qcow2(template.path), ctx, machine)
         else:
@@ -147,6 +173,7 @@ def _swap(host, ctx, machine, extra: dict) -> None:
     swap = ctx.path(swap_rel)
     with open(swap, "wb") as f:
         f.truncate(host.swap)
+    protect_disk(swap)
     r = machine.run(["mkswap", "-q", swap], check=False, timeout=None, text=True)
     if r.returncode != 0:
         raise MlnError(f"mkswap {swap}: {r.stderr.strip()}")
@@ -201,6 +228,7 @@ def _sparse_copy(src: str, dst: str, machine) -> None:
                     timeout=None, text=True)
     if r.returncode != 0:
         raise MlnError(f"copying {src}: {r.stderr.strip()}")
+    protect_disk(dst + ".part")                   # a guest's disk: readable by its owner only
     os.replace(dst + ".part", dst)
 
 
@@ -215,6 +243,65 @@ def mln_open_image(host, disk, ctx):
         return imagefs.open_image(path, on_helper=getattr(ctx, "record_helper", None), machine=ctx.on(host))
     except imagefs.ImageError as e:
         raise MlnError(str(e)) from None
+
+
+EXPORTED = "disk.qcow2"
+
+
+@hookimpl(trylast=True)
+def mln_export_disk(host, disk, dest, ctx):
+    """The disk as one compressed qcow2 file without a backing file (a qcow2 overlay is
+    flattened: the template is not needed where it is imported); holes stay holes."""
+    if disk.kind != "file":
+        return None
+    if disk.extra.get("cow_base"):
+        raise MlnError("a cow_filesystem disk (a UML copy-on-write file over a shared base) cannot be "
+                       "exported yet; build the host without cow_filesystem to export it")
+    if not os.path.isfile(disk.path):
+        raise MlnError(f"its disk {disk.path} is missing")
+    ctx.on(host).run(["qemu-img", "convert", "-q", "-c", "-f", disk.format, "-O", "qcow2", disk.path,
+                      os.path.join(dest, EXPORTED)], what=f"exporting {disk.path}", timeout=None)
+    return {"storage": "file", "format": disk.format, "file": EXPORTED}
+
+
+@hookimpl(trylast=True)
+def mln_import_disk(host, disk, src, ctx):
+    """The exported qcow2 back as the host's disk, raw (sparse) or qcow2 as it was, in
+    ``images/`` or under ``filepath``; a new swap disk."""
+    if disk.kind != "file" or any(host.tree.has(k) for k in OTHER_STORAGE):
+        return None
+    if disk.format not in ("raw", "qcow2") or disk.extra.get("cow_base"):
+        raise MlnError(f"the archive's {disk.format} file disk cannot be imported")
+    image = os.path.join(src, EXPORTED)
+    if not os.path.isfile(image):
+        raise MlnError(f"the archive holds no disks/{host.name}/{EXPORTED}")
+    machine = ctx.on(host)
+    _plain_qcow2(image, machine)
+    path, record = _disk_paths(host, ctx, disk.format)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    machine.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", disk.format, image, path + ".part"],
+                what=f"importing the disk of host {host.name}", timeout=None)
+    os.replace(path + ".part", path)
+    extra = dict(disk.extra)
+    _swap(host, ctx, machine, extra)
+    return Disk(path=record, format=disk.format, kind="file", size=disk.size, extra=extra)
+
+
+def _plain_qcow2(image: str, machine) -> None:
+    """An imported image is a qcow2 that reads no other file of this machine (a backing
+    file or an external data file in an archive could name any)."""
+    import json
+    r = machine.run(["qemu-img", "info", "--output=json", "-f", "qcow2", image], check=False, text=True)
+    try:
+        info = json.loads(r.stdout) if r.returncode == 0 else None
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise MlnError(f"the archive's {os.path.basename(image)} is not a qcow2 image")
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if info.get("backing-filename") or info.get("full-backing-filename") or specific.get("data-file"):
+        raise MlnError(f"the archive's {os.path.basename(image)} refers to another file (a backing or data "
+                       "file); refused")
 
 
 @hookimpl

@@ -41,6 +41,7 @@ from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 from mln_core.model import Disk, format_size
+from mln_core.private import protect_disk
 
 from . import imagefs, lvmloop
 from .lvmcmd import activate as _activate
@@ -326,6 +327,10 @@ def mln_commit_host(host, ctx):
     m = ctx.on(host)
     dm = have_device_mapper(m)
     with _locked_for(host, vg, ctx):
+        if not lv_info(m, vg, lv, dm) and lv_info(m, vg, final, dm):
+            extra["lv"] = final           # renamed already, by a commit that was killed after
+            del extra["final_lv"]
+            return
         if lv_info(m, vg, final, dm):     # the replaced project could not be read: its volume
             _lvremove(m, vg, final, dm)
         try:
@@ -381,6 +386,7 @@ def _make_swap(host, ctx, m) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.truncate(host.swap)
+    protect_disk(path)
     m.run(["mkswap", "-q", path], what=f"mkswap {path}")
     return rel
 

@@ -14,6 +14,7 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.model import Attachment
 
+from . import vxlan
 from .runtime import digest, ifname
 
 
@@ -55,6 +56,9 @@ def mln_start_switch(switch, ctx):
     if not m.net_device_exists(br):
         m.run(["ip", "link", "add", br, "type", "bridge"], what=f"switch {switch.name}")
     m.run(["ip", "link", "set", br, "up"], what=f"switch {switch.name}")
+    span = ctx.span(switch)
+    if span:                                  # its hosts sit on several servers
+        vxlan.join(m, switch, span, br)
     return True
 
 
@@ -64,6 +68,7 @@ def mln_stop_switch(switch, ctx):
     if br is None:
         return None
     m = ctx.on(switch)
+    vxlan.leave(m, switch)
     if m.net_device_exists(br):
         m.run(["ip", "link", "del", br], what=f"switch {switch.name}")
     return True

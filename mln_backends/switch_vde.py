@@ -15,6 +15,7 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.model import Attachment
 
+from . import vxlan
 from .runtime import runtime_dir
 
 KINDS = ("vde", "hub")
@@ -54,6 +55,17 @@ def mln_start_switch(switch, ctx):
     if ctx.switch_state(switch).get("hub"):
         argv.append("-x")
     m = ctx.on(switch)
+    span = ctx.span(switch)
+    if span:            # its hosts sit on several servers: a tap on a bridge with the VXLAN device
+        dev, what = vxlan.names(switch), f"switch {switch.name}"
+        if not m.net_device_exists(dev["bridge"]):
+            m.run(["ip", "link", "add", dev["bridge"], "type", "bridge"], what=what)
+        if not m.net_device_exists(dev["tap"]):
+            m.run(["ip", "tuntap", "add", dev["tap"], "mode", "tap"], what=what)
+        m.run(["ip", "link", "set", dev["tap"], "mtu", str(span["mtu"]), "master", dev["bridge"], "up"], what=what)
+        m.run(["ip", "link", "set", dev["bridge"], "up"], what=what)
+        vxlan.join(m, switch, span, dev["bridge"])
+        argv += ["-t", dev["tap"]]
     m.run(argv, what=f"switch {switch.name}")
     for _ in range(100):
         if m.alive(m.read_pid(pidfile)) and os.path.exists(os.path.join(ctl, "ctl")):
@@ -70,6 +82,7 @@ def mln_stop_switch(switch, ctx):
     d, ctl, pidfile = _paths(switch, ctx)
     m.kill_and_wait(m.read_pid(pidfile))
     shutil.rmtree(d, ignore_errors=True)
+    vxlan.leave(m, switch)
     return True
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import struct
 
+from mln_core.private import protect_disk
+
 MAGIC = 0x4F4F4F4D
 VERSION = 3
 SECTOR = 512
@@ -80,6 +82,7 @@ def write_cow(changed: str, backing: str, cow: str, backing_name: str | None = N
         out.seek(bitmap_offset)
         out.write(bitmap)
         out.truncate(max(out.seek(0, os.SEEK_END), data_offset))
+    protect_disk(cow + ".part")
     os.replace(cow + ".part", cow)
     return stored
 

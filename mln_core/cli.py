@@ -123,13 +123,15 @@ def parse(click_ctx, file, scalar, array, subtree):
     from .lang.writer import write_block, write_tree
     from .merge import Resolved
     from .parse_fill import switch_filler
+    from .private import Secrets, query_context, redact_block
     ctx = get_ctx(click_ctx)
     queries = [q for q in (scalar, array, subtree) if q is not None]
     if len(queries) > 1:
         raise click.UsageError("give only one of -S, -A and -H")
     doc = _load_doc(file, ctx, post_parse=bool(queries))
-    if not queries:
-        click.echo(write_tree(doc.root), nl=False)
+    secrets = Secrets(ctx.pm.keywords)
+    if not queries:            # the whole tree: secrets shown as <secret> (-S asks for one value)
+        click.echo(write_tree(redact_block(doc.root, "/", secrets)), nl=False)
         return
     resolved = Resolved(doc, line_blocks=ctx.pm.keywords.line_blocks())
     block, keyword = resolved.lookup(queries[0], switch_filler(doc, ctx))
@@ -148,7 +150,8 @@ def parse(click_ctx, file, scalar, array, subtree):
         if keyword is not None:
             click.echo(f"{keyword} {block.get(keyword)}")
         else:      # the contents only, as the original: no 'host NAME {' line, no closing brace
-            text = write_block(block, header=False)
+            context, word = query_context(queries[0], secrets)
+            text = write_block(redact_block(block, context, secrets, word), header=False)
             click.echo(text if text.strip() else "", nl=False)
 
 
@@ -190,13 +193,14 @@ def show(click_ctx, file, fmt, explain):
     """Show the resolved project: every host and switch with its effective settings."""
     import json
     from .project import build_model
+    from .private import Secrets
     from .show import project_to_dict, render_text
     ctx = get_ctx(click_ctx)
     loaded = build_model(_load_doc(file, ctx), ctx)
     for p in loaded.problems.warnings:
         click.echo(str(p), err=True)
     loaded.problems.raise_first_error()
-    data = project_to_dict(loaded.project, explain)
+    data = project_to_dict(loaded.project, explain, Secrets(ctx.pm.keywords))
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     elif fmt == "yaml":
@@ -226,6 +230,14 @@ def _confirm(question: str) -> bool:
     return click.confirm(question, default=False)
 
 
+def set_quiet(ctx, quiet: bool) -> None:
+    """``-q``: no ``+--->`` progress lines (warnings and errors are still printed)."""
+    if quiet:
+        ctx.options["quiet"] = True
+
+
+_quiet = click.option("-q", "--quiet", is_flag=True,
+                      help="Print no progress lines (warnings and errors still).")
 _jobs = click.option("-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
                      help="How many hosts to work on at once (default: the number of CPUs).")
 
@@ -237,11 +249,14 @@ _jobs = click.option("-j", "--jobs", type=click.IntRange(1, 256), metavar="N",
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="With -s: how to print the plan.")
 @_jobs
+@_quiet
 @click.pass_context
-def build(click_ctx, file, replace, simulate, fmt, jobs):
+def build(click_ctx, file, replace, simulate, fmt, jobs, quiet):
     """Build a project: disks from templates, individualized guests, hypervisor configuration."""
+    from . import remote
     engine = _engine(click_ctx, jobs)
-    project = engine.build(_project_file(file), replace=replace, simulate=simulate, confirm=_confirm)
+    set_quiet(engine.ctx, quiet)
+    project = remote.build(engine, _project_file(file), replace=replace, simulate=simulate, confirm=_confirm)
     if simulate:
         import json
 
@@ -314,16 +329,19 @@ _WAIT = _Wait()
 @click.option("-s", "pause", type=click.FloatRange(0), default=0, metavar="SEC",
               help="Pause SEC seconds between two hosts (they then start one at a time).")
 @_jobs
+@_quiet
 @click.pass_context
-def start(click_ctx, project, every, host, pause, jobs):
+def start(click_ctx, project, every, host, pause, jobs, quiet):
     """Start a project's switches, then its hosts in boot order (or one host)."""
+    from . import remote
     engine = _engine(click_ctx, jobs)
+    set_quiet(engine.ctx, quiet)
 
     def work(name):
-        if every and all(r["state"] == "up" for r in engine.status(name) if r["kind"] == "host"):
+        if every and all(r["state"] == "up" for r in remote.status(engine, name) if r["kind"] == "host"):
             click.echo("+---> every host is running already", err=True)
         else:
-            engine.start(name, host, pause=pause)
+            remote.start(engine, name, host, pause=pause)
     _each(_projects(engine, project, every, host), work)
 
 
@@ -339,18 +357,21 @@ def start(click_ctx, project, every, host, pause, jobs):
               help="Wait this long for guests to shut down, then destroy them; 'i': wait for ever.")
 @click.option("-s", "pause", type=click.FloatRange(0), default=0, metavar="SEC",
               help="Pause SEC seconds between asking two hosts to stop.")
+@_quiet
 @click.pass_context
-def stop(click_ctx, project, every, host, hard, save, wait_s, pause):
+def stop(click_ctx, project, every, host, hard, save, wait_s, pause, quiet):
     """Stop a project's hosts in reverse boot order, then its switches (or one host)."""
     if hard and save:
         raise click.UsageError("give -H (destroy) or -S (save), not both")
+    from . import remote
     engine = _engine(click_ctx)
+    set_quiet(engine.ctx, quiet)
 
     def work(name):
-        if every and not any(r["state"] == "up" for r in engine.status(name)):
+        if every and not any(r["state"] == "up" for r in remote.status(engine, name)):
             click.echo("+---> nothing is running", err=True)
         else:
-            engine.stop(name, host, hard=hard, wait_s=wait_s, save=save, pause=pause)
+            remote.stop(engine, name, host, hard=hard, wait_s=wait_s, save=save, pause=pause)
     _each(_projects(engine, project, every, host), work)
 
 
@@ -367,7 +388,8 @@ def status(click_ctx, project, host, switch, only_up, only_down, quiet, fmt):
     """Print '<project> host|switch <name> up|down' lines.
 
     Exit status: with -p (or -h, -s) 0 if everything listed is up, else 1; with -u 0 if
-    anything is up; with -d 0 if nothing is up.
+    anything is up; with -d 0 if nothing is up. Of all projects, one that is busy or cannot
+    be read gets a line '<project> project <name> busy|unreadable (why)' and exit status 1.
     """
     import json
     if (host or switch) and not project:
@@ -376,10 +398,23 @@ def status(click_ctx, project, host, switch, only_up, only_down, quiet, fmt):
         raise click.UsageError("give -h HOST or -s SWITCH, not both")
     if only_up and only_down:
         raise click.UsageError("give -u or -d, not both")
+    from . import remote
     engine = _engine(click_ctx)
     names = [project] if project else engine.store.list()
-    rows = [r for name in names for r in engine.status(name, host, switch)]
+    rows, broken = [], []
+    for name in names:
+        if project:
+            rows += remote.status(engine, name, host, switch)
+            continue
+        try:        # all projects: one busy or unreadable project does not hide the others
+            rows += remote.status(engine, name, host, switch)
+        except MlnError as e:
+            if engine.store.exists(name):
+                from .store import ProjectBusy
+                broken.append({"project": name, "kind": "project", "name": name, "detail": str(e),
+                               "state": "busy" if isinstance(e, ProjectBusy) else "unreadable"})
     shown = [r for r in rows if (not only_up or r["state"] == "up") and (not only_down or r["state"] != "up")]
+    shown += broken
     if quiet:
         pass
     elif fmt == "json":
@@ -387,8 +422,11 @@ def status(click_ctx, project, host, switch, only_up, only_down, quiet, fmt):
     else:
         for r in shown:
             detail = f" ({r['detail']})" if r["detail"] else ""
-            click.echo(f"{r['project']} {r['kind']} {r['name']} {r['state']}{detail}")
+            server = f" [{r['server']}]" if r.get("server") else ""
+            click.echo(f"{r['project']} {r['kind']} {r['name']} {r['state']}{detail}{server}")
     any_up = any(r["state"] == "up" for r in rows)
+    if broken:
+        sys.exit(1)
     if only_up:
         sys.exit(0 if any_up else 1)
     if only_down:
@@ -409,7 +447,9 @@ def console(click_ctx, project, host, quiet):
     Without a terminal, standard input is typed into the console and the output printed:
     echo hostname | mln console -p P -h HOST
     """
+    from . import remote
     from .console import Closed, batch, interactive, session
+    remote.console_here(_engine(click_ctx), project, host)
     on_tty = sys.stdin.isatty()
     try:
         with session(_engine(click_ctx).console(project, host), host) as con:
@@ -426,10 +466,16 @@ def console(click_ctx, project, host, quiet):
 
 
 @cli.command("list")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
-def list_(click_ctx):
+def list_(click_ctx, fmt):
     """List the projects (one directory per line)."""
     engine = _engine(click_ctx)
+    if fmt == "json":
+        import json
+        click.echo(json.dumps([{"project": n, "directory": engine.store.project_dir(n),
+                                "version": engine.store.version(n)} for n in engine.store.list()], indent=2))
+        return
     for name in engine.store.list():
         click.echo(engine.store.project_dir(name))
 
@@ -444,12 +490,21 @@ def remove(click_ctx, project, force):
     if not force and not sys.stdin.isatty():
         engine.store.require(project)
         raise MlnError(f"removing project '{project}' deletes its disks: add -f to confirm")
-    engine.remove(project, confirm=None if force else _confirm)
+    from . import remote
+    remote.remove(engine, project, confirm=None if force else _confirm)
 
 
 # ---------------------------------------------------------------------------------------
 # help / completion (setup, version, templates, plugins and doctor: cli_admin)
 # ---------------------------------------------------------------------------------------
+
+@cli.command(hidden=True)
+@click.pass_context
+def serve(click_ctx):
+    """Carry out one request of another server (a JSON object on standard input)."""
+    from .serve import serve_stdin
+    sys.exit(serve_stdin(_engine(click_ctx)))
+
 
 @cli.command("help")
 @click.argument("command", required=False)
@@ -515,10 +570,11 @@ def _main(args: list[str]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception as e:  # an internal error: say so plainly, trace only on request
+        from .private import redact       # secret values never reach a trace
         if os.environ.get("MLN_DEBUG"):
-            traceback.print_exc()
-        click.echo(f"mln: internal error: {type(e).__name__}: {e} (set MLN_DEBUG=1 for a traceback; "
-                   "please report it)", err=True)
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
+        click.echo(redact(f"mln: internal error: {type(e).__name__}: {e} (set MLN_DEBUG=1 for a traceback; "
+                          "please report it)"), err=True)
         return 70
 
 
@@ -528,5 +584,7 @@ from . import cli_diff  # noqa: E402,F401  (mln diff)
 from . import cli_upgrade  # noqa: E402,F401  (mln upgrade)
 from . import cli_admin  # noqa: E402,F401  (mln setup, version, templates, plugins, doctor)
 from . import cli_graph  # noqa: E402,F401  (mln graph)
+from . import cli_export  # noqa: E402,F401  (mln export, import)
+from . import cli_daemon  # noqa: E402,F401  (mln daemon, daemon_ca, daemon_status)
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

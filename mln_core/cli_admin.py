@@ -115,12 +115,21 @@ cli.add_command(register_template, "rt")
 
 
 @cli.command("list_templates")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_context
-def list_templates(click_ctx):
+def list_templates(click_ctx, fmt):
     """List the registered templates: name, file, size."""
     from .templates import TemplateRegistry
     ctx = get_ctx(click_ctx)
-    for t in TemplateRegistry(ctx.config.templates_dir).entries().values():
+    entries = TemplateRegistry(ctx.config.templates_dir).entries().values()
+    if fmt == "json":
+        import json
+        click.echo(json.dumps([{"name": t.name, "file": t.real_name, "size_mb": t.size_mb,
+                                "compression": None if t.compression in ("", "-") else t.compression,
+                                "message": t.message, "kernel": bool(t.kernel), "initrd": bool(t.initrd)}
+                               for t in entries], indent=2))
+        return
+    for t in entries:
         extra = " +kernel" if t.kernel else ""
         click.echo(f"{t.name:<28} {t.real_name:<28} {t.size_mb:>6} MB{extra}  {t.message}")
 

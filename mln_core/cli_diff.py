@@ -66,7 +66,8 @@ def diff(click_ctx, files, project, file, fmt):
         new = _load(file, ctx)
     else:
         old, new = (_load(f, ctx) for f in files)
-    d = project_diff(old, new, ctx.pm.keywords.line_blocks() | WHOLE_BLOCKS)
+    from .private import Secrets
+    d = project_diff(old, new, ctx.pm.keywords.line_blocks() | WHOLE_BLOCKS, Secrets(ctx.pm.keywords))
     if fmt == "json":
         import json
         click.echo(json.dumps(as_json(d), indent=2))

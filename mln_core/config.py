@@ -15,7 +15,7 @@ from .errors import MlnError, Pos
 
 SYSTEM_CONFIG = "/etc/mln/mln.conf"
 USER_CONFIG = "~/.mln"
-REPEATABLE = {"san_path", "daemon_allow", "daemon_status_query", "lvm_execute_server"}
+REPEATABLE = {"server", "san_path", "daemon_allow", "daemon_status_query", "lvm_execute_server"}
 
 DEFAULTS = {
     "projects": "~/mln/projects",

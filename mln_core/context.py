@@ -30,6 +30,7 @@ class Context:
     staging: str | None = None      # set while a build writes into its staging directory
     record_helper: object | None = None  # (pidfile, mountpoint) -> None: lets a killed build be cleaned up
     outside_files: object | None = None  # mln_core.store.OutsideFiles of the build in progress
+    placement: dict | None = None   # this server's part of a project spread over servers (a build)
 
     @property
     def hook(self):
@@ -72,6 +73,13 @@ class Context:
     def switch_state(self, switch) -> dict:
         return self.state.setdefault("switches", {}).setdefault(switch.name, {})
 
+    def span(self, switch) -> dict | None:
+        """How ``switch`` is joined to the same switch on other servers, when its hosts sit
+        on several: ``{"vni": N, "local": ADDRESS, "remotes": [ADDRESS...], "mtu": M}``
+        (a VXLAN network identifier, this server's underlay address, the others', the MTU
+        guests on it get); None for a switch on this server only."""
+        return self.switch_state(switch).get("span")
+
     def attachment(self, host, interface):
         """How ``interface`` of ``host`` joins its switch (asks the switch's plugin): a
         :class:`mln_core.model.Attachment`, or None if the interface is on no project switch."""
@@ -91,7 +99,10 @@ class Context:
             self.pm.hook.mln_switch_detachment(switch=switch, host=host, interface=interface, ctx=self)
 
     def log(self, message: str) -> None:
-        """A progress line for the user (stderr, so that stdout stays data)."""
+        """A progress line for the user (stderr, so that stdout stays data); with ``-q``
+        (``options["quiet"]``) only warnings and errors, not ``+--->`` lines."""
+        if self.options.get("quiet") and message.startswith("+--->"):
+            return
         print(message, file=sys.stderr, flush=True)
 
     def debug(self, message: str) -> None:

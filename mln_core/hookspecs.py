@@ -39,6 +39,11 @@ def mln_register_keywords(registry):
     ``registry.keyword(context, name, help=...)``, ``registry.block(context, name,
     contents=..., help=...)`` or ``registry.hypervisor(name, flags=...)``. ``mln check``
     warns about any keyword nobody declared, with a "did you mean" suggestion.
+    A keyword whose value is a secret (a password, a token) is declared with
+    ``secret=True``; a block of lines whose lines hold one with ``secret_word=N`` (the
+    index of that word, as 1 for ``users``: ``name password``). mln then never prints the
+    value (``show``, ``parse``, ``diff``, upgrade plans and traces print ``<secret>``),
+    and keeps the saved project readable by its owner only (see docs/security.md).
     Return value: ignored.
     """
 
@@ -352,6 +357,42 @@ def mln_apply_live(host, old, change, ctx):
 
 
 # ---------------------------------------------------------------------------------------
+# Export and import: a project as one archive
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_export_disk(host, disk, dest, ctx):
+    """Write the disk of a stopped host into the directory ``dest`` for ``mln export``.
+
+    Called by ``export`` for every host, with the project lock held and every host down;
+    ``disk`` is the :class:`mln_core.model.Disk` recorded at build time (absolute path).
+    The storage plugin that made the disk writes its contents as one or more regular files
+    into ``dest`` (an empty directory; plain file names, no subdirectories), in a form that
+    needs nothing of this machine (no backing file, no device): the core puts every file
+    there into the archive with its SHA-256. Return a dict (JSON) describing what was
+    written (kept in the archive's manifest), or None if the disk is not yours; raise
+    MlnError if it is yours but cannot be exported.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_import_disk(host, disk, src, ctx):
+    """Make the disk of ``host`` from what ``mln_export_disk`` wrote, for ``mln import``.
+
+    Called by ``import`` for every host after every file of the archive was checked
+    against its SHA-256. ``src`` is a directory holding the files ``mln_export_disk``
+    wrote for this host (unverified content from the archive: check what you parse);
+    ``disk`` is the Disk recorded in the exported state (its path as it was on the
+    exporting machine: do not write there). ``ctx`` is bound to the import's staging
+    directory, as in ``mln_create_disk``: write into ``ctx.path()``, or through
+    ``ctx.outside()`` for a disk outside the project directory. Return the new
+    :class:`mln_core.model.Disk` (a path relative to the project directory when inside it),
+    or None if this storage plugin does not handle the host. A failed import calls
+    ``mln_remove_host`` with the disks imported so far.
+    """
+
+
+# ---------------------------------------------------------------------------------------
 # Remove
 # ---------------------------------------------------------------------------------------
 
@@ -370,3 +411,22 @@ def mln_remove_switch(switch, ctx):
 @hookspec
 def mln_remove_project(project, ctx):
     """Last call of ``remove``, before the project directory is deleted. Return value: ignored."""
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_remote_transport(server, ctx):
+    """How to reach another server of a project spread over several (``service_host``).
+
+    Called on the machine the user types on, once per server a command needs, with the
+    :class:`mln_core.servers.Server` of mln.conf's ``server NAME TRANSPORT ADDRESS`` line.
+    The plugin of ``server.transport`` returns an object with ``request(request: dict,
+    log) -> dict`` (carries one request of :mod:`mln_core.serve` to that server's
+    ``mln serve``; calls ``log(line)`` for each progress line the server prints; returns
+    the result, or raises MlnError with the server's error or why it cannot be reached),
+    ``put(local_path, remote_path)`` (copies a file to the server) and ``close()``; other
+    plugins return None.
+    """

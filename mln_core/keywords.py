@@ -30,6 +30,8 @@ class Keyword:
     plugin: str = "core"
     block: str | None = None  # None for a keyword line; "keywords" | "lines" | "free" for a block
     no_effect: str | None = None  # accepted (the original's language) but not acted on: why
+    secret: bool = False          # its value is a secret (a password): never printed or readable by others
+    secret_word: int | None = None  # a block of lines: the index of each line's secret word (users: 1)
 
 
 @dataclass
@@ -50,20 +52,27 @@ class KeywordRegistry:
     hypervisors: dict[str, Hypervisor] = field(default_factory=dict)
     current_plugin: str = "core"
 
-    def keyword(self, context: str, name: str, help: str = "", no_effect: str | None = None) -> None:
+    def keyword(self, context: str, name: str, help: str = "", no_effect: str | None = None,
+                secret: bool = False) -> None:
         """Declare a keyword line; ``no_effect`` says why a keyword of the original's language
-        is accepted but does nothing here (``check`` then warns once where it is used).
+        is accepted but does nothing here (``check`` then warns once where it is used);
+        ``secret``: its value is a secret such as a password (see :mod:`mln_core.private`).
         A keyword another plugin (or the core) declared already is refused."""
         self._claim(context, name, "keyword")
         self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
-                                                             no_effect=no_effect)
+                                                             no_effect=no_effect, secret=secret)
 
-    def block(self, context: str, name: str, contents: str = "free", help: str = "") -> None:
+    def block(self, context: str, name: str, contents: str = "free", help: str = "",
+              secret_word: int | None = None) -> None:
+        """Declare a block; ``secret_word`` (a block of ``lines``): the index of the word of
+        each line that is a secret (``users``: 1, the password after the user name)."""
         if contents not in ("keywords", "lines", "free"):
             raise ValueError(f"block contents must be keywords, lines or free, not {contents!r}")
+        if secret_word is not None and contents != "lines":
+            raise ValueError("secret_word is for a block of lines")
         self._claim(context, name, "block")
         self.entries.setdefault(context, {})[name] = Keyword(context, name, help, self.current_plugin,
-                                                             contents)
+                                                             contents, secret_word=secret_word)
 
     def _claim(self, context: str, name: str, what: str) -> None:
         old = self.entries.get(context, {}).get(name)
@@ -169,7 +178,7 @@ def core_keywords(reg: KeywordRegistry) -> None:
     reg.current_plugin = "core"
     reg.block("root", "global", "keywords", "project-wide settings")
     reg.keyword("global", "project", "the project name (required)")
-    reg.keyword("global", "project_password", "lets a daemon accept upgrades from this project")
+    reg.keyword("global", "project_password", "lets a daemon accept upgrades from this project", secret=True)
     for hook in ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",
                  "beforeProjectStop", "beforeHostsStop", "afterHostsStop", "afterProjectStop"):
         reg.block("global", hook, "lines", "shell lines run at that point of start/stop")
@@ -192,21 +201,21 @@ def core_keywords(reg: KeywordRegistry) -> None:
         "extra": "extra kernel command line arguments",
     }
     for name, text in host.items():
-        reg.keyword("host", name, text)
-    local = "every host is built and run on the machine that runs mln (no distribution to servers yet)"
+        reg.keyword("host", name, text, secret=name in ("root_passwd", "root_password"))
+    reg.keyword("host", "service_host", "the server that builds and runs this host (mln.conf 'server' lines)")
+    reg.keyword("host", "location", "alias of service_host")
     console = ("no terminal is opened at start: 'mln console' attaches to a guest's console, which is also "
                "written to hosts/<host>/console.log")
     as_caller = "guests run as the user who runs mln"
     for name, text, why in (
-            ("service_host", "the physical server that runs this host", local),
-            ("location", "alias of service_host", local),
             ("term", "console: xterm, screen or none", console),
             ("color", "xterm foreground colour", console),
             ("owner", "owner of the host's files and process", as_caller),
             ("group", "group of the host's files", as_caller),
             ("sudo", "run the host as this user", as_caller)):
         reg.keyword("host", name, text, no_effect=why)
-    for name, text in {"users": "users: name passwordhash [homedir] [uid]",
+    reg.block("host", "users", "lines", "users: name passwordhash [homedir] [uid]", secret_word=1)
+    for name, text in {
                        "startup": "shell lines run at the end of boot",
                        "shutdown": "shell lines run at shutdown",
                        "modules": "kernel modules to load at boot",
@@ -221,8 +230,7 @@ def core_keywords(reg: KeywordRegistry) -> None:
                        "gateway": "default gateway", "mac": "fixed MAC address",
                        "auto": "'no' to leave the interface down at boot"}.items():
         reg.keyword("network", name, text)
-    reg.keyword("switch", "service_host", "the server that creates this switch",
-                no_effect="every switch is made on the machine that runs mln (no distribution to servers yet)")
+    reg.keyword("switch", "service_host", "a server that also has this switch (its hosts' servers have it)")
     reg.block("switch", "hosts", "free", "filled in automatically: which hosts are on the switch")
     reg.hypervisor("uml", ("uml",), "User-Mode Linux (the default)")
     reg.hypervisor("qemu", ("qemu", "kvm"), "QEMU with KVM, or TCG where KVM does not work")

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from dataclasses import asdict
 
+from . import commit, owners
 from .errors import MlnError
 from .progress import Progress, parallel as _parallel
 from .guest import detect_family
 from .lang.writer import write_tree
+from .private import make_dir, write_file
 from .model import Disk, Host, Project, Switch
 from .project import Loaded, load_project
+from .servers import part
 from .store import OutsideFiles, Store, record_helper
 from .templates import TemplateRegistry
 
@@ -40,15 +42,32 @@ class Engine:
 
     # -- loading a stored project ------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, project_name: str):
-        """Hold the project's lock and yield the stored project, read afresh."""
-        self.store.require(project_name)
-        with self.store.lock(project_name):
+    def locked(self, project_name: str, recorded: bool = False):
+        """Hold the project's lock and yield the stored project, read afresh; ``recorded``:
+        if its file no longer reads, a project made from its recorded state (``remove``)."""
+        if not commit.pending(self.store, project_name) and not self.store.stale_builds(project_name):
+            self.store.require(project_name)
+        with self.store.lock(project_name) as lock, self.store.private_tmp():
             self.recover(project_name)
-            yield self.open(project_name)
+            if not self.store.exists(project_name):
+                self.store.clean_stale_builds(project_name, self.ctx.log)   # a first build, killed
+            self.store.require(project_name)
+            try:
+                loaded = self.open(project_name)
+            except MlnError:
+                if not recorded:
+                    raise
+                loaded = commit.read_or_recorded(self, project_name, self.store.project_dir(project_name))
+            self.held = lock
+            try:
+                yield loaded
+            finally:
+                self.held = None
 
     def recover(self, project_name: str) -> None:
-        """Finish or undo an upgrade of the project that was killed (lock held)."""
+        """Finish or undo a build commit, removal or upgrade of the project that was killed
+        (lock held)."""
+        commit.recover(self, project_name)
         from .upgrade import JOURNAL, recover
         if os.path.exists(os.path.join(self.store.project_dir(project_name), JOURNAL)):
             recover(self, project_name)
@@ -58,30 +77,34 @@ class Engine:
         self.store.clean_stale_builds(project, self.ctx.log)
         loaded = load_project(self.store.source_path(project), self.ctx)
         self._bind(loaded.project, pdir)
+        loaded.project = self.ctx.project        # this server's part of it
         return loaded
 
-    def _bind(self, project: Project, pdir: str) -> None:
-        self.ctx.project = project
+    def _bind(self, project: Project, pdir: str, state: dict | None = None) -> None:
         self.ctx.project_dir = pdir
-        self.ctx.state = Store.read_state(pdir)
+        self.ctx.state = Store.read_state(pdir) if state is None else state
+        self.ctx.project = part(project, self.ctx.state.get("placement"))
 
     # -- build -------------------------------------------------------------------------------
     def build(self, path: str, replace: bool = False, simulate: bool = False,
-              confirm=None) -> Project:
+              confirm=None, placement: dict | None = None) -> Project:
+        """Build the project of ``path`` (``placement``: this server's part of a project
+        spread over servers, see :mod:`mln_core.servers`)."""
         loaded = load_project(path, self.ctx)
-        project = loaded.project
+        self.ctx.placement = placement
+        project = loaded.project = part(loaded.project, placement)
         for p in loaded.problems.warnings:
             self.ctx.log(str(p))
         self.summary(project)
         if simulate:
             return project
-        with self.store.lock(project.name):
+        with self.store.lock(project.name), self.store.private_tmp():
+            self.recover(project.name)
             self.store.clean_stale_builds(project.name, self.ctx.log)
             old_dir = self.store.project_dir(project.name)
             existed = self.store.exists(project.name)
             old = None
             if existed:
-                self.recover(project.name)
                 old = self._refuse_if_running(project.name)
                 if not replace:
                     if confirm is None or not confirm(f"project '{project.name}' exists; replace it?"):
@@ -92,26 +115,21 @@ class Engine:
             version = self.store.version(project.name) + 1
             staging = self.store.staging_dir(project.name)
             Store.discard_staging(staging)      # one of an earlier build that had our pid
-            os.makedirs(staging)
-            outside = self.ctx.outside_files = OutsideFiles(staging)
+            make_dir(staging)                    # 0700: it becomes the project directory
+            mine = owners.recorded_paths(self.ctx.state) if old is not None else ()
+            outside = self.ctx.outside_files = OutsideFiles(staging, old_dir, mine)
             try:
+                self.ctx.on().step(f"build {project.name}: stage")
                 self._build_into(staging, loaded, version)
-                outside.commit()                 # files outside move in; the ones replaced go aside
+                commit.commit_build(self, project, staging, outside, old, existed)
             except BaseException:
-                self._discard(staging, project)
+                if os.path.isdir(staging) and not commit.pending(self.store, project.name):
+                    self.ctx.outside_files = outside
+                    self._bind(project, staging)
+                    self._discard(staging, project)
                 raise
-            if existed and old is not None:      # ctx.path now names the replaced files, set aside
-                self._bind(old.project, old_dir)
-                self._remove_outside(old, best_effort=True)
-            self.ctx.outside_files = None
-            self._commit(staging, project, outside)
-            if existed:
-                trash = f"{old_dir}.old-{os.getpid()}"
-                os.replace(old_dir, trash)
-                os.replace(staging, old_dir)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(staging, old_dir)
+            finally:
+                self.ctx.outside_files = None
         self.ctx.log(f"+---> PROJECT {project.name} FINISHED (version {version})")
         return project
 
@@ -122,18 +140,22 @@ class Engine:
         self.ctx.record_helper = lambda pidfile, mountpoint=None: record_helper(staging, pidfile, mountpoint)
         for d in ("images", "hosts", "switches"):
             os.makedirs(os.path.join(staging, d))
-        with open(self.store.source_path(project.name, staging), "w") as f:
-            f.write(write_tree(loaded.doc.root))
-        with open(os.path.join(staging, "version"), "w") as f:
-            f.write(f"{version}\n")
+        write_file(self.store.source_path(project.name, staging), write_tree(loaded.doc.root))
+        write_file(os.path.join(staging, "version"), f"{version}\n")
         self._write_hook_scripts(project, staging)
         state = self.ctx.state = {"hosts": {}, "switches": {}}
+        placement = getattr(self.ctx, "placement", None)
+        if placement:
+            state["placement"] = {k: placement[k] for k in ("here", "default", "servers")}
         for switch in project.switches.values():
+            span = placement["spans"].get(switch.name) if placement else None
+            state["switches"][switch.name] = {"span": span} if span else {}
             data = self.hook.mln_build_switch(switch=switch, ctx=self.ctx)
             if data is None:
                 raise MlnError(f"switch '{switch.name}': no installed plugin builds switches of this kind")
-            state["switches"][switch.name] = data if isinstance(data, dict) else {}
-        progress = Progress("building hosts", len(project.hosts))
+            state["switches"][switch.name].update(data if isinstance(data, dict) else {})
+        progress = Progress("building hosts", len(project.hosts),
+                            quiet=self.ctx.options.get("quiet", False))
         try:
             _parallel(list(project.hosts.values()), lambda h: self._build_host(h, progress), self.jobs)
         finally:
@@ -146,6 +168,8 @@ class Engine:
         step = "create disk"
         try:
             progress.step(host.name, step)
+            if self.ctx.outside_files is not None:
+                self.ctx.outside_files.current.host = host.name    # whose disk ctx.outside places
             disk = make_disk(host) if make_disk else self.hook.mln_create_disk(host=host, ctx=self.ctx)
             if disk is None:
                 raise MlnError("no installed storage plugin handles this host")
@@ -212,9 +236,7 @@ class Engine:
             lines = project.hook_lines(name)
             if lines:
                 path = os.path.join(pdir, f"{name}.sh")
-                with open(path, "w") as f:
-                    f.write("#!/bin/bash\n" + "\n".join(lines) + "\n")
-                os.chmod(path, 0o755)
+                write_file(path, "#!/bin/bash\n" + "\n".join(lines) + "\n", mode=0o700)
 
     def run_hook_script(self, name: str, abort: bool = False) -> None:
         path = os.path.join(self.ctx.project_dir, f"{name}.sh")
@@ -357,8 +379,7 @@ class Engine:
             self._catch_up(h)
             path = self.hook.mln_attach_disk(host=h, disk=disk_of(self.ctx, h), ctx=self.ctx)
             if path:
-                with open(_attached(self.ctx, h), "w") as f:
-                    f.write(path + "\n")
+                write_file(_attached(self.ctx, h), path + "\n")
             try:
                 if not self.hook.mln_start_host(host=h, ctx=self.ctx):
                     raise MlnError(f"no installed backend starts '{h.hypervisor}' hosts")
@@ -495,7 +516,9 @@ class Engine:
 
     # -- remove ---------------------------------------------------------------------------------
     def remove(self, project_name: str, confirm=None) -> None:
-        with self.locked(project_name) as loaded:
+        """Remove a stopped project, journaled (:mod:`mln_core.commit`); one whose file no
+        longer reads is removed from its recorded state."""
+        with self.locked(project_name, recorded=True) as loaded:
             project = loaded.project
             up = [h.name for h in project.hosts.values() if self.host_status(h).startswith("up")]
             up += [f"switch {s.name}" for s in project.switches.values() if self.switch_status(s) == "up"]
@@ -504,32 +527,8 @@ class Engine:
                                f"mln stop -p {project_name}")
             if confirm is not None and not confirm(f"remove project '{project_name}' and all its disks?"):
                 raise MlnError("not removed")
-            self._remove_outside(loaded)
-            shutil.rmtree(self.ctx.project_dir)
-        try:
-            os.unlink(self.store.lock(project_name).path)
-        except FileNotFoundError:
-            pass
+            commit.remove(self, loaded, self.held)
         self.ctx.log(f"+---> project {project_name} removed")
-
-    def _remove_outside(self, loaded: Loaded, best_effort: bool = False) -> None:
-        """Let plugins delete what they made outside the project directory (``self.ctx``
-        must be bound to that project). ``best_effort`` (a project being replaced by a build
-        that has succeeded): a failure is a warning, and the rest is still removed."""
-        project, hook, ctx = loaded.project, self.hook, self.ctx
-        steps = [(f"host {h.name}", lambda h=h: self._detach_disk(h)) for h in project.hosts.values()]
-        steps += [(f"host {h.name}", lambda h=h: hook.mln_remove_host(host=h, ctx=ctx))
-                  for h in project.hosts.values()]
-        steps += [(f"switch {s.name}", lambda s=s: hook.mln_remove_switch(switch=s, ctx=ctx))
-                  for s in project.switches.values()]
-        steps.append((f"project {project.name}", lambda: hook.mln_remove_project(project=project, ctx=ctx)))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as e:
-                if not best_effort:
-                    raise
-                self.ctx.log(f"warning: removing the replaced project's {what}: {e}")
 
 
 class Pacer:

@@ -61,7 +61,8 @@ class Machine:
         """Trace ``argv`` and apply the faults; False if the command must fail unrun."""
         words = shlex.join(argv)
         if self.trace:
-            print(f"$ {words}", file=sys.stderr, flush=True)
+            from .private import redact
+            print(f"$ {redact(words)}", file=sys.stderr, flush=True)
         for f in self.faults:
             if f.hit(words):
                 if f.action == "fail":

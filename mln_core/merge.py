@@ -18,6 +18,8 @@ the effective tree, from the host's point of view (see ``variables``).
 """
 from __future__ import annotations
 
+import re
+
 from .errors import MlnError
 from .lang.parser import Document
 from .lang.tree import ESC_DOLLAR, Block, Line
@@ -65,6 +67,22 @@ def merge(parent: Block, child: Block, line_blocks=LINE_BLOCKS) -> Block:
     else:
         b.blocks = child.blocks
     return b
+
+
+# A white space character inside a word (escaped in the file: ``my\\ pass``) is hidden as a
+# character of Unicode plane 16 (private use) while a line's variables are resolved and the
+# result is split into words, then shown again.
+_HAS_SPACE = re.compile(r"\s")
+_SPACE_MARK = re.compile("[\U00100000-\U00103000]")
+
+
+def _hide_space(m) -> str:
+    return chr(0x100000 + ord(m.group(0)))
+
+
+def _show_space(m) -> str:
+    c = chr(ord(m.group(0)) - 0x100000)
+    return c if c.isspace() else m.group(0)
 
 
 class Resolved:
@@ -189,9 +207,14 @@ class Resolved:
         for ln in block.lines:
             text = ln.text
             if "$" in text or ESC_DOLLAR in text:
+                spaced = any(_HAS_SPACE.search(w) for w in ln.words)
+                if spaced:        # escaped white space in a word stays in it (not split below)
+                    text = " ".join(_HAS_SPACE.sub(_hide_space, w) for w in ln.words)
                 new_text = self.resolver.resolve_in_scopes(text, scopes, builtins, ln.pos)
                 new_text = new_text.replace(ESC_DOLLAR, "$")
                 words = new_text.split() or ln.words
+                if spaced:
+                    words = [_SPACE_MARK.sub(_show_space, w) for w in words]
                 if words != ln.words:
                     nl = Line(words, ln.pos, ln.origin)
                     mapping[id(ln)] = nl

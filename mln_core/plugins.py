@@ -5,7 +5,8 @@ Built-in plugins and third-party ones are found the same way: entry points in th
 name, and hooks called on all plugins run in that order.
 
 Controls: ``MLN_DISABLE_PLUGINS=a,b`` (or ``mln --no-plugin a``) skips plugins by name;
-``MLN_TRACE_PLUGINS=1`` prints every hook call and its result on stderr. A plugin that
+``MLN_TRACE_PLUGINS=1`` prints every hook call and its result on stderr (secret values
+replaced by ``<secret>``: see :mod:`mln_core.private`). A plugin that
 fails to import, or implements a hook that does not exist, is reported by name with the
 reason and left out; the others still load.
 """
@@ -86,7 +87,8 @@ class PluginManager(pluggy.PluginManager):
                 continue
             self.add(ext.name, ext.plugin, ext.entry_point)
         if env.get("MLN_TRACE_PLUGINS", "") not in ("", "0"):
-            self.trace.root.setwriter(sys.stderr.write)
+            from .private import redact       # secret values never reach a trace
+            self.trace.root.setwriter(lambda text: sys.stderr.write(redact(text)))
             self.enable_tracing()
 
     def _load_failed(self, manager, entrypoint, exc) -> None:

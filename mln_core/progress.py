@@ -10,9 +10,12 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 class Progress:
     """One status line that updates in place on a terminal; plain lines otherwise."""
 
-    def __init__(self, what: str, total: int, stream=None):
+    def __init__(self, what: str, total: int, stream=None, quiet: bool = False):
         self.what, self.total, self.done = what, total, 0
         self.stream = stream if stream is not None else sys.stderr    # the one of now, not of the import
+        if quiet:                                                     # -q: no progress lines
+            import io
+            self.stream = io.StringIO()
         self.tty = self.stream.isatty()
         self.lock = threading.Lock()
         self.active: dict[str, str] = {}

@@ -113,6 +113,8 @@ def _build_model(doc: Document, ctx, fragment_ok: bool) -> Loaded:
     check_defaults(project, defaults, sorted(set(flags.values())), problems)
     _check_addresses(project, problems)
     _check_hypervisors(project, registry, problems)
+    from .private import Secrets, remember_project
+    remember_project(project, Secrets(registry))     # traces print <secret> in their place
     for found in ctx.pm.hook.mln_validate(project=project, ctx=ctx):
         for p in found or []:
             problems.items.append(p)

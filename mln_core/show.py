@@ -1,7 +1,10 @@
-"""``mln show``: the resolved project as plain data (for YAML/JSON) and as text."""
+"""``mln show``: the resolved project as plain data (for YAML/JSON) and as text.
+
+Secret values (passwords: see :mod:`mln_core.private`) are shown as ``<secret>``."""
 from __future__ import annotations
 
 from .model import Host, Project, format_size
+from .private import SECRET, Secrets
 
 _SCALARS = ("hypervisor", "template", "memory", "size", "free_space", "swap", "service_host",
             "boot_order", "root_passwd", "nameserver", "kernel", "ramdisk", "family", "term")
@@ -11,12 +14,15 @@ def _line_origin(line) -> str:
     return f"{line.origin} ({line.pos})" if line.pos else str(line.origin)
 
 
-def host_to_dict(h: Host, explain: bool) -> dict:
+def host_to_dict(h: Host, explain: bool, secrets: Secrets | None = None) -> dict:
+    secrets = secrets if secrets is not None else Secrets.core()
     d: dict = {}
     for key in _SCALARS:
         v = getattr(h, key)
         if v is None:
             continue
+        if key == "root_passwd":
+            v = SECRET
         if key in ("memory", "size", "free_space", "swap"):
             v = format_size(v)
         if explain:
@@ -38,7 +44,8 @@ def host_to_dict(h: Host, explain: bool) -> dict:
     if ifaces:
         d["interfaces"] = ifaces
     if h.users:
-        d["users"] = [{k: v for k, v in vars(u).items() if v is not None} for u in h.users]
+        d["users"] = [{k: (SECRET if k == "password" else v) for k, v in vars(u).items() if v is not None}
+                      for u in h.users]
     if h.groups:
         d["groups"] = dict(h.groups)
     for key in ("startup", "shutdown", "modules"):
@@ -54,22 +61,25 @@ def host_to_dict(h: Host, explain: bool) -> dict:
                              "uml", "qemu", "kvm", "vmware"}
     for kw, line in (h.tree.values.items() if h.tree is not None else ()):
         if kw not in known:
-            extra[kw] = {"value": line.value, "from": _line_origin(line)} if explain else line.value
+            value = SECRET if secrets.keyword("host", kw) else line.value
+            extra[kw] = {"value": value, "from": _line_origin(line)} if explain else value
     for name, b in (h.tree.blocks.items() if h.tree is not None else ()):
         if name not in known and not b.container:
-            extra[name] = {ln.words[0]: ln.value for ln in b.values.values()}
+            extra[name] = {ln.words[0]: SECRET if secrets.keyword(f"host.{name}", ln.words[0]) else ln.value
+                           for ln in b.values.values()}
     if extra:
         d["other"] = extra
     return d
 
 
-def project_to_dict(p: Project, explain: bool = False) -> dict:
+def project_to_dict(p: Project, explain: bool = False, secrets: Secrets | None = None) -> dict:
+    secrets = secrets if secrets is not None else Secrets.core()
     return {
         "project": p.name,
         "switches": {s.name: {**({"service_host": s.service_host} if s.service_host else {}),
                               "members": [f"{h}.{i}" for h, i in s.members]}
                      for s in p.switches.values()},
-        "hosts": {h.name: host_to_dict(h, explain) for h in p.hosts.values()},
+        "hosts": {h.name: host_to_dict(h, explain, secrets) for h in p.hosts.values()},
     }
 
 

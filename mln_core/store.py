@@ -9,6 +9,9 @@
         switches/<switch>/ runtime files of a switch
     <projects>/.<project>.lock        the project lock (fcntl), held by any command working on it
     <projects>/.<project>.build-<pid> a build in progress; renamed into place when it succeeds
+    <projects>/.<project>.commit      the journal of a build being put in place, or of a removal
+                                      (mln_core.commit: the next command finishes or rolls it back)
+    <projects>/.mln-tmp-<pid>         a command's temporary files (:meth:`Store.private_tmp`)
 
 A build writes everything into its staging directory and renames it into place only
 when every host was built, so a failed or killed build never touches the project that
@@ -26,6 +29,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -34,9 +38,14 @@ import time
 from .machine import Machine, local
 from .errors import MlnError
 from .names import check_name, name_problem, path_problem
+from .private import write_file
 
 STATE = "state.json"
 OUTSIDE = "outside"   # in a staging directory: the folders its build staged files in, one per line
+
+
+class ProjectBusy(MlnError):
+    """Another mln command holds the project's lock."""
 
 
 class ProjectLock:
@@ -62,11 +71,25 @@ class ProjectLock:
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
             os.close(self.fd)
             self.fd = None
-            raise MlnError(f"project '{self.project}' is busy: another mln command "
-                           f"({holder or 'unknown pid'}) is working on it; try again when it is done")
+            raise ProjectBusy(f"project '{self.project}' is busy: another mln command "
+                              f"({holder or 'unknown pid'}) is working on it; try again when it is done")
+        try:
+            same = os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:       # unlinked by a remove that held it: this lock protects nothing; again
+            os.close(self.fd)
+            self.fd = None
+            return self.__enter__()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()}\n".encode(), 0)
         return self
+
+    def unlink(self) -> None:
+        """Delete the lock file while it is held (``remove``): a command that opened it in
+        the meantime finds it gone once it gets the lock, and takes a new one."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     def __exit__(self, *exc):
         if self.fd is not None:
@@ -117,8 +140,11 @@ class Store:
             if os.path.lexists(self.root):
                 _make_root(self.root)      # raises: the projects directory is a file
             return []
-        return sorted(n for n in os.listdir(self.root)
-                      if not n.startswith(".") and name_problem("project", n) is None and self.exists(n))
+        names = os.listdir(self.root)
+        found = {n for n in names if not n.startswith(".") and name_problem("project", n) is None and self.exists(n)}
+        found |= {n[1:-7] for n in names if n.startswith(".") and n.endswith(".commit") and      # interrupted:
+                  name_problem("project", n[1:-7]) is None}                                      # put right
+        return sorted(found)
 
     def lock(self, project: str) -> ProjectLock:
         return ProjectLock(self.root, project)
@@ -151,8 +177,7 @@ class Store:
     @staticmethod
     def write_state(pdir: str, state: dict) -> None:
         tmp = os.path.join(pdir, STATE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=2, sort_keys=True)
+        write_file(tmp, json.dumps(state, indent=2, sort_keys=True))
         os.replace(tmp, os.path.join(pdir, STATE))
 
     # -- staging ---------------------------------------------------------------------------
@@ -163,21 +188,65 @@ class Store:
     def clean_stale_builds(self, project: str, log=None) -> None:
         """Remove staging directories of builds that died (their helper processes too)."""
         check_name("project", project)
-        prefix = f".{project}.build-"
-        if not os.path.isdir(self.root):
-            return
-        for name in os.listdir(self.root):
-            if not name.startswith(prefix):
-                continue
-            pid = name[len(prefix):]
-            if not (pid.isascii() and pid.isdigit()) or len(pid) > 7:
-                continue                   # not a staging directory of ours
-            if int(pid) == os.getpid() or alive(int(pid)):
-                continue
-            path = os.path.join(self.root, name)
+        if os.path.lexists(os.path.join(self.root, f".{project}.commit")):
+            return                         # a build being put in place: mln_core.commit recovers it
+        for path, pid in self.stale_builds(project):
             if log:
                 log(f"removing what an interrupted build left: {path}")
             self.discard_staging(path)
+        self.clean_stale_tmp()
+
+    def stale_builds(self, project: str) -> list[tuple[str, int]]:
+        """(path, pid) of the staging directories of ``project``'s builds that died."""
+        check_name("project", project)
+        return self.leftovers(rf"\.{re.escape(project)}\.build-(\d{{1,9}})")
+
+    def leftovers(self, pattern: str) -> list[tuple[str, int]]:
+        """(path, pid) of the entries of the projects directory whose whole name matches
+        ``pattern`` (its group: a pid) and whose process is gone: exactly the names mln
+        gives, never another project's (``p.build-1`` is a project, not a build of ``p``)."""
+        if not os.path.isdir(self.root):
+            return []
+        out = []
+        for name in sorted(os.listdir(self.root)):
+            m = re.fullmatch(pattern, name)
+            if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+                out.append((os.path.join(self.root, name), int(m.group(1))))
+        return out
+
+    # -- temporary files: under the projects directory, per process -----------------------
+    TMP = ".mln-tmp-{pid}"
+
+    @contextlib.contextmanager
+    def private_tmp(self):
+        """While it is entered, ``<projects>/.mln-tmp-<pid>`` is this process's temporary
+        directory (Python's ``tempfile``: image scratch files, FUSE views); deleted at the
+        end, and a killed command's by the next one (:meth:`clean_stale_tmp`), so nothing
+        of a build stays behind in /tmp."""
+        import tempfile
+        path = os.path.join(self.root, self.TMP.format(pid=os.getpid()))
+        if tempfile.tempdir == path:
+            yield path
+            return
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError:
+            yield None                     # /tmp it is
+            return
+        was, tempfile.tempdir = tempfile.tempdir, path
+        try:
+            yield path
+        finally:
+            tempfile.tempdir = was
+            shutil.rmtree(path, ignore_errors=True)
+
+    def clean_stale_tmp(self) -> None:
+        """Delete the temporary directories of mln commands that died (none with a mount
+        in it: a helper still holds it; the build that recorded the helper stops it first)."""
+        mounts = [m for _, m, _ in Machine.mounts()]
+        for path, _pid in self.leftovers(r"\.mln-tmp-(\d{1,9})"):
+            if not any(m == path or m.startswith(path + os.sep) for m in mounts):
+                shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
     def discard_staging(path: str) -> None:
@@ -201,17 +270,32 @@ class OutsideFiles:
 
     ASIDE = ".replaced."
 
-    def __init__(self, staging: str):
+    def __init__(self, staging: str, project_dir: str | None = None, mine=frozenset()):
         self.staging = staging
         self.folder = os.path.basename(staging)           # .<project>.build-<pid>
         self.staged: dict[str, str] = {}                  # final path -> staged path
         self.now: dict[str, str] = {}                     # final path -> where its bytes are now
+        self.hosts: dict[str, str | None] = {}            # final path -> the host that placed it
+        self.project_dir, self.mine = project_dir, set(mine)
+        self.current = threading.local()                  # .host: the host being built (engine)
         self._folders: set[str] = set()
         self._lock = threading.Lock()
 
     def place(self, final: str) -> str:
+        """``project_dir`` given: a file another project (or another host) owns is refused
+        (:mod:`mln_core.owners`)."""
         final = os.path.abspath(final)
+        host = getattr(self.current, "host", None)
         with self._lock:
+            if final in self.hosts and host and self.hosts[final] and self.hosts[final] != host:
+                raise MlnError(f"the disk {final} of host {host} is also the disk of host "
+                               f"{self.hosts[final]} of this project; two hosts cannot share one disk")
+            if final not in self.staged and self.project_dir is not None:
+                from .owners import problem
+                why = problem(final, self.project_dir, host, self.mine)
+                if why:
+                    raise MlnError(why)
+            self.hosts.setdefault(final, host)
             if final not in self.staged:
                 folder = os.path.join(os.path.dirname(final), self.folder)
                 if folder not in self._folders:
@@ -226,6 +310,34 @@ class OutsideFiles:
         """Where the bytes of ``path`` are: while building, its staged copy; after
         ``commit``, the file it replaced (which may not exist)."""
         return self.now.get(os.path.normpath(path), path) if self.now else path
+
+    def moves(self) -> list[list]:
+        """[final, staged, aside, host] of every staged file to move in (for a journal)."""
+        return [[final, staged, os.path.join(os.path.dirname(staged), self.ASIDE + os.path.basename(final)),
+                 self.hosts.get(final)] for final, staged in self.staged.items() if os.path.lexists(staged)]
+
+    @staticmethod
+    def move_in(final: str, staged: str, aside: str) -> None:
+        """Move one staged file in, the file it replaces aside; again after a kill: what
+        was done is not done twice."""
+        if not os.path.lexists(staged):
+            return                                        # moved in already
+        if os.path.lexists(final) and not os.path.lexists(aside):
+            os.replace(final, aside)
+        os.replace(staged, final)
+
+    @staticmethod
+    def move_back(final: str, staged: str, aside: str) -> None:
+        """Undo :meth:`move_in` (also a half-done one)."""
+        if not os.path.lexists(staged) and os.path.lexists(final):
+            os.replace(final, staged)
+        if os.path.lexists(aside):
+            os.replace(aside, final)
+
+    def committed(self) -> None:
+        """The files were moved in: from now on ``where`` names the ones they replaced."""
+        self.now = {final: os.path.join(os.path.dirname(staged), self.ASIDE + os.path.basename(final))
+                    for final, staged in self.staged.items()}
 
     def commit(self) -> None:
         """Move the staged files in; on a failure, move back what was moved and raise."""

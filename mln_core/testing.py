@@ -23,6 +23,12 @@ your backend with :class:`Backend` (and a storage plugin with :class:`Storage`) 
 
 Its fixtures ``mln_conformance_env`` (override it to run the scenarios in your own set-up)
 and ``mln_conformance_case`` are registered here; see docs/plugins.md.
+
+``mln_servers``: three servers sh1, sh2, sh3 on this machine (network namespaces, each with
+sshd, its own hostname, address, ``/etc/mln/mln.conf`` and ``/run/mln``) and a client
+namespace whose mln.conf names them: a :class:`mln_core.nsservers.NamespaceServers`, up
+for the test and removed after it (docs/servers.md). Skipped unless root with ``ip``,
+``unshare``, ``nsenter``, ``ssh-keygen`` and ``/usr/sbin/sshd``.
 """
 from __future__ import annotations
 
@@ -91,6 +97,18 @@ def mln_project(tmp_path):
     def make(text: str, name: str = "project.mln") -> MlnProject:
         return MlnProject(tmp_path, text, name)
     return make
+
+
+@pytest.fixture
+def mln_servers(tmp_path):
+    """Servers sh1, sh2, sh3 and a client as namespaces: a NamespaceServers, up for the test."""
+    from .nsservers import NamespaceServers, missing_tools
+    if os.geteuid() != 0:
+        pytest.skip("mln_servers needs root (network, mount and UTS namespaces)")
+    if missing_tools():
+        pytest.skip(f"mln_servers needs {', '.join(missing_tools())} (scripts/install-deps.sh)")
+    with NamespaceServers(tmp_path / "servers") as kit:
+        yield kit
 
 
 def pytest_configure(config):

@@ -23,16 +23,17 @@ finished. Running the same ``mln upgrade`` again then completes it.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 
 from .change import DISK_KINDS, Change
 from .errors import MlnError
+from .journal import Journal as _Journal
 from .lang.writer import write_tree
 from .lifecycle import recorded_disk
 from .model import Disk, Project
 from .plan import Plan, make_plan
+from .private import make_dir, tighten, write_file
 from .progress import Progress, parallel
 from .project import load_project
 from .store import OutsideFiles, Store, record_helper
@@ -41,41 +42,18 @@ JOURNAL = "upgrade.journal"
 WORK = ".upgrade"
 
 
-class Journal:
-    """The record of an upgrade in progress: rewritten whole (atomically) at each step."""
+class Journal(_Journal):
+    """The record of an upgrade in progress, ``<project>/upgrade.journal`` (see
+    :mod:`mln_core.journal`)."""
 
     def __init__(self, pdir: str, data: dict | None = None):
+        super().__init__(os.path.join(pdir, JOURNAL), data)
         self.pdir = pdir
-        self.path = os.path.join(pdir, JOURNAL)
-        self.data = data or {}
 
     @classmethod
     def read(cls, pdir: str) -> Journal | None:
-        try:
-            with open(os.path.join(pdir, JOURNAL)) as f:
-                return cls(pdir, json.load(f))
-        except FileNotFoundError:
-            return None
-        except ValueError:                  # torn by a kill while it was first written
-            return cls(pdir, {"phase": "stop", "was_running": []})
-
-    def save(self, **changes) -> None:
-        self.data.update(changes)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-    def add(self, key: str, item) -> None:
-        self.data.setdefault(key, []).append(item)
-        self.save()
-
-    def remove(self) -> None:
-        for p in (self.path, self.path + ".tmp"):
-            if os.path.exists(p):
-                os.unlink(p)
+        data = _Journal.load(os.path.join(pdir, JOURNAL), torn={"phase": "stop", "was_running": []})
+        return None if data is None else cls(pdir, data)
 
 
 def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, yes: bool = False,
@@ -100,6 +78,11 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         raise MlnError(f"-l names hosts that are not in the file: {', '.join(unknown)}")
     with engine.locked(new.name) as old_loaded:
         old = old_loaded.project
+        servers = (ctx.state.get("placement") or {}).get("servers", [])
+        if len(servers) > 1 or any(h.service_host for h in new.hosts.values()):
+            raise MlnError(f"project '{new.name}' is spread over servers ({', '.join(servers) or 'service_host'}): "
+                           "mln upgrade of such a project is not supported yet; stop it, remove it and build it "
+                           "again")
         status = {h.name: engine.host_status(h) for h in old.hosts.values()}
         plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new)
         if show is not None:
@@ -136,9 +119,10 @@ class _Run:
     def run(self) -> None:
         plan = self.plan
         shutil.rmtree(self.work, ignore_errors=True)
-        os.makedirs(os.path.join(self.work, "old"))
-        with open(os.path.join(self.work, "new.mln"), "w") as f:
-            f.write(self.new_text)
+        tighten(self.pdir)                      # a project of an older mln: made private
+        make_dir(self.work)
+        make_dir(os.path.join(self.work, "old"))
+        write_file(os.path.join(self.work, "new.mln"), self.new_text)
         self.journal.save(pid=os.getpid(), phase="stop", project=self.new.name, version=plan.version + 1,
                           keep=self.keep, was_running=[h.name for h in plan.hosts if h.running],
                           stopped=[], moves=[], started=[], live=[], staging=None)
@@ -181,7 +165,7 @@ class _Run:
         staging = os.path.join(self.store.root, f".{new.name}.upgrade-{os.getpid()}")
         Store.discard_staging(staging)
         self.journal.save(phase="prepare", staging=staging)
-        os.makedirs(staging)
+        make_dir(staging)
         for d in ("images", "hosts", "switches"):
             os.makedirs(os.path.join(staging, d))
         self.e._write_hook_scripts(new, staging)
@@ -249,8 +233,7 @@ class _Run:
     def _commit(self) -> None:
         staging = self.ctx.staging
         for name, text in ((f"{self.new.name}.mln", self.new_text), ("version", f"{self.plan.version + 1}\n")):
-            with open(os.path.join(staging, name), "w") as f:
-                f.write(text)
+            write_file(os.path.join(staging, name), text)
         moves = []
         for root, _dirs, files in os.walk(staging):
             for fn in files:

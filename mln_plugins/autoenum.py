@@ -27,6 +27,7 @@ import ipaddress
 import re
 
 from mln_core import hookimpl
+from mln_core.lang.tree import ESC_DOLLAR
 from mln_core.lang.variables import unescape
 from mln_core.limits import MAX_HOSTS, whole_number
 from mln_core.names import name_problem
@@ -49,7 +50,7 @@ def mln_register_keywords(registry):
     for group in GROUPS:
         registry.block("global", group, "keywords", "generate numbered hosts (autoenum plugin)")
         for name, text in KEYWORDS.items():
-            registry.keyword(f"global.{group}", name, text)
+            registry.keyword(f"global.{group}", name, text, secret=name == "autouser")
         registry.block(f"global.{group}", "service_hosts", "lines",
                        "servers for the generated hosts: 'name count', 'name all' or 'name'")
 
@@ -120,6 +121,8 @@ def _expand(doc, block) -> None:
     if servers is None:
         return
     autouser, au_line = _value(doc, block, "autouser")
+    if autouser is not None:     # one word, as written: white space kept, every '$' literal
+        autouser = autouser.replace("$", ESC_DOLLAR)
 
     for i in range(1, count + 1):
         name = f"{prefix}{i:0{width}d}"

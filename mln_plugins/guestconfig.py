@@ -18,7 +18,9 @@ Every edit is idempotent: files are rewritten whole, or mln's own marked section
 shared file (``# >>> mln NAME >>>`` ... ``# <<< mln NAME <<<``) is replaced. Passwords:
 a crypt hash is installed as it is; a clear-text password is hashed with SHA-512 crypt
 (with a salt derived from the host, so that a rebuild gives the same file) and the
-clear text is written nowhere.
+clear text is written nowhere. A value taken as a hash (``CRYPT``) that is no valid one
+of its scheme (``VALID_HASH``: a ``$6$`` with a short hash, 13 characters that cannot be
+a DES hash) is warned about by ``mln check`` at its place, without showing it.
 """
 from __future__ import annotations
 
@@ -28,13 +30,25 @@ import posixpath
 import re
 
 from mln_core import hookimpl
-from mln_core.errors import MlnError
+from mln_core.errors import MlnError, Problem
 from mln_core.guest import set_section  # noqa: F401  (also this module's name for it)
 from mln_core.limits import MAX_UID, octal_mode, whole_number
 from mln_core.machine import local
 from mln_core.names import inner_path_problem, inside
 
 CRYPT = re.compile(r"(\$(1|2[abxy]|5|6|7|y|gy)\$.+|[./0-9A-Za-z]{13}|[*!].*)\Z")
+_B64 = "[./0-9A-Za-z]"
+#: What crypt(5) accepts for each scheme CRYPT takes (a locked ``*``/``!`` one is anything).
+VALID_HASH = re.compile("(?:" + "|".join((
+    rf"\$1\${_B64}{{0,8}}\${_B64}{{22}}",                        # MD5
+    rf"\$5\$(rounds=[0-9]+\$)?{_B64}{{0,16}}\${_B64}{{43}}",      # SHA-256
+    rf"\$6\$(rounds=[0-9]+\$)?{_B64}{{0,16}}\${_B64}{{86}}",      # SHA-512
+    rf"\$2[abxy]\$(0[4-9]|[12][0-9]|3[01])\${_B64}{{53}}",       # bcrypt
+    rf"\$g?y\${_B64}+\${_B64}*\${_B64}{{43}}",                     # yescrypt, gost-yescrypt
+    rf"\$7\${_B64}{{11}}[^$]*\${_B64}{{43}}",                     # scrypt
+    rf"{_B64}{{12}}[.26AEIMQUYcgkosw]",                        # DES: 64 bits in 11 characters
+    r"[*!].*",                                                 # a locked account
+)) + r")\Z", re.S)
 SALT_CHARS = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 LINUX = ("debian", "redhat", "busybox", "suse")
 
@@ -90,6 +104,40 @@ def _free_id(used: set[int], start: int = 1000) -> int:
 # the hook
 # ---------------------------------------------------------------------------------------
 
+@hookimpl
+def mln_validate(project, ctx):
+    """A password taken as a crypt hash that is no valid one: nobody could log in with it."""
+    out = []
+    for host in project.hosts.values():
+        tree = host.tree
+        if tree is None:
+            continue
+        line = tree.line("root_passwd") or tree.line("root_password")
+        if line is not None and host.root_passwd and _bad_hash(host.root_passwd):
+            out.append(Problem("warning", f"host {host.name}: the root password {_bad_hash(host.root_passwd)}",
+                               line.pos))
+        users = tree.block("users")
+        for ln in users.lines if users is not None else ():
+            if len(ln.words) > 1 and _bad_hash(ln.words[1]):
+                out.append(Problem("warning", f"host {host.name}: the password of user {ln.words[0]} "
+                                              f"{_bad_hash(ln.words[1])}", ln.pos))
+    return out
+
+
+def _bad_hash(password: str) -> str | None:
+    """Why ``password`` is taken as a crypt hash but is not a valid one (never showing it)."""
+    if not CRYPT.match(password) or VALID_HASH.match(password):
+        return None
+    if password.startswith("$"):
+        scheme = password.split("$")[1]
+        return (f"looks like a ${scheme}$ crypt hash, so it is installed as it is, but it is not a valid "
+                "one: nobody could log in with it. Write the password itself, or a hash made by "
+                "'openssl passwd -6'")
+    return ("is 13 letters, digits, '.' and '/', so it is installed as a DES crypt hash, but it is not a "
+            "valid one: nobody could log in with it. Write a longer password, or a hash made by "
+            "'openssl passwd -6'")
+
+
 @hookimpl(tryfirst=True)
 def mln_configure_image(host, guest, ctx):
     family = getattr(guest, "family", None)
@@ -114,7 +162,7 @@ def mln_configure_image(host, guest, ctx):
     _nic_renames(guest, family, devices.get("nic_renames") or {})
     if host.interfaces:
         {"debian": _net_debian, "suse": _net_debian, "redhat": _net_redhat,
-         "busybox": _net_busybox}[family](host, guest)
+         "busybox": _net_busybox}[family](host, guest, _mtus(host, ctx))
         _hosts_file(host, guest, ctx)
     _fstab(host, guest, devices)
     if host.nameserver:
@@ -190,7 +238,18 @@ def _groups(host, guest) -> None:
 
 # -- network ----------------------------------------------------------------------------------
 
-def _net_debian(host, guest) -> None:
+def _mtus(host, ctx) -> dict[str, int]:
+    """The MTU of each interface on a switch that spans servers (inside the VXLAN's)."""
+    out = {}
+    for i in host.interfaces:
+        switch = ctx.project.switches.get(i.switch) if i.switch and ctx.project is not None else None
+        span = ctx.span(switch) if switch is not None else None
+        if span:
+            out[i.name] = span["mtu"]
+    return out
+
+
+def _net_debian(host, guest, mtus: dict) -> None:
     out = ["auto lo", "iface lo inet loopback", ""]
     for i in host.interfaces:
         if (i.tree.get("auto") or "").lower() not in ("no", "0", "false"):
@@ -209,6 +268,8 @@ def _net_debian(host, guest) -> None:
                 out.append(f"    hwaddress ether {i.mac}")
         else:
             out.append(f"iface {i.name} inet manual")
+        if i.name in mtus:
+            out.append(f"    mtu {mtus[i.name]}")
         out.append("")
     guest.write_text("/etc/network/interfaces", "\n".join(out))
     macs = [f"{i.name} mac {i.mac}" for i in host.interfaces if i.mac]
@@ -243,7 +304,7 @@ def _nic_renames(guest, family: str, renames: dict) -> None:
         guest.remove(rule)
 
 
-def _net_redhat(host, guest) -> None:
+def _net_redhat(host, guest, mtus: dict) -> None:
     for i in host.interfaces:
         lines = [f"DEVICE={i.name}", f"BOOTPROTO={'dhcp' if i.dhcp else 'none'}",
                  "ONBOOT=yes", "USERCTL=no", "TYPE=Ethernet"]
@@ -255,15 +316,19 @@ def _net_redhat(host, guest) -> None:
                 lines.append(f"BROADCAST={i.broadcast}")
         if i.mac:
             lines.append(f"HWADDR={i.mac}")
+        if i.name in mtus:
+            lines.append(f"MTU={mtus[i.name]}")
         guest.write_text(f"/etc/sysconfig/network-scripts/ifcfg-{i.name}", "\n".join(lines) + "\n")
 
 
-def _net_busybox(host, guest) -> None:
+def _net_busybox(host, guest, mtus: dict) -> None:
     cmds = []
     gateway = None
     for i in host.interfaces:
         if i.mac:
             cmds.append(f"ifconfig {i.name} hw ether {i.mac}")
+        if i.name in mtus:
+            cmds.append(f"ifconfig {i.name} mtu {mtus[i.name]}")
         if i.dhcp:
             cmds.append(f"udhcpc -b -q -i {i.name}")
         elif i.address:

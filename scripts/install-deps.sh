@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt_packages=(
   qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2
   e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
-  iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client
+  iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client openssh-server
   xen-utils-4.17 patchelf graphviz
 )
 missing=()

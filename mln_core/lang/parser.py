@@ -8,7 +8,9 @@ Lexical rules (spec 2.1, without the original's bugs):
   comment is comment; ``#include FILE`` at the start of a line includes FILE right there;
 * a backslash makes the next character literal (``echo a\\; b`` -> ``echo a; b``,
   ``\\$`` a literal dollar); a backslash at the end of a physical line continues it;
-* runs of white space collapse to one space; quotes are ordinary characters;
+* runs of white space collapse to one space; quotes are ordinary characters; an escaped
+  white space character (``my\\ password``) is part of the word;
+* CRLF line ends read as LF; a UTF-8 byte order mark at the start of a file is ignored;
 * the last line of a file counts even without a final newline.
 """
 from __future__ import annotations
@@ -82,7 +84,15 @@ def _decode(data: bytes, filename: str) -> str:
         line = text.count("\n", 0, i) + 1
         raise MlnError("the file contains a NUL byte: is this a project file?",
                        Pos(filename, line, i - text.rfind("\n", 0, i)))
-    return text
+    return normalize(text)
+
+
+def normalize(text: str) -> str:
+    """Project text as the lexer reads it: without a UTF-8 byte order mark at the start,
+    CRLF line ends as LF (so ``\\`` at the end of a CRLF line continues it, as in a LF file)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n") if "\r" in text else text
 
 
 def _slow_split(text: str, lineno: int, start_col: int, filename: str, out: list) -> bool:
@@ -454,7 +464,7 @@ def parse_text(text: str, filename: str = "<text>", cwd: str | None = None) -> D
     p.take_text(len(text), filename, None)
     p.files.append(filename)
     p.include_stack.append(filename)
-    p.feed(tokenize(text, filename), cwd or os.getcwd())
+    p.feed(tokenize(normalize(text), filename), cwd or os.getcwd())
     return Document(p.finish(), p.files, problems)
 
 

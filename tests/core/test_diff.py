@@ -174,11 +174,11 @@ def test_line_blocks_compare_as_a_whole_list(diff):
                                                                                     "            alice bob\n")
     code, out, _ = diff(new, old=old)
     assert out == ("host plain (changed)\n"
-                   "  users: changed\n"
-                   "      alice x\n"
-                   "    - bob y\n"
-                   "    + bob z\n"
-                   "    + carol w\n"
+                   "  users: changed\n"          # passwords compared, never shown
+                   "      alice <secret>\n"
+                   "    - bob <secret>\n"
+                   "    + bob <secret>\n"
+                   "    + carol <secret>\n"
                    "  groups: changed\n"
                    "      admin {\n"
                    "    -   alice\n"

@@ -1,0 +1,310 @@
+"""The manager's side of a project spread over servers: every command acts on every
+server of the project at once, from the machine the user types on.
+
+``build`` checks first that every server answers, sends each the templates it lacks, then
+builds every part in parallel (this server's with its own engine, the others' through
+their transports, see :mod:`mln_core.serve`); when one part fails, the parts built are
+removed again. ``start``, ``stop``, ``status`` and ``remove`` go to every server of the
+stored project. Progress lines are prefixed with the server they come from.
+
+A transport is what the ``mln_remote_transport(server, ctx)`` hook returns: an object
+with ``request(dict, log) -> dict`` (raises MlnError naming the server when it fails),
+``put(local_path, remote_path)`` and ``close()``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from .errors import MlnError
+from .servers import Layout, check_servers, configured, here, layout
+from .serve import sha256_of
+from .store import Store
+
+
+def placement_of(engine, name: str) -> dict | None:
+    """What the stored project records of its servers (None: all of it is here)."""
+    try:
+        placement = Store.read_state(engine.store.project_dir(name)).get("placement")
+    except MlnError:
+        return None
+    return placement if placement and len(placement.get("servers", [])) > 1 else None
+
+
+class Fleet:
+    """The other servers of one project, each reached through its transport."""
+
+    def __init__(self, engine, names: list[str]):
+        self.engine, self.ctx = engine, engine.ctx
+        known = configured(self.ctx.config)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise MlnError(f"service host {', '.join(unknown)} is not a server mln.conf knows "
+                           "(add 'server NAME ssh ADDRESS')")
+        self.servers = {n: known[n] for n in names}
+        self.me = here(self.ctx.config)
+        self.transports: dict = {}
+        self.sums: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self._log = self.ctx.log
+        self.ctx.log = lambda message: self.say(self.me, message)   # this server's lines, prefixed
+
+    def say(self, server: str, message: str) -> None:
+        with self.lock:
+            self._log(f"[{server}] {message}")
+
+    def close(self) -> None:
+        for t in self.transports.values():
+            try:
+                t.close()
+            except Exception:       # closing must not hide what happened
+                pass
+        self.ctx.log = self._log
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def transport(self, name: str):
+        if name not in self.transports:
+            server = self.servers[name]
+            t = self.ctx.pm.hook.mln_remote_transport(server=server, ctx=self.ctx)
+            if t is None:
+                raise MlnError(f"server {name}: no installed plugin speaks its transport '{server.transport}'")
+            self.transports[name] = t
+        return self.transports[name]
+
+    def request(self, name: str, req: dict) -> dict:
+        try:
+            return self.transport(name).request(req, lambda line: self.say(name, line))
+        except MlnError as e:
+            raise MlnError(f"server {name}: {e.message}", e.where) from None
+        except OSError as e:
+            raise MlnError(f"server {name} ({self.servers[name].address}): {e}") from None
+
+    def each(self, requests: dict[str, dict], local=None, work=None) -> dict[str, object]:
+        """Send every server its request at once (and run ``local()`` here meanwhile);
+        {server: result or the MlnError it raised}. ``work(server)``: what to do for each
+        server instead of sending its request."""
+        results: dict[str, object] = {}
+
+        def run(name, work):
+            try:
+                results[name] = work()
+            except MlnError as e:
+                results[name] = e
+            except Exception as e:      # a transport's own failure: reported, not a traceback
+                results[name] = MlnError(f"server {name}: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=run, args=(n, (lambda n=n: work(n)) if work else
+                                                      (lambda n=n, r=r: self.request(n, r))))
+                   for n, r in requests.items()]
+        for t in threads:
+            t.start()
+        if local is not None:
+            run(self.me, local)
+        for t in threads:
+            t.join()
+        return results
+
+    def check_all(self, requests: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Ask every server (``ping``, or its request of ``requests``); an error naming
+        every server that does not answer; else the answers."""
+        results = self.each(requests or {n: {"verb": "ping"} for n in self.servers})
+        failed = [str(r) for r in results.values() if isinstance(r, MlnError)]
+        if failed:
+            raise MlnError("not every server of the project answers; nothing was done:\n  " + "\n  ".join(failed))
+        return results
+
+    def addresses(self) -> dict[str, str]:
+        """Every server's underlay address (this server's: the one its route to the others uses)."""
+        out = {}
+        for name, s in self.servers.items():
+            try:
+                out[name] = socket.getaddrinfo(s.address, None, socket.AF_INET)[0][4][0]
+            except OSError as e:
+                raise MlnError(f"server {name}: cannot resolve {s.address}: {e}") from None
+        first = next(iter(out.values()))
+        r = self.ctx.on().run(["ip", "-o", "-4", "route", "get", first], check=False, text=True)
+        words = r.stdout.split()
+        if r.returncode != 0 or "src" not in words:
+            raise MlnError(f"no route from this server to {first} (server {next(iter(out))})")
+        out[self.me] = words[words.index("src") + 1]
+        return out
+
+    def send_templates(self, project, lay: Layout) -> None:
+        """Ask every server which templates its hosts need that it lacks (compared by
+        SHA-256): an error naming each server that does not answer, before anything is
+        done; then send each what it lacks."""
+        registry = self.ctx.templates
+        found, asks = {}, {}
+        for name in self.servers:
+            wanted = sorted({h.template for h in project.hosts.values() if lay.hosts[h.name] == name})
+            found.update({t: registry.resolve(t, f"server {name}") for t in wanted if t not in found})
+            asks[name] = {"verb": "need", "templates": [{"name": t, "sha256": self._sum(found[t].path)}
+                                                        for t in wanted]}
+        answers = self.check_all(asks)
+        failed = [str(r) for r in self.each({n: None for n in self.servers}, work=lambda n: self._send_templates(
+            n, found, answers[n])).values() if isinstance(r, MlnError)]
+        if failed:
+            raise MlnError("templates could not be sent; nothing was built:\n  " + "\n  ".join(failed))
+
+    def _send_templates(self, name: str, found: dict, answer: dict) -> None:
+        for t in answer.get("missing", []):
+            tpl = found[t]
+            inbox = os.path.join(answer["templates_dir"], ".incoming")
+            sent = {"image": os.path.join(inbox, tpl.real_name)}
+            self.say(name, f"sending template {t} ({os.path.getsize(tpl.path) // 2**20} MB)")
+            self.transport(name).put(tpl.path, sent["image"])
+            for kind in ("kernel", "initrd"):
+                extra = getattr(tpl, kind)
+                if extra:
+                    sent[kind] = sent["image"] + "." + kind
+                    self.transport(name).put(extra, sent[kind])
+            self.request(name, {"verb": "register", "name": t, "message": tpl.message, "files": sent,
+                                "sha256": {k: self._sum(p) for k, p in (("image", tpl.path), ("kernel", tpl.kernel),
+                                                                        ("initrd", tpl.initrd)) if p}})
+
+    def _sum(self, path: str) -> str:
+        with self.lock:
+            if path not in self.sums:
+                self.sums[path] = sha256_of(path)
+            return self.sums[path]
+
+
+def build(engine, path: str, replace: bool, simulate: bool, confirm):
+    """``mln build`` of a project, on every server it names."""
+    from .lang.writer import write_tree
+    from .project import load_project
+    ctx = engine.ctx
+    loaded = load_project(path, ctx)
+    lay = check_servers(loaded.project, ctx.config)
+    me = here(ctx.config)
+    others = [s for s in lay.servers if s != me]
+    if simulate or not others:
+        return engine.build(path, replace=replace, simulate=simulate, confirm=confirm)
+    name = loaded.project.name
+    with Fleet(engine, others) as fleet:
+        addresses = fleet.addresses()
+        fleet.send_templates(loaded.project, lay)      # also: does every server answer?
+        text = write_tree(loaded.doc.root)
+        fresh = not engine.store.exists(name)
+        requests = {s: {"verb": "build", "project": name, "text": text, "replace": replace, "fresh": fresh,
+                        "placement": lay.placement(name, s, addresses)} for s in others}
+        mine = lay.placement(name, me, addresses)
+        results = fleet.each(requests, lambda: engine.build(path, replace=replace, confirm=confirm,
+                                                            placement=mine))
+        failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
+        if failed:
+            built = [s for s in results if s not in failed]
+            if not replace:           # a new project: the parts built go again
+                undo = fleet.each({s: {"verb": "remove", "project": name} for s in built if s != me},
+                                  (lambda: engine.remove(name)) if me in built else None)
+                for s, r in undo.items():
+                    if isinstance(r, MlnError):
+                        fleet.say(s, f"warning: removing the part built: {r}")
+            raise MlnError(f"project '{name}' was not built on every server:\n  " +
+                           "\n  ".join(str(r) for r in failed.values()) +
+                           (f"\n(removed again from {', '.join(built)})" if built and not replace else ""))
+    return loaded.project
+
+
+def _fan_out(engine, name: str, verb: str, local, **fields) -> dict[str, object]:
+    placement = placement_of(engine, name)
+    if placement is None:
+        return {here(engine.ctx.config): local()}
+    others = [s for s in placement["servers"] if s != placement["here"]]
+    with Fleet(engine, others) as fleet:
+        results = fleet.each({s: {"verb": verb, "project": name, **fields} for s in others}, local)
+    return results
+
+
+def _raise_failed(name: str, verb: str, results: dict) -> None:
+    failed = [str(r) for r in results.values() if isinstance(r, MlnError)]
+    if failed:
+        raise MlnError(f"{verb} of project '{name}' failed on {len(failed)} of {len(results)} servers:\n  " +
+                       "\n  ".join(failed))
+
+
+def start(engine, name: str, host: str | None = None, pause: float = 0) -> None:
+    where = _host_server(engine, name, host)
+    if where is not None:
+        with Fleet(engine, [where]) as fleet:
+            fleet.request(where, {"verb": "start", "project": name, "host": host})
+        return
+    _raise_failed(name, "start", _fan_out(engine, name, "start", lambda: engine.start(name, host, pause=pause)))
+
+
+def stop(engine, name: str, host: str | None = None, hard: bool = False, wait_s: float = 60,
+         save: bool = False, pause: float = 0) -> None:
+    import math
+    wait = None if wait_s == math.inf else wait_s
+    where = _host_server(engine, name, host)
+    if where is not None:
+        with Fleet(engine, [where]) as fleet:
+            fleet.request(where, {"verb": "stop", "project": name, "host": host, "hard": hard, "wait": wait})
+        return
+    _raise_failed(name, "stop", _fan_out(engine, name, "stop", lambda: engine.stop(
+        name, host, hard=hard, wait_s=wait_s, save=save, pause=pause), hard=hard, wait=wait))
+
+
+def status(engine, name: str, host: str | None = None, switch: str | None = None) -> list[dict]:
+    placement = placement_of(engine, name)
+    if placement is None:
+        return engine.status(name, host, switch)
+    if host is not None:
+        where = _host_server(engine, name, host)
+        if where is not None:
+            with Fleet(engine, [where]) as fleet:
+                rows = fleet.request(where, {"verb": "status", "project": name})["rows"]
+            return [dict(r, server=where) for r in rows if r["kind"] == "host" and r["name"] == host]
+        return [dict(r, server=placement["here"]) for r in engine.status(name, host, switch)]
+    results = _fan_out(engine, name, "status", lambda: {"rows": engine.status(name)})
+    rows = []
+    for server, r in results.items():
+        if isinstance(r, MlnError):
+            rows.append({"project": name, "kind": "server", "name": server, "state": "unknown",
+                         "detail": r.message, "server": server})
+            continue
+        rows += [dict(x, server=server) for x in r["rows"]
+                 if switch is None or (x["kind"] == "switch" and x["name"] == switch)]
+    return rows
+
+
+def remove(engine, name: str, confirm=None) -> None:
+    placement = placement_of(engine, name)
+    if placement is None:
+        engine.remove(name, confirm=confirm)
+        return
+    if confirm is not None and not confirm(f"remove project '{name}' and all its disks on every server?"):
+        raise MlnError("not removed")
+    others = [s for s in placement["servers"] if s != placement["here"]]
+    with Fleet(engine, others) as fleet:
+        fleet.check_all()               # all of it, or nothing
+        results = fleet.each({s: {"verb": "remove", "project": name} for s in others})
+        _raise_failed(name, "remove", results)
+        engine.remove(name)
+
+
+def _host_server(engine, name: str, host: str | None) -> str | None:
+    """The server of ``host`` when it is not this one."""
+    placement = placement_of(engine, name)
+    if host is None or placement is None:
+        return None
+    from .project import load_project
+    project = load_project(engine.store.source_path(name), engine.ctx).project
+    if host not in project.hosts:
+        return None                     # the engine says there is no such host
+    server = layout(project, placement["default"]).hosts[host]
+    return None if server == placement["here"] else server
+
+
+def console_here(engine, name: str, host: str) -> None:
+    """An error when ``host`` runs on another server (its console is attached there)."""
+    where = _host_server(engine, name, host)
+    if where is not None:
+        raise MlnError(f"host '{host}' of project '{name}' runs on server {where}: attach to its console "
+                       f"there (mln console -p {name} -h {host} on {where})")

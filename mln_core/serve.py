@@ -1,0 +1,167 @@
+"""The server side of a project spread over servers: one request, carried out by this
+server's own engine on its part of the project.
+
+Every transport carries the same requests (JSON objects) to :func:`handle`: ``ssh`` runs
+``mln serve`` on the server with the request on its standard input; the daemon calls it
+for each request it admits. ``mln serve`` writes one JSON object per line: ``{"log": LINE}``
+for each progress line, then ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
+MESSAGE}``.
+
+Requests (``verb`` and its fields)::
+
+    ping                                        -> {"server", "version"}
+    need     templates: [{name, sha256}]        -> {"missing": [names], "templates_dir"}
+    register name, message, files: {image, kernel, initrd} (sent into templates_dir/.incoming)
+    build    project, text, placement, replace, fresh -> {}  (fresh: the manager has no such
+             project, so one here is what a build cut off from it left, and goes first)
+    start    project, host                      -> {}
+    stop     project, host, hard, wait          -> {}
+    status   project                            -> {"rows": [...]}
+    remove   project                            -> {}
+    capacity                                    -> {"projects", "vms", "memory_free", ...} (mln_core.capacity)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import threading
+
+from .errors import MlnError
+from .names import check_name
+from .servers import here
+
+HEARTBEAT = 5          # seconds between the lines that say this server still works
+VERBS = ("ping", "need", "register", "build", "start", "stop", "status", "remove", "capacity")
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def handle(request: dict, engine) -> dict:
+    """Carry out one request on this server; the result's fields are the verb's."""
+    ctx = engine.ctx
+    verb = request.get("verb")
+    if verb not in VERBS:
+        raise MlnError(f"unknown request '{verb}' (known: {', '.join(VERBS)})")
+    me = here(ctx.config)
+    placement = request.get("placement")
+    if placement and ctx.config.get("service_host") and placement.get("here") != me:
+        raise MlnError(f"this server is '{me}', not '{placement.get('here')}' (check the 'server' lines of "
+                       "the manager's mln.conf)")
+    if verb == "ping":
+        from . import __version__
+        return {"server": me, "version": __version__}
+    if verb == "capacity":
+        from .capacity import capacity
+        return capacity(engine)
+    if verb == "need":
+        missing = []
+        for t in request.get("templates", []):
+            name = check_name("template", t["name"])
+            path = os.path.join(ctx.config.templates_dir, name)
+            if not os.path.isfile(path) or sha256_of(path) != t["sha256"]:
+                missing.append(name)
+        return {"missing": missing, "templates_dir": ctx.config.templates_dir}
+    if verb == "register":
+        inbox = os.path.join(ctx.config.templates_dir, ".incoming")
+        files = {}
+        for kind, path in request.get("files", {}).items():
+            if kind not in ("image", "kernel", "initrd") or os.path.dirname(os.path.abspath(path)) != inbox:
+                raise MlnError(f"template files are taken only from {inbox}, not {path}")
+            files[kind] = path
+        try:
+            for kind, path in files.items():
+                if sha256_of(path) != request.get("sha256", {}).get(kind):
+                    raise MlnError(f"the {kind} of template {request['name']} arrived damaged (its SHA-256 "
+                                   "differs from the sender's)")
+            ctx.templates.register(files["image"], check_name("template", request["name"]),
+                                   request.get("message", ""), files.get("kernel"), files.get("initrd"))
+        finally:
+            for path in files.values():
+                if os.path.exists(path):
+                    os.unlink(path)
+        return {}
+    name = check_name("project", request.get("project", ""))
+    if verb == "build":
+        if request.get("fresh") and engine.store.exists(name):
+            _remove_leftover(engine, name, placement)
+        os.makedirs(engine.store.root, exist_ok=True)
+        path = os.path.join(engine.store.root, f".{name}.request-{os.getpid()}.mln")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(request["text"])
+        try:
+            engine.build(path, replace=bool(request.get("replace")), placement=placement)
+        finally:
+            os.unlink(path)
+    elif verb == "start":
+        engine.start(name, request.get("host"))
+    elif verb == "stop":
+        wait = request.get("wait")
+        engine.stop(name, request.get("host"), hard=bool(request.get("hard")),
+                    wait_s=math.inf if wait is None else float(wait))
+    elif verb == "status":
+        return {"rows": engine.status(name) if engine.store.exists(name) else []}
+    elif verb == "remove":
+        if engine.store.exists(name):
+            engine.remove(name)
+    return {}
+
+
+def _remove_leftover(engine, name: str, placement: dict | None) -> None:
+    """The manager builds ``name`` afresh, yet this server has it: what a build cut off
+    from its manager left. It goes, if that manager made it and nothing of it runs."""
+    from .store import Store
+    had = Store.read_state(engine.store.project_dir(name)).get("placement") or {}
+    if not placement or had.get("default") != placement.get("default"):
+        raise MlnError(f"project '{name}' exists on this server already, not built by "
+                       f"'{placement.get('default') if placement else '?'}'; remove it there first")
+    up = [r["name"] for r in engine.status(name) if r["state"] == "up"]
+    if up:
+        raise MlnError(f"project '{name}' exists on this server and runs ({', '.join(up)}); stop it first")
+    engine.ctx.log(f"+---> removing what an earlier build of project {name} left here")
+    engine.remove(name)
+
+
+def serve_stdin(engine) -> int:
+    """``mln serve``: one request from standard input, the answer as JSON lines."""
+    out = sys.stdout
+
+    lock = threading.Lock()
+
+    def emit(obj: dict) -> None:
+        with lock:
+            out.write(json.dumps(obj) + "\n")
+            out.flush()
+
+    engine.ctx.log = lambda message: emit({"log": message})
+    done = threading.Event()
+
+    def heartbeat():                 # the manager takes a silent server as gone
+        while not done.wait(HEARTBEAT):
+            emit({"alive": True})
+    threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        request = json.loads(sys.stdin.read())
+        if not isinstance(request, dict):
+            raise MlnError("a request is a JSON object")
+        result = handle(request, engine)
+        done.set()
+        emit({"ok": True, "result": result})
+        return 0
+    except json.JSONDecodeError as e:
+        emit({"ok": False, "error": f"the request is not JSON: {e}"})
+    except MlnError as e:
+        emit({"ok": False, "error": str(e)})
+    except (KeyError, TypeError, ValueError) as e:
+        emit({"ok": False, "error": f"a malformed request: {e!r}"})
+    finally:
+        done.set()
+    return 1

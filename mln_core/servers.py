@@ -1,0 +1,155 @@
+"""Projects over several servers: which server runs each host and switch, the part of a
+project that one server carries out, and the switches that span servers.
+
+A host (or switch, or superclass) with ``service_host NAME`` runs on server ``NAME``; one
+without, on the server the user types on (its mln.conf ``service_host``, ``localhost`` if
+it has none). mln.conf names every other server and how to reach it::
+
+    service_host manager
+    server sh1 ssh 10.0.0.11            # NAME TRANSPORT ADDRESS[:PORT] [key=value ...]
+    server sh2 ssh root@sh2.example.org:2222 mln=/usr/local/bin/mln
+
+A server's *part* of a project is the project with only that server's hosts and the
+switches they use; each server builds and runs its part with its own engine. A switch
+whose hosts sit on several servers is joined across them with VXLAN: its *span* (VNI,
+this server's underlay address, the other servers' addresses) is recorded in the switch's
+state, where the switch plugin finds it (``ctx.span(switch)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from .errors import MlnError
+
+LOCAL = "localhost"
+VXLAN_OVERHEAD = 50          # outer Ethernet, IPv4, UDP and VXLAN headers
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+@dataclass
+class Server:
+    """A server of mln.conf's ``server`` lines."""
+    name: str
+    transport: str
+    address: str                  # how the transport reaches it (an IP address or a DNS name)
+    port: int | None = None
+    user: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+def here(config) -> str:
+    """The name of the server mln runs on."""
+    return config.get("service_host") or LOCAL
+
+
+def configured(config) -> dict[str, Server]:
+    """The servers mln.conf names (``server NAME TRANSPORT [USER@]ADDRESS[:PORT] [k=v ...]``)."""
+    servers = {}
+    for n, value in enumerate(config.getlist("server")):
+        words = value.split()
+        where = f"mln.conf server line {n + 1} ('{value}')"
+        if len(words) < 3:
+            raise MlnError(f"{where}: give NAME TRANSPORT ADDRESS, e.g. 'server sh1 ssh 10.0.0.11'")
+        name, transport, address = words[:3]
+        if not _NAME.match(name):
+            raise MlnError(f"{where}: '{name}' is not a server name (letters, digits, '.', '_', '-')")
+        user = None
+        if "@" in address:
+            user, address = address.rsplit("@", 1)
+        port = None
+        m = re.match(r"\[(.+)\]:(\d+)\Z|([^:]+):(\d+)\Z", address)
+        if m:
+            address, port = (m.group(1) or m.group(3)), int(m.group(2) or m.group(4))
+            if not 0 < port < 65536:
+                raise MlnError(f"{where}: port {port} is out of range")
+        options = {}
+        for w in words[3:]:
+            if "=" not in w:
+                raise MlnError(f"{where}: '{w}' is not KEY=VALUE")
+            k, v = w.split("=", 1)
+            options[k] = v
+        servers[name] = Server(name, transport, address, port, user, options)
+    return servers
+
+
+@dataclass
+class Layout:
+    """Where the hosts and switches of a whole project run."""
+    default: str                                  # the server of hosts without service_host
+    hosts: dict[str, str]                         # host -> server
+    switches: dict[str, list[str]]                # switch -> servers it is on
+
+    @property
+    def servers(self) -> list[str]:
+        names = list(self.hosts.values()) + [s for on in self.switches.values() for s in on]
+        return list(dict.fromkeys(names))
+
+    def spanning(self) -> list[str]:
+        return [s for s, on in self.switches.items() if len(on) > 1]
+
+    def placement(self, project: str, server: str, addresses: dict[str, str] | None = None,
+                  underlay_mtu: int = 1500) -> dict:
+        """What ``server`` is told about the project: which server it is, which server has
+        the hosts without ``service_host``, and the spans of its switches that cross servers
+        (``addresses``: every server's underlay address)."""
+        spans = {}
+        for s in self.spanning():
+            on = self.switches[s]
+            if server not in on:
+                continue
+            if addresses is None or any(x not in addresses for x in on):
+                missing = [x for x in on if addresses is None or x not in addresses]
+                raise MlnError(f"switch '{s}' spans servers {', '.join(on)}: no address for "
+                               f"{', '.join(missing)}")
+            spans[s] = {"vni": vni(project, s), "local": addresses[server],
+                        "remotes": [addresses[x] for x in on if x != server],
+                        "mtu": underlay_mtu - VXLAN_OVERHEAD}
+        return {"here": server, "default": self.default, "servers": self.servers, "spans": spans}
+
+
+def layout(project, default: str) -> Layout:
+    """Where each host and switch of ``project`` runs (``default``: the server of the hosts
+    and switches that name none)."""
+    hosts = {h.name: h.service_host or default for h in project.hosts.values()}
+    switches = {}
+    for s in project.switches.values():
+        on = [hosts[h.name] for h in project.hosts.values() for i in h.interfaces if i.switch == s.name]
+        if s.service_host:
+            on.append(s.service_host)
+        switches[s.name] = list(dict.fromkeys(on)) or [default]
+    return Layout(default, hosts, switches)
+
+
+def part(project, placement: dict | None):
+    """The part of ``project`` that the server of ``placement`` carries out (the project
+    itself when it is not spread over servers)."""
+    if not placement:
+        return project
+    lay = layout(project, placement["default"])
+    me = placement["here"]
+    hosts = {n: h for n, h in project.hosts.items() if lay.hosts[n] == me}
+    switches = {n: s for n, s in project.switches.items() if me in lay.switches[n]}
+    return dataclasses.replace(project, hosts=hosts, switches=switches)
+
+
+def vni(project: str, switch: str) -> int:
+    """The VXLAN network identifier of a project's switch: derived from both names, so
+    that every server computes the same one (1 to 16,777,215)."""
+    digest = hashlib.sha256(f"mln:{project}:{switch}".encode()).digest()
+    return int.from_bytes(digest[:3], "big") % 0xFFFFFE + 1
+
+
+def check_servers(project, config) -> Layout:
+    """The layout of ``project`` seen from this server; an error naming a service host
+    mln.conf does not know."""
+    me = here(config)
+    lay = layout(project, me)
+    known = configured(config)
+    unknown = [s for s in lay.servers if s != me and s not in known]
+    if unknown:
+        raise MlnError(f"project '{project.name}': service host {', '.join(unknown)} is not a server "
+                       f"mln.conf knows (add 'server NAME ssh ADDRESS' to mln.conf; this server is '{me}')")
+    return lay

@@ -1,0 +1,151 @@
+"""The ``ssh`` transport: another server reached over SSH (Fabric and paramiko), running
+``mln serve`` there with each request on its standard input.
+
+Authentication is the site's SSH keys: ``ssh_identity PATH`` in mln.conf (or
+``identity=PATH`` on the ``server`` line), else the user's keys and agent. Host keys are
+always checked, against ``ssh_known_hosts PATH`` (or ``known_hosts=PATH``), else
+``~/.ssh/known_hosts``: an unknown or changed host key is refused, naming the server.
+The command run there is ``mln`` (``remote_mln COMMAND`` in mln.conf or ``mln=COMMAND``
+on the server line when it is elsewhere).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+
+from mln_core import hookimpl
+from mln_core.errors import MlnError
+
+CONNECT_TIMEOUT = 10
+DEFAULT_TIMEOUT = 60        # seconds without a line from a server before it is taken as gone
+
+
+@hookimpl
+def mln_remote_transport(server, ctx):
+    if server.transport != "ssh":
+        return None
+    return SshTransport(server, ctx.config)
+
+
+class _Lines(io.TextIOBase):
+    """Fabric's output stream: complete lines go to ``each(line)``."""
+
+    def __init__(self, each):
+        self.each, self.buf = each, ""
+
+    def write(self, text):
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self.each(line)
+        return len(text)
+
+
+class SshTransport:
+    def __init__(self, server, config):
+        self.server = server
+        opt = server.options
+        self.identity = opt.get("identity") or config.get("ssh_identity")
+        self.known_hosts = os.path.expanduser(opt.get("known_hosts") or config.get("ssh_known_hosts")
+                                              or "~/.ssh/known_hosts")
+        self.command = opt.get("mln") or config.get("remote_mln") or "mln"
+        self.timeout = float(opt.get("timeout") or config.get("remote_timeout") or DEFAULT_TIMEOUT)
+        self.conn = None
+
+    def _connection(self):
+        if self.conn is not None:
+            return self.conn
+        import fabric
+        import paramiko
+        s = self.server
+        kwargs = {"banner_timeout": CONNECT_TIMEOUT, "auth_timeout": CONNECT_TIMEOUT,
+                  "compress": True}         # disk images are mostly zeros
+        if self.identity:
+            kwargs.update(key_filename=[self.identity], look_for_keys=False, allow_agent=False)
+        conn = fabric.Connection(s.address, user=s.user or "root", port=s.port or 22,
+                                 connect_timeout=CONNECT_TIMEOUT, connect_kwargs=kwargs)
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if os.path.isfile(self.known_hosts):
+            conn.client.load_host_keys(self.known_hosts)
+        where = f"{s.address}{':' + str(s.port) if s.port else ''}"
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException:
+            raise MlnError(f"the SSH host key of {where} has CHANGED (it is not the one in {self.known_hosts}); "
+                           "refusing to connect: if the server was reinstalled, replace its line there") from None
+        except paramiko.SSHException as e:
+            if "not found in known_hosts" in str(e):
+                raise MlnError(f"the SSH host key of {where} is unknown (not in {self.known_hosts}); add it "
+                               f"(ssh-keyscan {s.address} >> {self.known_hosts}, after checking it)") from None
+            raise MlnError(f"ssh to {where}: {e}") from None
+        except OSError as e:
+            raise MlnError(f"cannot reach {where} over ssh: {e.strerror or e}") from None
+        self.conn = conn
+        return conn
+
+    def request(self, request: dict, log) -> dict:
+        """Run ``mln serve`` there with ``request`` on its standard input; its JSON lines
+        come back as they are printed. A server silent for longer than the timeout (it
+        prints a heartbeat while it works) is taken as gone."""
+        conn = self._connection()
+        answer: list[dict] = []
+        lines = _Lines(lambda text: self._line(text, log, answer))
+        errors = _Lines(lambda text: None)
+        err_text: list[str] = []
+        try:
+            chan = conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+            chan.settimeout(self.timeout)
+            chan.exec_command(f"{self.command} serve")
+            chan.sendall(json.dumps(request).encode() + b"\n")
+            chan.shutdown_write()
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                lines.write(data.decode("utf-8", "replace"))
+                while chan.recv_stderr_ready():
+                    err_text.append(chan.recv_stderr(65536).decode("utf-8", "replace"))
+            status = chan.recv_exit_status()
+            while chan.recv_stderr_ready():
+                err_text.append(chan.recv_stderr(65536).decode("utf-8", "replace"))
+            chan.close()
+        except TimeoutError:
+            self.close()
+            raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
+        except Exception as e:      # the connection broke: paramiko's own errors and OSError
+            self.close()
+            raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
+        del errors
+        if answer and answer[-1].get("ok"):
+            return answer[-1].get("result") or {}
+        if answer:
+            raise MlnError(answer[-1].get("error", "failed"))
+        said = " ".join("".join(err_text).split())[-300:] or f"exit status {status}"
+        raise MlnError(f"'{self.command} serve' did not answer ({said}); is mln installed there "
+                       f"(remote_mln in mln.conf names the command)?")
+
+    @staticmethod
+    def _line(text: str, log, answer: list) -> None:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            log(text)
+            return
+        if not isinstance(obj, dict) or "alive" in obj:
+            return
+        if "log" in obj:
+            log(obj["log"])
+        else:
+            answer.append(obj)
+
+    def put(self, local_path: str, remote_path: str) -> None:
+        conn = self._connection()
+        conn.run(f"mkdir -p {shlex.quote(os.path.dirname(remote_path))}", hide=True)
+        conn.put(local_path, remote_path)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,202 @@
+"""A project over several servers (network namespaces with sshd, ``mln_servers``): built
+and started from a fourth namespace with one command, its guests (UML and QEMU) on one
+switch that spans the servers, reached through the ``ssh`` transport."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEMPLATE_DIR
+
+pytestmark = pytest.mark.guests
+
+PROJECT = """global {{ project spread }}
+superclass node {{
+    template busybox.ext4
+    memory 96M
+    startup {{
+        for peer in $peers
+        do
+            for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30
+            do
+                ping -c 1 -W 1 \\$peer > /dev/null && break
+            done
+            ping -c 2 -s 1400 \\$peer > /dev/null && echo "MLN-CHECK ping \\$peer ok"
+        done
+    }}
+}}
+switch lan {{ }}
+switch lan2 {{ type bridge }}
+{hosts}"""
+
+
+def host(name: str, n: int, hypervisor: str, server: str, peers: list[int], kernel: str = "") -> str:
+    addrs = " ".join(f"10.0.{net}.{p}" for net in (0, 1) for p in peers)
+    nics = "".join(f"    network eth{net} {{ switch {sw}\n        address 10.0.{net}.{n}\n"
+                   f"        netmask 255.255.255.0 }}\n" for net, sw in ((0, "lan"), (1, "lan2")))
+    return (f"host {name} {{ superclass node\n    {hypervisor}\n    service_host {server}\n"
+            f"    $peers = {addrs}\n{kernel}{nics}}}\n")
+
+
+def project(kernel_b: str = "") -> str:
+    return PROJECT.format(hosts=host("a", 1, "uml", "sh1", [2, 3]) + host("b", 2, "uml", "sh2", [1, 3], kernel_b)
+                          + host("c", 3, "kvm", "sh3", [1, 2]))
+
+
+WHERE = {"a": "sh1", "b": "sh2", "c": "sh3"}
+
+
+@pytest.fixture
+def kit(mln_servers, test_template):
+    r = mln_servers.mln("client", "register_template", "-t", str(TEMPLATE_DIR / "busybox.ext4"),
+                        "--kernel", str(TEMPLATE_DIR / "vmlinux"), "--initrd", str(TEMPLATE_DIR / "initrd.gz"))
+    assert r.returncode == 0, r.stderr
+    yield mln_servers
+    for name in WHERE.values():        # whatever a failed test left running, before the kit goes
+        mln_servers.mln(name, "stop", "-a", "-H")
+
+
+def console(kit, host: str) -> str:
+    p = kit.dir(WHERE[host]) / "projects" / "spread" / "hosts" / host / "console.log"
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+def wait_pings(kit, timeout: float = 150) -> None:
+    end = time.monotonic() + timeout
+    for h in WHERE:
+        want = 4                                         # both others, on both switches
+        while len(re.findall(r"MLN-CHECK ping \S+ ok", console(kit, h))) < want:
+            assert time.monotonic() < end, f"{h} did not reach both others:\n{console(kit, h)[-1500:]}"
+            time.sleep(0.5)
+
+
+def processes(kit, server: str) -> list[str]:
+    """The command lines of the processes in the server's network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", kit.netns(server)], capture_output=True, text=True).stdout
+    out = []
+    for pid in pids.split():
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return out
+
+
+def links(kit, server: str) -> str:
+    return kit.run(server, ["ip", "-o", "link"]).stdout
+
+
+def test_three_servers_two_spanning_switches(kit):
+    """A vde and a bridge switch, each spanning the three servers."""
+    path = kit.client_dir / "spread.mln"
+    path.write_text(project())
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    for name in ("sh1", "sh2", "sh3"):                   # prefixed progress from every server
+        assert f"[{name}]" in r.stderr, r.stderr
+    # the templates arrived through the transport; each server holds only its own hosts
+    for h, name in WHERE.items():
+        assert (kit.dir(name) / "templates" / "busybox.ext4").exists()
+        images = sorted(p.name.split(".")[0] for p in (kit.dir(name) / "projects" / "spread" / "images").iterdir())
+        assert images == [h], (name, images)
+    r = kit.mln("client", "start", "-p", "spread")
+    assert r.returncode == 0, r.stderr
+    wait_pings(kit)                                      # every guest reaches every other, with 1400-byte pings
+    r = kit.mln("client", "status", "-p", "spread", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+        {("a", "sh1", "up"), ("b", "sh2", "up"), ("c", "sh3", "up")}
+    assert {(x["name"], x["server"]) for x in rows if x["kind"] == "switch"} == \
+        {(sw, sh) for sw in ("lan", "lan2") for sh in ("sh1", "sh2", "sh3")}
+    text = kit.mln("client", "status", "-p", "spread").stdout
+    assert "spread host a up [sh1]" in text and "spread host c up [sh3]" in text, text
+    for name in WHERE.values():
+        assert links(kit, name).count("vx-") == 2, links(kit, name)
+    # what is not carried over servers yet says so, and changes nothing
+    r = kit.mln("client", "console", "-p", "spread", "-h", "a", input="")
+    assert r.returncode == 1 and "runs on server sh1" in r.stderr, r.stderr
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 1 and "spread over servers" in r.stderr, r.stderr
+    # stop and remove: nothing of the project is left on any server
+    r = kit.mln("client", "stop", "-p", "spread")
+    assert r.returncode == 0, r.stderr
+    r = kit.mln("client", "remove", "-f", "-p", "spread")
+    assert r.returncode == 0, r.stderr
+    for name in WHERE.values():
+        assert not (kit.dir(name) / "projects" / "spread").exists()
+        left = links(kit, name)
+        assert "vx-" not in left and "vt-" not in left and "vb-" not in left and "tap-" not in left, left
+        ps = processes(kit, name)
+        assert not [p for p in ps if "linux.uml" in p or "qemu-system" in p or "vde_switch" in p], ps
+    assert not (kit.client_dir / "projects" / "spread").exists()
+
+
+def test_all_or_nothing_an_unreachable_server_and_a_failed_part(kit):
+    path = kit.client_dir / "spread.mln"
+    path.write_text(project())
+
+    def nothing_anywhere():
+        for name in WHERE.values():
+            assert not (kit.dir(name) / "projects" / "spread").exists(), name
+        assert not (kit.client_dir / "projects" / "spread").exists()
+    # a server that does not answer is named before anything is built
+    kit.break_link("sh2")
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 1, r.stderr
+    assert "server sh2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    nothing_anywhere()
+    kit.mend_link("sh2")
+    # a part that fails on one server: the parts built on the others are removed again
+    path.write_text(project(kernel_b="    kernel /nonexistent/linux.uml\n"))
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 1, r.stderr
+    assert "server sh2" in r.stderr and "/nonexistent/linux.uml" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    nothing_anywhere()
+    # a server cut off in the middle of its build: named, the others keep nothing
+    path.write_text(project())
+    with open(kit.client_conf, "a") as f:
+        f.write("remote_timeout 8\n")               # seconds of silence before a server counts as gone
+    p = subprocess.Popen(["ip", "netns", "exec", kit.netns("client"), sys.executable, "-m", "mln_core.cli",
+                          "build", "-f", str(path)], env=kit.env_for_client(), stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in p.stderr:
+        said.append(line)
+        if line.startswith("[sh2] +---> project spread"):
+            kit.break_link("sh2")
+    assert p.wait(timeout=120) == 1, "".join(said)
+    assert any("server sh2" in x and "stopped answering" in x for x in said), "".join(said)
+    for name in ("sh1", "sh3"):
+        assert not (kit.dir(name) / "projects" / "spread").exists(), name
+    assert not (kit.client_dir / "projects" / "spread").exists()
+    kit.mend_link("sh2")
+    # back: the same command succeeds (what sh2 built meanwhile is replaced; the templates
+    # are there already: not sent again)
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "sending template" not in r.stderr, r.stderr
+    r = kit.mln("client", "remove", "-f", "-p", "spread")
+    assert r.returncode == 0, r.stderr
+    nothing_anywhere()
+
+
+def test_a_changed_host_key_is_refused_naming_the_server(kit):
+    path = kit.client_dir / "spread.mln"
+    path.write_text(project())
+    kh = Path(kit.known_hosts)
+    lines = kh.read_text().splitlines()
+    other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(kit.root / "other")],
+                           capture_output=True)
+    assert other.returncode == 0
+    fake = (kit.root / "other.pub").read_text().split()[:2]
+    kh.write_text("\n".join(f"{ln.split()[0]} {' '.join(fake)}" if ln.startswith(kit.address("sh3")) else ln
+                            for ln in lines) + "\n")
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 1 and "server sh3" in r.stderr and "CHANGED" in r.stderr, r.stderr
+    assert not (kit.dir("sh1") / "projects" / "spread").exists()
