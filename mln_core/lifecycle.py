@@ -124,9 +124,7 @@ class Engine:
                 commit.commit_build(self, project, staging, outside, old, existed)
             except BaseException:
                 if os.path.isdir(staging) and not commit.pending(self.store, project.name):
-                    self.ctx.outside_files = outside
-                    self._bind(project, staging)
-                    self._discard(staging, project)
+                    self._discard(staging, project)      # ctx: still the build's state and files
                 raise
             finally:
                 self.ctx.outside_files = None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
+import tarfile
+import tempfile
 import threading
 
 from .errors import MlnError
@@ -46,6 +48,7 @@ class Fleet:
         self.me = here(self.ctx.config)
         self.transports: dict = {}
         self.sums: dict[str, str] = {}
+        self.inboxes: dict[str, str] = {}
         self.lock = threading.Lock()
         self._log = self.ctx.log
         self.ctx.log = lambda message: self.say(self.me, message)   # this server's lines, prefixed
@@ -147,6 +150,8 @@ class Fleet:
             asks[name] = {"verb": "need", "templates": [{"name": t, "sha256": self._sum(found[t].path)}
                                                         for t in wanted]}
         answers = self.check_all(asks)
+        for n, a in answers.items():
+            self.inboxes[n] = os.path.join(a["templates_dir"], ".incoming")
         failed = [str(r) for r in self.each({n: None for n in self.servers}, work=lambda n: self._send_templates(
             n, found, answers[n])).values() if isinstance(r, MlnError)]
         if failed:
@@ -155,7 +160,7 @@ class Fleet:
     def _send_templates(self, name: str, found: dict, answer: dict) -> None:
         for t in answer.get("missing", []):
             tpl = found[t]
-            inbox = os.path.join(answer["templates_dir"], ".incoming")
+            inbox = self.inboxes[name] = os.path.join(answer["templates_dir"], ".incoming")
             sent = {"image": os.path.join(inbox, tpl.real_name)}
             self.say(name, f"sending template {t} ({os.path.getsize(tpl.path) // 2**20} MB)")
             self.transport(name).put(tpl.path, sent["image"])
@@ -167,6 +172,43 @@ class Fleet:
             self.request(name, {"verb": "register", "name": t, "message": tpl.message, "files": sent,
                                 "sha256": {k: self._sum(p) for k, p in (("image", tpl.path), ("kernel", tpl.kernel),
                                                                         ("initrd", tpl.initrd)) if p}})
+
+    def send_files(self, project, lay: Layout, tmp: str) -> dict[str, dict]:
+        """Send every server the ``files {}`` sources of its hosts (one archive each, the
+        sources as paths of the files directory); {server: what its build request names}."""
+        base = self.ctx.config.files_dir
+        sent = {}
+        for name in self.servers:
+            sources = sorted({f.source for h in project.hosts.values() if lay.hosts[h.name] == name
+                              for f in h.files})
+            if not sources:
+                continue
+            archive = os.path.join(tmp, f"{name}.tar.gz")
+            with tarfile.open(archive, "w:gz") as tar:
+                for src in sources:
+                    path = os.path.join(base, src)
+                    if not os.path.lexists(path):
+                        raise MlnError(f"files: '{src}' does not exist in the files directory {base}")
+                    tar.add(path, arcname=src, filter=self._inside)
+            inbox = os.path.join(self.inbox(name), f"{project.name}.files.tar.gz")
+            self.transport(name).put(archive, inbox)
+            sent[name] = {"archive": inbox, "sha256": sha256_of(archive)}
+        return sent
+
+    def _inside(self, info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        """A link that leads out of the files directory stays behind (as it would here)."""
+        if info.issym() and (os.path.isabs(info.linkname) or ".." in info.linkname.split("/")):
+            self.ctx.log(f"warning: files: the link {info.name} -> {info.linkname} leads out of the files "
+                         "directory; it is not sent")
+            return None
+        return info
+
+    def inbox(self, name: str) -> str:
+        """Where files sent to server ``name`` land (under its templates directory)."""
+        if name not in self.inboxes:
+            answer = self.request(name, {"verb": "need", "templates": []})
+            self.inboxes[name] = os.path.join(answer["templates_dir"], ".incoming")
+        return self.inboxes[name]
 
     def _sum(self, path: str) -> str:
         with self.lock:
@@ -187,6 +229,12 @@ def build(engine, path: str, replace: bool, simulate: bool, confirm):
     if simulate or not others:
         return engine.build(path, replace=replace, simulate=simulate, confirm=confirm)
     name = loaded.project.name
+    base = ctx.config.files_dir
+    for h in loaded.project.hosts.values():          # what the servers will ask for is here
+        for f in h.files:
+            if lay.hosts[h.name] != me and not os.path.lexists(os.path.join(base, f.source)):
+                raise MlnError(f"files: '{f.source}' does not exist in the files directory {base}",
+                               f"host {h.name}")
     with Fleet(engine, others) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(loaded.project, lay)      # also: does every server answer?
@@ -194,9 +242,13 @@ def build(engine, path: str, replace: bool, simulate: bool, confirm):
         fresh = not engine.store.exists(name)
         requests = {s: {"verb": "build", "project": name, "text": text, "replace": replace, "fresh": fresh,
                         "placement": lay.placement(name, s, addresses)} for s in others}
-        mine = lay.placement(name, me, addresses)
-        results = fleet.each(requests, lambda: engine.build(path, replace=replace, confirm=confirm,
-                                                            placement=mine))
+        with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
+            sent = fleet.send_files(loaded.project, lay, tmp)
+            for s, files in sent.items():
+                requests[s]["files"] = files
+            mine = lay.placement(name, me, addresses)
+            results = fleet.each(requests, lambda: engine.build(path, replace=replace, confirm=confirm,
+                                                                placement=mine))
         failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
         if failed:
             built = [s for s in results if s not in failed]

@@ -26,7 +26,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
+import tarfile
 import threading
 
 from .errors import MlnError
@@ -97,10 +99,15 @@ def handle(request: dict, engine) -> dict:
         path = os.path.join(engine.store.root, f".{name}.request-{os.getpid()}.mln")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(request["text"])
+        files = _received_files(ctx, name, request.get("files"))
         try:
+            if files:                   # the manager's files {} sources, for this build
+                ctx.config.values["files"] = files
             engine.build(path, replace=bool(request.get("replace")), placement=placement)
         finally:
             os.unlink(path)
+            if files:
+                shutil.rmtree(files, ignore_errors=True)
     elif verb == "start":
         engine.start(name, request.get("host"))
     elif verb == "stop":
@@ -113,6 +120,32 @@ def handle(request: dict, engine) -> dict:
         if engine.store.exists(name):
             engine.remove(name)
     return {}
+
+
+def _received_files(ctx, name: str, files: dict | None) -> str | None:
+    """Unpack the ``files {}`` sources the manager sent (checked by SHA-256) into a
+    directory of their own; its path (None if none were sent)."""
+    if not files:
+        return None
+    inbox = os.path.join(ctx.config.templates_dir, ".incoming")
+    archive = files.get("archive", "")
+    if os.path.dirname(os.path.abspath(archive)) != inbox or not os.path.isfile(archive):
+        raise MlnError(f"the files {{}} sources are taken only from {inbox}, not {archive}")
+    try:
+        if sha256_of(archive) != files.get("sha256"):
+            raise MlnError("the files {} sources arrived damaged (their SHA-256 differs from the sender's)")
+        dest = os.path.join(ctx.config.projects_dir, f".{name}.files-{os.getpid()}")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest, mode=0o700)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(dest, filter="data")     # nothing outside dest, no devices
+        except (tarfile.TarError, OSError) as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise MlnError(f"the files {{}} sources could not be unpacked: {e}") from None
+        return dest
+    finally:
+        os.unlink(archive)
 
 
 def _remove_leftover(engine, name: str, placement: dict | None) -> None:

@@ -146,6 +146,7 @@ def test_relative_filepath_is_taken_from_the_project_files_directory(mln_env):
     path.write_text(mln_env.quickstart("uml", project="rel", node="filepath disks").read_text())
     r = mln_env.mln("build", "-f", str(path))            # run from another directory
     assert r.returncode == 0, r.output
-    assert sorted(os.listdir(lab / "disks")) == ["alpha.rel", "beta.rel"]
+    assert sorted(os.listdir(lab / "disks")) == [".mln-owner.alpha.rel", ".mln-owner.beta.rel",   # their owner
+                                                 "alpha.rel", "beta.rel"]
     assert mln_env.mln("remove", "-f", "-p", "rel").returncode == 0
     assert os.listdir(lab / "disks") == []

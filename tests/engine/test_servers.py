@@ -45,7 +45,8 @@ def host(name: str, n: int, hypervisor: str, server: str, peers: list[int], kern
 
 
 def project(kernel_b: str = "") -> str:
-    return PROJECT.format(hosts=host("a", 1, "uml", "sh1", [2, 3]) + host("b", 2, "uml", "sh2", [1, 3], kernel_b)
+    files = "    files {\n        motd.txt /etc/mln-motd\n    }\n"
+    return PROJECT.format(hosts=host("a", 1, "uml", "sh1", [2, 3], files) + host("b", 2, "uml", "sh2", [1, 3], kernel_b)
                           + host("c", 3, "kvm", "sh3", [1, 2]))
 
 
@@ -96,6 +97,7 @@ def test_three_servers_two_spanning_switches(kit):
     """A vde and a bridge switch, each spanning the three servers."""
     path = kit.client_dir / "spread.mln"
     path.write_text(project())
+    (kit.client_dir / "files" / "motd.txt").write_text("from-the-client\n")   # sh1's files dir has none
     r = kit.mln("client", "build", "-f", str(path))
     assert r.returncode == 0, r.stderr
     for name in ("sh1", "sh2", "sh3"):                   # prefixed progress from every server
@@ -105,6 +107,9 @@ def test_three_servers_two_spanning_switches(kit):
         assert (kit.dir(name) / "templates" / "busybox.ext4").exists()
         images = sorted(p.name.split(".")[0] for p in (kit.dir(name) / "projects" / "spread" / "images").iterdir())
         assert images == [h], (name, images)
+    disk = kit.dir("sh1") / "projects" / "spread" / "images" / "a"     # files {} came through the transport
+    motd = subprocess.run(["debugfs", "-R", "cat /etc/mln-motd", str(disk)], capture_output=True, text=True)
+    assert motd.stdout == "from-the-client\n", motd
     r = kit.mln("client", "start", "-p", "spread")
     assert r.returncode == 0, r.stderr
     wait_pings(kit)                                      # every guest reaches every other, with 1400-byte pings
@@ -141,6 +146,7 @@ def test_three_servers_two_spanning_switches(kit):
 def test_all_or_nothing_an_unreachable_server_and_a_failed_part(kit):
     path = kit.client_dir / "spread.mln"
     path.write_text(project())
+    (kit.client_dir / "files" / "motd.txt").write_text("hello\n")
 
     def nothing_anywhere():
         for name in WHERE.values():

@@ -285,7 +285,7 @@ host h {{
 }}
 """)
     pdir = vm.env.projects / "sw"
-    assert sorted(os.listdir(shared)) == ["h.sw.vmdk"]
+    assert sorted(os.listdir(shared)) == [".mln-owner.h.sw.vmdk", "h.sw.vmdk"]   # the disk and its owner
     assert sorted(os.listdir(pdir / "images")) == ["swap_h.vmdk"]
     text = vm.vmx("sw", "h")
     assert 'scsi0:0.fileName = "<TMP>/shared/h.sw.vmdk"' in text
@@ -298,7 +298,7 @@ host h {{
     # replacing the project keeps the new disk (the old project's cleanup must not take it)
     r = vm.env.mln("build", "-r", "-f", str(vm.env.root / "sw.mln"))
     assert r.returncode == 0, r.output
-    assert sorted(os.listdir(shared)) == ["h.sw.vmdk"]
+    assert sorted(os.listdir(shared)) == [".mln-owner.h.sw.vmdk", "h.sw.vmdk"]   # the disk and its owner
     assert qemu_img_info(shared / "h.sw.vmdk")["format"] == "vmdk"
     r = vm.env.mln("remove", "-f", "-p", "sw")
     assert r.returncode == 0, r.output
