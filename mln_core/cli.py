@@ -449,8 +449,10 @@ def console(click_ctx, project, host, quiet):
     """
     from . import remote
     from .console import Closed, batch, interactive, session
-    remote.console_here(_engine(click_ctx), project, host)
     on_tty = sys.stdin.isatty()
+    code = remote.console_elsewhere(_engine(click_ctx), project, host, ["-w", str(quiet)])
+    if code is not None:                    # it ran on the host's server
+        sys.exit(code)
     try:
         with session(_engine(click_ctx).console(project, host), host) as con:
             if on_tty:

@@ -354,9 +354,16 @@ def _host_server(engine, name: str, host: str | None) -> str | None:
     return None if server == placement["here"] else server
 
 
-def console_here(engine, name: str, host: str) -> None:
-    """An error when ``host`` runs on another server (its console is attached there)."""
+def console_elsewhere(engine, name: str, host: str, options: list[str]) -> int | None:
+    """Attach to the console of ``host`` when it runs on another server, through its
+    transport's ``console(project, host, options) -> exit status``; None: the host is here."""
     where = _host_server(engine, name, host)
-    if where is not None:
-        raise MlnError(f"host '{host}' of project '{name}' runs on server {where}: attach to its console "
-                       f"there (mln console -p {name} -h {host} on {where})")
+    if where is None:
+        return None
+    with Fleet(engine, [where]) as fleet:
+        transport = fleet.transport(where)
+        if not hasattr(transport, "console"):
+            raise MlnError(f"host '{host}' of project '{name}' runs on server {where}, whose transport "
+                           f"'{fleet.servers[where].transport}' cannot carry a console: attach there "
+                           f"(mln console -p {name} -h {host} on {where})")
+        return transport.console(name, host, options)

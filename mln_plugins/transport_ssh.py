@@ -140,6 +140,19 @@ class SshTransport:
         else:
             answer.append(obj)
 
+    def console(self, project: str, host: str, options: list[str]) -> int:
+        """``mln console`` run there: with a terminal, on a remote terminal (Ctrl-] leaves);
+        without one, standard input typed into the console and the output printed. Its
+        exit status (its messages are printed as they come)."""
+        import sys
+        conn = self._connection()
+        cmd = shlex.join([*shlex.split(self.command), "console", "-p", project, "-h", host, *options])
+        try:
+            r = conn.run(cmd, pty=sys.stdin.isatty(), warn=True, hide=False, echo_stdin=False)
+        except Exception as e:      # the connection broke
+            raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
+        return r.exited
+
     def put(self, local_path: str, remote_path: str) -> None:
         conn = self._connection()
         conn.run(f"mkdir -p {shlex.quote(os.path.dirname(remote_path))}", hide=True)

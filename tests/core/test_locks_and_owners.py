@@ -42,7 +42,7 @@ def test_leftovers_match_only_our_exact_names(tmp_path):
                  f".mln-tmp-{dead}", ".mln-tmp-x"):
         (tmp_path / name).mkdir()
     store.clean_stale_builds("p")
-    assert sorted(os.listdir(tmp_path)) == [f".mln-tmp-x", f".p.build-1.build-{dead}", f".p.build-{dead}x",
+    assert sorted(os.listdir(tmp_path)) == [".mln-tmp-x", f".p.build-1.build-{dead}", f".p.build-{dead}x",
                                             f".pp.build-{dead}"]
 
 

@@ -124,10 +124,10 @@ def test_three_servers_two_spanning_switches(kit):
     assert "spread host a up [sh1]" in text and "spread host c up [sh3]" in text, text
     for name in WHERE.values():
         assert links(kit, name).count("vx-") == 2, links(kit, name)
-    # what is not carried over servers yet says so, and changes nothing
-    r = kit.mln("client", "console", "-p", "spread", "-h", "a", input="")
-    assert r.returncode == 1 and "runs on server sh1" in r.stderr, r.stderr
-    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\necho MLN-CONSOLE-$((6*7)); hostname\n")
+    assert r.returncode == 0 and "MLN-CONSOLE-42" in r.stdout and re.search(r"^c\s*$", r.stdout, re.M), \
+        r.stdout + r.stderr                              # the console of a guest on sh3, from the client
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))       # not yet: it says so, changes nothing
     assert r.returncode == 1 and "spread over servers" in r.stderr, r.stderr
     # stop and remove: nothing of the project is left on any server
     r = kit.mln("client", "stop", "-p", "spread")
