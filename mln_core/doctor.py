@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 
-from .errors import Problems
+from .errors import MlnError, Problems
 
 
 def tool(command: str, purpose: str, package: str, **extra) -> dict:
@@ -60,9 +60,23 @@ def render_text(found: list[dict], problem: str | None) -> str:
 
 
 def check_runnable(project, ctx, problems: Problems) -> None:
-    """Warn about hosts whose hypervisor cannot run on this machine, once per reason."""
+    """Warn about hosts whose hypervisor cannot run on this machine (hosts of other
+    servers are checked there), once per reason, and about service hosts mln.conf does
+    not name (a build refuses them)."""
+    from .servers import configured, here
+    me = here(ctx.config)
+    try:
+        known = configured(ctx.config)
+    except MlnError as e:
+        problems.error(e.message, e.where)
+        known = {}
     reasons: dict[str, list] = {}
+    unknown: dict[str, list] = {}
     for h in project.hosts.values():
+        if h.service_host and h.service_host != me:
+            if h.service_host not in known:
+                unknown.setdefault(h.service_host, []).append(h)
+            continue
         why = ctx.pm.hook.mln_runnable(host=h, ctx=ctx)
         if why:
             reasons.setdefault(why, []).append(h)
@@ -71,3 +85,9 @@ def check_runnable(project, ctx, problems: Problems) -> None:
         first = hosts[0]
         where = first.tree.pos if first.tree is not None and getattr(first.tree, "pos", None) else f"host {first.name}"
         problems.warn(f"host{'s' * (len(hosts) > 1)} {names}: {why}", where)
+    for server, hosts in unknown.items():
+        first = hosts[0]
+        line = first.tree.line("service_host") or first.tree.line("location") if first.tree is not None else None
+        where = line.pos if line is not None else f"host {first.name}"
+        problems.warn(f"service host {server} (of {len(hosts)} host{'s' * (len(hosts) > 1)}) is not a server "
+                      f"mln.conf knows: a build here refuses it (add 'server {server} ssh ADDRESS')", where)

@@ -257,6 +257,17 @@ class Machine:
             raise
         return s
 
+    @staticmethod
+    def connect_tcp(address: str, port: int, timeout: float = 10.0) -> socket.socket:
+        """A TCP connection to another server, with keepalive (a dead peer is found)."""
+        import socket
+        s = socket.create_connection((address, port), timeout=timeout)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, opt):
+                s.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        return s
+
     # -- names and storage devices (for the storage plugins) --------------------------------------
     @staticmethod
     def hostnames() -> set[str]:

@@ -222,11 +222,13 @@ def build(engine, path: str, replace: bool, simulate: bool, confirm):
     from .lang.writer import write_tree
     from .project import load_project
     ctx = engine.ctx
+    if simulate:
+        return engine.build(path, replace=replace, simulate=simulate, confirm=confirm)
     loaded = load_project(path, ctx)
     lay = check_servers(loaded.project, ctx.config)
     me = here(ctx.config)
     others = [s for s in lay.servers if s != me]
-    if simulate or not others:
+    if not others:
         return engine.build(path, replace=replace, simulate=simulate, confirm=confirm)
     name = loaded.project.name
     base = ctx.config.files_dir

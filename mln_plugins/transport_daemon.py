@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
 
 from mln_core import hookimpl
@@ -29,12 +28,13 @@ SILENCE = 60                # seconds without a line (mln serve sends a heartbea
 def mln_remote_transport(server, ctx):
     if server.transport != "daemon":
         return None
-    return DaemonTransport(server, ctx.config)
+    return DaemonTransport(server, ctx.config, ctx.on())
 
 
 class DaemonTransport:
-    def __init__(self, server, config):
+    def __init__(self, server, config, machine):
         opt = server.options
+        self.machine = machine
         self.server = server
         self.port = server.port or DEFAULT_PORT
         self.where = (f"[{server.address}]" if ":" in server.address else server.address) + f":{self.port}"
@@ -74,17 +74,13 @@ class DaemonTransport:
     def _connect(self):
         ctx = self._context()
         try:
-            raw = socket.create_connection((self.server.address, self.port), timeout=self.timeout)
+            raw = self.machine.connect_tcp(self.server.address, self.port, timeout=self.timeout)
         except ConnectionRefusedError:
             raise MlnError(f"connection refused by {self.where} (is 'mln daemon' running there?)") from None
-        except socket.timeout:
+        except TimeoutError:
             raise MlnError(f"no answer from {self.where} within {self.timeout:g} s") from None
         except OSError as e:
             raise MlnError(f"cannot reach {self.where}: {e.strerror or e}") from None
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-            if hasattr(socket, opt):
-                raw.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
         try:
             tls = ctx.wrap_socket(raw, server_hostname=self.tls_name)
         except ssl.SSLCertVerificationError as e:

@@ -23,6 +23,7 @@ import hashlib, json, os, socket, ssl, sys
 from mln_plugins.transport_daemon import DaemonTransport
 from mln_core.config import Config
 from mln_core.errors import MlnError
+from mln_core.machine import local
 from mln_core.servers import Server
 
 address, ca, inbox, conf = sys.argv[1:5]
@@ -34,7 +35,7 @@ with socket.create_connection((address, 34001), timeout=10) as raw, ctx.wrap_soc
     out["bare"] = json.loads(s.makefile("rb").readline())
 cfg = Config()
 cfg.read(conf)
-t = DaemonTransport(Server("sh1", "daemon", address), cfg)
+t = DaemonTransport(Server("sh1", "daemon", address), cfg, local())
 data = os.urandom(300000)
 with open("blob", "wb") as f:
     f.write(data)

@@ -58,6 +58,7 @@ def kit(mln_servers, test_template):
     r = mln_servers.mln("client", "register_template", "-t", str(TEMPLATE_DIR / "busybox.ext4"),
                         "--kernel", str(TEMPLATE_DIR / "vmlinux"), "--initrd", str(TEMPLATE_DIR / "initrd.gz"))
     assert r.returncode == 0, r.stderr
+    (mln_servers.client_dir / "files" / "motd.txt").write_text("from-the-client\n")   # the servers have none
     yield mln_servers
     for name in WHERE.values():        # whatever a failed test left running, before the kit goes
         mln_servers.mln(name, "stop", "-a", "-H")
@@ -97,7 +98,6 @@ def test_three_servers_two_spanning_switches(kit):
     """A vde and a bridge switch, each spanning the three servers."""
     path = kit.client_dir / "spread.mln"
     path.write_text(project())
-    (kit.client_dir / "files" / "motd.txt").write_text("from-the-client\n")   # sh1's files dir has none
     r = kit.mln("client", "build", "-f", str(path))
     assert r.returncode == 0, r.stderr
     for name in ("sh1", "sh2", "sh3"):                   # prefixed progress from every server
@@ -146,7 +146,6 @@ def test_three_servers_two_spanning_switches(kit):
 def test_all_or_nothing_an_unreachable_server_and_a_failed_part(kit):
     path = kit.client_dir / "spread.mln"
     path.write_text(project())
-    (kit.client_dir / "files" / "motd.txt").write_text("hello\n")
 
     def nothing_anywhere():
         for name in WHERE.values():
