@@ -73,7 +73,8 @@ def check_runnable(project, ctx, problems: Problems) -> None:
     reasons: dict[str, list] = {}
     unknown: dict[str, list] = {}
     for h in project.hosts.values():
-        if h.service_host and h.service_host != me:
+        if h.service_host and h.service_host != me and \
+                (h.service_host not in known or known[h.service_host].transport != "local"):
             if h.service_host not in known:
                 unknown.setdefault(h.service_host, []).append(h)
             continue

@@ -18,12 +18,15 @@ from .lang.writer import write_tree
 from .private import make_dir, write_file
 from .model import Disk, Host, Project, Switch
 from .project import Loaded, load_project
-from .servers import part
+from .servers import part, vni_clash
 from .store import OutsideFiles, Store, record_helper
 from .templates import TemplateRegistry
 
 HOOK_SCRIPTS = ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",
                 "beforeProjectStop", "beforeHostsStop", "afterHostsStop", "afterProjectStop")
+
+
+ASK_AGAIN = 5          # seconds: a guest still shutting down is asked again (one that was booting missed it)
 
 
 class Engine:
@@ -142,9 +145,10 @@ class Engine:
         write_file(os.path.join(staging, "version"), f"{version}\n")
         self._write_hook_scripts(project, staging)
         state = self.ctx.state = {"hosts": {}, "switches": {}}
-        placement = getattr(self.ctx, "placement", None)
+        placement = self.ctx.placement
         if placement:
-            state["placement"] = {k: placement[k] for k in ("here", "default", "servers")}
+            vni_clash(self.store, project.name, placement["spans"])
+            state["placement"] = {k: placement.get(k) for k in ("here", "default", "servers", "aliases")}
         for switch in project.switches.values():
             span = placement["spans"].get(switch.name) if placement else None
             state["switches"][switch.name] = {"span": span} if span else {}
@@ -472,8 +476,13 @@ class Engine:
         hosts = [h for h in hosts if h not in unsaved]
         deadline = time.monotonic() + (5 if hard else wait_s)
         pending = list(hosts)
+        ask_again = time.monotonic() + ASK_AGAIN
         while pending and time.monotonic() < deadline:
             pending = [h for h in pending if self.host_status(h).startswith("up")]
+            if pending and not hard and time.monotonic() >= ask_again:
+                for h in pending:            # one still booting when asked did not hear it
+                    self.hook.mln_stop_host(host=h, hard=False, ctx=self.ctx)
+                ask_again = time.monotonic() + ASK_AGAIN
             if pending:
                 time.sleep(0.3)
         for h in pending:

@@ -352,7 +352,7 @@ def _host_server(engine, name: str, host: str | None) -> str | None:
     project = load_project(engine.store.source_path(name), engine.ctx).project
     if host not in project.hosts:
         return None                     # the engine says there is no such host
-    server = layout(project, placement["default"]).hosts[host]
+    server = layout(project, placement["default"], placement.get("aliases")).hosts[host]
     return None if server == placement["here"] else server
 
 

@@ -8,6 +8,7 @@ it has none). mln.conf names every other server and how to reach it::
     service_host manager
     server sh1 ssh 10.0.0.11            # NAME TRANSPORT ADDRESS[:PORT] [key=value ...]
     server sh2 ssh root@sh2.example.org:2222 mln=/usr/local/bin/mln
+    server bigvmbox local               # another name of this server
 
 A server's *part* of a project is the project with only that server's hosts and the
 switches they use; each server builds and runs its part with its own engine. A switch
@@ -51,8 +52,11 @@ def configured(config) -> dict[str, Server]:
     for n, value in enumerate(config.getlist("server")):
         words = value.split()
         where = f"mln.conf server line {n + 1} ('{value}')"
+        if len(words) == 2 and words[1] == "local":          # another name of this server
+            words.append("-")
         if len(words) < 3:
-            raise MlnError(f"{where}: give NAME TRANSPORT ADDRESS, e.g. 'server sh1 ssh 10.0.0.11'")
+            raise MlnError(f"{where}: give NAME TRANSPORT ADDRESS, e.g. 'server sh1 ssh 10.0.0.11' "
+                           "(or 'server NAME local': another name of this server)")
         name, transport, address = words[:3]
         if not _NAME.match(name):
             raise MlnError(f"{where}: '{name}' is not a server name (letters, digits, '.', '_', '-')")
@@ -81,6 +85,7 @@ class Layout:
     default: str                                  # the server of hosts without service_host
     hosts: dict[str, str]                         # host -> server
     switches: dict[str, list[str]]                # switch -> servers it is on
+    aliases: dict[str, str] = field(default_factory=dict)    # other names of servers
 
     @property
     def servers(self) -> list[str]:
@@ -107,20 +112,31 @@ class Layout:
             spans[s] = {"vni": vni(project, s), "local": addresses[server],
                         "remotes": [addresses[x] for x in on if x != server],
                         "mtu": underlay_mtu - VXLAN_OVERHEAD}
-        return {"here": server, "default": self.default, "servers": self.servers, "spans": spans}
+        return {"here": server, "default": self.default, "servers": self.servers, "spans": spans,
+                "aliases": self.aliases}
 
 
-def layout(project, default: str) -> Layout:
+def layout(project, default: str, aliases: dict[str, str] | None = None) -> Layout:
     """Where each host and switch of ``project`` runs (``default``: the server of the hosts
-    and switches that name none)."""
-    hosts = {h.name: h.service_host or default for h in project.hosts.values()}
+    and switches that name none; ``aliases``: other names of servers)."""
+    aliases = aliases or {}
+
+    def server(name):
+        return aliases.get(name, name) if name else default
+    hosts = {h.name: server(h.service_host) for h in project.hosts.values()}
     switches = {}
     for s in project.switches.values():
         on = [hosts[h.name] for h in project.hosts.values() for i in h.interfaces if i.switch == s.name]
         if s.service_host:
-            on.append(s.service_host)
+            on.append(server(s.service_host))
         switches[s.name] = list(dict.fromkeys(on)) or [default]
-    return Layout(default, hosts, switches)
+    return Layout(default, hosts, switches, aliases)
+
+
+def aliases_of(config) -> dict[str, str]:
+    """The other names of this server (``server NAME local`` lines)."""
+    me = here(config)
+    return {n: me for n, s in configured(config).items() if s.transport == "local"}
 
 
 def part(project, placement: dict | None):
@@ -128,7 +144,7 @@ def part(project, placement: dict | None):
     itself when it is not spread over servers)."""
     if not placement:
         return project
-    lay = layout(project, placement["default"])
+    lay = layout(project, placement["default"], placement.get("aliases"))
     me = placement["here"]
     hosts = {n: h for n, h in project.hosts.items() if lay.hosts[n] == me}
     switches = {n: s for n, s in project.switches.items() if me in lay.switches[n]}
@@ -146,10 +162,32 @@ def check_servers(project, config) -> Layout:
     """The layout of ``project`` seen from this server; an error naming a service host
     mln.conf does not know."""
     me = here(config)
-    lay = layout(project, me)
+    lay = layout(project, me, aliases_of(config))
     known = configured(config)
     unknown = [s for s in lay.servers if s != me and s not in known]
     if unknown:
         raise MlnError(f"project '{project.name}': service host {', '.join(unknown)} is not a server "
                        f"mln.conf knows (add 'server NAME ssh ADDRESS' to mln.conf; this server is '{me}')")
     return lay
+
+
+def vni_clash(store, project: str, spans: dict) -> None:
+    """An error when a switch of ``project`` would get the VXLAN network identifier that a
+    switch of another project of this server has (checked before anything is built)."""
+    wanted = {span["vni"]: switch for switch, span in spans.items()}
+    if not wanted:
+        return
+    from .store import Store
+    for other in store.list():
+        if other == project:
+            continue
+        try:
+            switches = Store.read_state(store.project_dir(other)).get("switches", {})
+        except MlnError:
+            continue
+        for name, data in switches.items():
+            vni_used = (data.get("span") or {}).get("vni")
+            if vni_used in wanted:
+                raise MlnError(f"switch '{wanted[vni_used]}' of project '{project}' would get VXLAN network "
+                               f"{vni_used}, which switch '{name}' of project '{other}' has on this server; "
+                               "rename one of the switches")

@@ -77,3 +77,19 @@ def _ctx():
     from mln_core.context import Context
     from mln_core.plugins import make_plugin_manager
     return Context(config=Config(), pm=make_plugin_manager())
+
+
+def test_two_projects_whose_switches_would_share_a_vni_are_refused(tmp_path):
+    from mln_core.servers import vni_clash
+    from mln_core.store import Store
+    store = Store(str(tmp_path))
+    for name, vnis in (("one", {"lan": 4242}), ("two", {"lan": 77})):
+        d = tmp_path / name
+        d.mkdir()
+        (d / f"{name}.mln").write_text(f"global {{ project {name} }}\n")
+        Store.write_state(str(d), {"hosts": {}, "switches": {s: {"span": {"vni": v}} for s, v in vnis.items()}})
+    vni_clash(store, "three", {"wan": {"vni": 5}})                  # none shared: fine
+    vni_clash(store, "one", {"lan": {"vni": 4242}})                  # its own: fine (a rebuild)
+    with pytest.raises(MlnError, match="switch 'wan' of project 'three' would get VXLAN network 4242, which "
+                                       "switch 'lan' of project 'one' has"):
+        vni_clash(store, "three", {"wan": {"vni": 4242}})

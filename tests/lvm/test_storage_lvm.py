@@ -223,6 +223,8 @@ def test_san_example_db1(mln_env, test_vg):
     text = text.replace("lvm_vg sanvg", f"lvm_vg {test_vg.name}")
     text = re.sub(r"^(\s*)xen\s*$", r"\1hypervisor uml", text, flags=re.M)
     assert "lvm\n" in text and f"lvm_vg {test_vg.name}" in text
+    with open(mln_env.config, "a") as f:
+        f.write("server bigvmbox local\n")       # the example's service host: this machine
     r = mln_env.mln("build", "-f", str(mln_env.write("san.mln", text)))
     assert r.returncode == 0, r.output
     size = 252 * M                          # default_size 250M, rounded up to 4M extents

@@ -106,6 +106,11 @@ def xen_templates(tmp_path_factory, debian_image) -> Path:
     return registry
 
 
+# the examples' service hosts, all of them this machine here (a build makes every host)
+EXAMPLE_SERVERS = "".join(f"server {name} local\n" for name in
+                          ("bigvmbox", "server1.example.org", "server2.example.org", "server3.example.org"))
+
+
 def setup_xen(env, templates: Path) -> None:
     """The examples' templates (ubuntu-server.ext3 the default), a (dummy) dom0 kernel and
     ramdisk in mln.conf."""
@@ -116,7 +121,8 @@ def setup_xen(env, templates: Path) -> None:
     (xen / "own-vmlinuz").write_bytes(b"a host's own kernel\n")
     with open(env.config, "a") as f:   # a later line of mln.conf wins
         f.write(f"templates {templates}\ndefault_template ubuntu-server.ext3\n"
-                f"xen_kernel {xen / 'vmlinuz'}\nxen_ramdisk {xen / 'initrd.img'}\n")
+                f"xen_kernel {xen / 'vmlinuz'}\nxen_ramdisk {xen / 'initrd.img'}\n"
+                f"{EXAMPLE_SERVERS}")
     env.templates = templates
 
 
