@@ -281,6 +281,7 @@ def mln_import_disk(host, disk, src, ctx):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     machine.run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", disk.format, image, path + ".part"],
                 what=f"importing the disk of host {host.name}", timeout=None)
+    protect_disk(path + ".part")
     os.replace(path + ".part", path)
     extra = dict(disk.extra)
     _swap(host, ctx, machine, extra)

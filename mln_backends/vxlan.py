@@ -7,6 +7,10 @@ A bridge switch puts the VXLAN device on its bridge; a vde switch gets a tap (``
 -t``) on a small bridge of its own with the VXLAN device. Frames to every other server are
 sent to each (head-end replication: one all-zero forwarding entry per remote), so no
 multicast is needed in the underlay. Names are hashed from the project and switch.
+
+The VXLAN traffic (UDP port 4789) is neither encrypted nor authenticated: anyone who can
+send to that port on a server can put frames on its spanning switches. Keep the underlay
+(the servers' own network) closed to others, or filter the port to the servers' addresses.
 """
 from __future__ import annotations
 
@@ -44,13 +48,18 @@ def join(machine, switch, span: dict, bridge: str) -> None:
     if others:
         raise MlnError(f"VXLAN network {span['vni']} is already used on this server by {', '.join(others)} "
                        "(another project's switch?)", what)
-    if not machine.net_device_exists(vx):
-        machine.run(["ip", "link", "add", vx, "mtu", str(span["mtu"]), "type", "vxlan", "id", str(span["vni"]),
-                     "local", span["local"], "dstport", str(PORT)], what=what)
+    if machine.net_device_exists(vx):           # what an interrupted start left: made again, whole
+        machine.run(["ip", "link", "del", vx], what=what, check=False)
+    machine.run(["ip", "link", "add", vx, "mtu", str(span["mtu"]), "type", "vxlan", "id", str(span["vni"]),
+                 "local", span["local"], "dstport", str(PORT)], what=what)
+    try:
         for remote in span["remotes"]:
             machine.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", remote], what=what)
-    machine.run(["ip", "link", "set", vx, "master", bridge], what=what)
-    machine.run(["ip", "link", "set", vx, "up"], what=what)
+        machine.run(["ip", "link", "set", vx, "master", bridge], what=what)
+        machine.run(["ip", "link", "set", vx, "up"], what=what)
+    except MlnError:
+        machine.run(["ip", "link", "del", vx], what=what, check=False)
+        raise
 
 
 def leave(machine, switch) -> None:

@@ -72,6 +72,9 @@ def export_project(engine, name: str, out: str, stop_first: bool = False, force:
         engine.stop(name, wait_s=wait_s)
     with engine.locked(name) as loaded:
         project, pdir = loaded.project, ctx.project_dir
+        if len((ctx.state.get("placement") or {}).get("servers", [])) > 1:
+            raise MlnError(f"project '{name}' is spread over servers: export holds the disks of one server "
+                           "only, so it is refused (not supported yet)")
         _require_down(engine, project, stop_first)
         work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=folder)
         try:
@@ -150,6 +153,7 @@ def _write_archive(ctx, out: str, kind: str, manifest: dict, members: dict) -> N
     """Manifest first, then every member; written aside and renamed into place."""
     part = f"{out}.part-{os.getpid()}"
     proc = None
+    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))   # it holds secrets and disks
     try:
         if kind == "zstd":
             import subprocess
@@ -246,6 +250,11 @@ def _refuse_clash(store, name: str) -> None:
                        "under another name with -p NEWNAME")
 
 
+def _magic(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
 class _Reader:
     """The archive as a tar stream (gzip and zstd recognized by their magic bytes). Its
     reads (``next``, ``read``) turn every error of the archive into one message."""
@@ -254,8 +263,7 @@ class _Reader:
         self.ctx, self.path, self.proc, self.tf = ctx, path, None, None
 
     def __enter__(self):
-        with open(self.path, "rb") as f:
-            magic = f.read(4)
+        magic = self._guard(lambda: _magic(self.path))
         if magic == b"\x28\xb5\x2f\xfd":
             import subprocess
             self.proc = self.ctx.on().popen(["zstd", "-d", "-c", "-q", self.path], what="zstd",
@@ -427,14 +435,11 @@ def _place(engine, manifest: dict, name: str, unpacked: str, staging: str):
         doc.global_block.set("project", name)
         write_file(source, write_tree(doc.root))
     shutil.copyfile(os.path.join(src, "version"), os.path.join(staging, "version"))
-    for hook in HOOK_SCRIPTS:
-        if os.path.isfile(os.path.join(src, f"{hook}.sh")):
-            shutil.copyfile(os.path.join(src, f"{hook}.sh"), os.path.join(staging, f"{hook}.sh"))
-            os.chmod(os.path.join(staging, f"{hook}.sh"), 0o755)
     for d in ("images", "hosts", "switches"):
         os.makedirs(os.path.join(staging, d))
     old_state = Store.read_state(src)
     project = load_project(source, ctx).project
+    engine._write_hook_scripts(project, staging)     # from the project file, not from the archive
     engine._bind(project, staging)
     state = ctx.state = {"hosts": {}, "switches": {}}
     ctx.staging = staging
@@ -464,6 +469,10 @@ def _import_host(ctx, host, old_state: dict, unpacked: str, state: dict) -> None
         recorded = Disk(**old["disk"])
     except TypeError:
         raise MlnError("the archive's state.json records its disk wrongly", f"host {host.name}") from None
+    kinds = {"path": str, "format": str, "kind": str, "extra": dict}
+    if any(not isinstance(getattr(recorded, k), t) for k, t in kinds.items()) or \
+            not (recorded.size is None or isinstance(recorded.size, int)):
+        raise MlnError("the archive's state.json records its disk wrongly", f"host {host.name}")
     step = "import disk"
     try:
         disk = ctx.hook.mln_import_disk(host=host, disk=recorded, src=src, ctx=ctx)

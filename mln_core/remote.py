@@ -31,7 +31,9 @@ def placement_of(engine, name: str) -> dict | None:
         placement = Store.read_state(engine.store.project_dir(name)).get("placement")
     except MlnError:
         return None
-    return placement if placement and len(placement.get("servers", [])) > 1 else None
+    if not placement or len(placement.get("servers", [])) < 2 or placement.get("here") != placement.get("default"):
+        return None                     # all here, or a part another server manages: act on it alone
+    return placement
 
 
 class Fleet:
@@ -87,6 +89,15 @@ class Fleet:
             raise MlnError(f"server {name}: {e.message}", e.where) from None
         except OSError as e:
             raise MlnError(f"server {name} ({self.servers[name].address}): {e}") from None
+
+    def put(self, name: str, local_path: str, remote_path: str) -> None:
+        try:
+            self.transport(name).put(local_path, remote_path)
+        except MlnError as e:
+            raise MlnError(f"server {name}: {e.message}", e.where) from None
+        except Exception as e:          # the transport's own failure (a full disk there, a broken link)
+            raise MlnError(f"server {name}: sending {os.path.basename(local_path)} failed: "
+                           f"{type(e).__name__}: {e}") from None
 
     def each(self, requests: dict[str, dict], local=None, work=None) -> dict[str, object]:
         """Send every server its request at once (and run ``local()`` here meanwhile);
@@ -163,12 +174,12 @@ class Fleet:
             inbox = self.inboxes[name] = os.path.join(answer["templates_dir"], ".incoming")
             sent = {"image": os.path.join(inbox, tpl.real_name)}
             self.say(name, f"sending template {t} ({os.path.getsize(tpl.path) // 2**20} MB)")
-            self.transport(name).put(tpl.path, sent["image"])
+            self.put(name, tpl.path, sent["image"])
             for kind in ("kernel", "initrd"):
                 extra = getattr(tpl, kind)
                 if extra:
                     sent[kind] = sent["image"] + "." + kind
-                    self.transport(name).put(extra, sent[kind])
+                    self.put(name, extra, sent[kind])
             self.request(name, {"verb": "register", "name": t, "message": tpl.message, "files": sent,
                                 "sha256": {k: self._sum(p) for k, p in (("image", tpl.path), ("kernel", tpl.kernel),
                                                                         ("initrd", tpl.initrd)) if p}})
@@ -191,7 +202,7 @@ class Fleet:
                         raise MlnError(f"files: '{src}' does not exist in the files directory {base}")
                     tar.add(path, arcname=src, filter=self._inside)
             inbox = os.path.join(self.inbox(name), f"{project.name}.files.tar.gz")
-            self.transport(name).put(archive, inbox)
+            self.put(name, archive, inbox)
             sent[name] = {"archive": inbox, "sha256": sha256_of(archive)}
         return sent
 
@@ -237,32 +248,40 @@ def build(engine, path: str, replace: bool, simulate: bool, confirm):
             if lay.hosts[h.name] != me and not os.path.lexists(os.path.join(base, f.source)):
                 raise MlnError(f"files: '{f.source}' does not exist in the files directory {base}",
                                f"host {h.name}")
+    fresh = not engine.store.exists(name)
+    if not fresh and not replace:               # asked once, here, before any server is told
+        if confirm is None or not confirm(f"project '{name}' exists; replace it on every server?"):
+            raise MlnError(f"project '{name}' exists in {engine.store.root}; use -r to replace it")
+        replace = True
     with Fleet(engine, others) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(loaded.project, lay)      # also: does every server answer?
         text = write_tree(loaded.doc.root)
-        fresh = not engine.store.exists(name)
+        manager = engine.store.identity()
         requests = {s: {"verb": "build", "project": name, "text": text, "replace": replace, "fresh": fresh,
-                        "placement": lay.placement(name, s, addresses)} for s in others}
+                        "placement": dict(lay.placement(name, s, addresses), manager=manager)} for s in others}
         with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
             sent = fleet.send_files(loaded.project, lay, tmp)
             for s, files in sent.items():
                 requests[s]["files"] = files
-            mine = lay.placement(name, me, addresses)
-            results = fleet.each(requests, lambda: engine.build(path, replace=replace, confirm=confirm,
-                                                                placement=mine))
+            mine = dict(lay.placement(name, me, addresses), manager=manager)
+            results = fleet.each(requests, lambda: engine.build(path, replace=replace, placement=mine))
         failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
         if failed:
             built = [s for s in results if s not in failed]
-            if not replace:           # a new project: the parts built go again
+            if fresh:                 # a new project: the parts built go again
                 undo = fleet.each({s: {"verb": "remove", "project": name} for s in built if s != me},
                                   (lambda: engine.remove(name)) if me in built else None)
                 for s, r in undo.items():
                     if isinstance(r, MlnError):
                         fleet.say(s, f"warning: removing the part built: {r}")
+            if fresh:
+                said = f"\n(removed again from {', '.join(built)})" if built else ""
+            else:                     # a rebuild: each server kept its old part or has the new one
+                said = (f"\n(rebuilt on {', '.join(built) or 'no server'}; the others keep the project as it "
+                        "was: build -r again once they answer)")
             raise MlnError(f"project '{name}' was not built on every server:\n  " +
-                           "\n  ".join(str(r) for r in failed.values()) +
-                           (f"\n(removed again from {', '.join(built)})" if built and not replace else ""))
+                           "\n  ".join(str(r) for r in failed.values()) + said)
     return loaded.project
 
 
@@ -289,6 +308,11 @@ def start(engine, name: str, host: str | None = None, pause: float = 0) -> None:
         with Fleet(engine, [where]) as fleet:
             fleet.request(where, {"verb": "start", "project": name, "host": host})
         return
+    if host is not None:                # a host of this server (or an error naming it)
+        engine.start(name, host, pause=pause)
+        return
+    if pause and placement_of(engine, name) is not None:
+        raise MlnError(f"project '{name}' is spread over servers: start -s is not carried to other servers yet")
     _raise_failed(name, "start", _fan_out(engine, name, "start", lambda: engine.start(name, host, pause=pause)))
 
 
@@ -297,9 +321,15 @@ def stop(engine, name: str, host: str | None = None, hard: bool = False, wait_s:
     import math
     wait = None if wait_s == math.inf else wait_s
     where = _host_server(engine, name, host)
+    if (save or pause) and placement_of(engine, name) is not None:
+        raise MlnError(f"project '{name}' is spread over servers: stop -S and -s are not carried to other "
+                       "servers yet (stop it without them, or on each server)")
     if where is not None:
         with Fleet(engine, [where]) as fleet:
             fleet.request(where, {"verb": "stop", "project": name, "host": host, "hard": hard, "wait": wait})
+        return
+    if host is not None:                # a host of this server (or an error naming it)
+        engine.stop(name, host, hard=hard, wait_s=wait_s, save=save, pause=pause)
         return
     _raise_failed(name, "stop", _fan_out(engine, name, "stop", lambda: engine.stop(
         name, host, hard=hard, wait_s=wait_s, save=save, pause=pause), hard=hard, wait=wait))
@@ -337,7 +367,11 @@ def remove(engine, name: str, confirm=None) -> None:
         raise MlnError("not removed")
     others = [s for s in placement["servers"] if s != placement["here"]]
     with Fleet(engine, others) as fleet:
-        fleet.check_all()               # all of it, or nothing
+        answers = fleet.check_all({s: {"verb": "status", "project": name} for s in others})   # all, or nothing
+        rows = [r for a in answers.values() for r in a["rows"]] + engine.status(name)
+        up = [f"{r['kind']} {r['name']}" for r in rows if r["state"] == "up"]
+        if up:
+            raise MlnError(f"project '{name}' is running ({', '.join(up)}); stop it first: mln stop -p {name}")
         results = fleet.each({s: {"verb": "remove", "project": name} for s in others})
         _raise_failed(name, "remove", results)
         engine.remove(name)

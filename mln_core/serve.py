@@ -68,9 +68,14 @@ def handle(request: dict, engine) -> dict:
         missing = []
         for t in request.get("templates", []):
             name = check_name("template", t["name"])
-            path = os.path.join(ctx.config.templates_dir, name)
-            if not os.path.isfile(path) or sha256_of(path) != t["sha256"]:
+            try:
+                have = ctx.templates.resolve(name)
+            except MlnError:
                 missing.append(name)
+                continue
+            if sha256_of(have.path) != t["sha256"]:      # never replaced: other projects' disks use it
+                raise MlnError(f"template {name} here ({have.path}) is not the manager's (their SHA-256 "
+                               "differ); register the same image on both, or give one another name")
         return {"missing": missing, "templates_dir": ctx.config.templates_dir}
     if verb == "register":
         inbox = os.path.join(ctx.config.templates_dir, ".incoming")
@@ -80,6 +85,8 @@ def handle(request: dict, engine) -> dict:
                 raise MlnError(f"template files are taken only from {inbox}, not {path}")
             files[kind] = path
         try:
+            if request["name"] in ctx.templates.entries():
+                raise MlnError(f"template {request['name']} is registered here already; it is not replaced")
             for kind, path in files.items():
                 if sha256_of(path) != request.get("sha256", {}).get(kind):
                     raise MlnError(f"the {kind} of template {request['name']} arrived damaged (its SHA-256 "
@@ -97,15 +104,17 @@ def handle(request: dict, engine) -> dict:
             _remove_leftover(engine, name, placement)
         os.makedirs(engine.store.root, exist_ok=True)
         path = os.path.join(engine.store.root, f".{name}.request-{os.getpid()}.mln")
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(request["text"])
-        files = _received_files(ctx, name, request.get("files"))
+        files = None
         try:
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(request["text"])
+            files = _received_files(ctx, name, request.get("files"))
             if files:                   # the manager's files {} sources, for this build
                 ctx.config.values["files"] = files
             engine.build(path, replace=bool(request.get("replace")), placement=placement)
         finally:
-            os.unlink(path)
+            if os.path.exists(path):
+                os.unlink(path)
             if files:
                 shutil.rmtree(files, ignore_errors=True)
     elif verb == "start":
@@ -153,8 +162,8 @@ def _remove_leftover(engine, name: str, placement: dict | None) -> None:
     from its manager left. It goes, if that manager made it and nothing of it runs."""
     from .store import Store
     had = Store.read_state(engine.store.project_dir(name)).get("placement") or {}
-    if not placement or had.get("default") != placement.get("default"):
-        raise MlnError(f"project '{name}' exists on this server already, not built by "
+    if not placement or not had.get("manager") or had.get("manager") != placement.get("manager"):
+        raise MlnError(f"project '{name}' exists on this server already, built by another manager than "
                        f"'{placement.get('default') if placement else '?'}'; remove it there first")
     up = [r["name"] for r in engine.status(name) if r["state"] == "up"]
     if up:
@@ -193,8 +202,11 @@ def serve_stdin(engine) -> int:
         emit({"ok": False, "error": f"the request is not JSON: {e}"})
     except MlnError as e:
         emit({"ok": False, "error": str(e)})
-    except (KeyError, TypeError, ValueError) as e:
-        emit({"ok": False, "error": f"a malformed request: {e!r}"})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        emit({"ok": False, "error": f"a malformed request: {type(e).__name__}: {e}"})
+    except Exception as e:          # an internal error: said plainly, secrets never in it
+        from .private import redact
+        emit({"ok": False, "error": redact(f"internal error: {type(e).__name__}: {e}")})
     finally:
         done.set()
     return 1

@@ -126,6 +126,20 @@ class Store:
             _make_root(self.root)          # raises: the projects directory is a file
         return os.path.join(self.root, project)
 
+    def identity(self) -> str:
+        """This projects directory's own random name (``.mln-id``, made once): what a server
+        records of the manager that built a part there."""
+        path = os.path.join(self.root, ".mln-id")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            import uuid
+            _make_root(self.root)
+            ident = uuid.uuid4().hex
+            write_file(path, ident + "\n")
+            return ident
+
     def exists(self, project: str) -> bool:
         return os.path.isfile(os.path.join(self.project_dir(project), f"{project}.mln"))
 
@@ -247,6 +261,12 @@ class Store:
         for path, _pid in self.leftovers(r"\.mln-tmp-(\d{1,9})"):
             if not any(m == path or m.startswith(path + os.sep) for m in mounts):
                 shutil.rmtree(path, ignore_errors=True)
+        # what a killed 'mln serve' left: a request's project text, the files {} it received
+        for path, _pid in self.leftovers(r"\.[A-Za-z0-9][A-Za-z0-9_.-]*\.(?:request|files)-(\d{1,9})(?:\.mln)?"):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
 
     @staticmethod
     def discard_staging(path: str) -> None:

@@ -100,14 +100,16 @@ class SshTransport:
             chan.exec_command(f"{self.command} serve")
             chan.sendall(json.dumps(request).encode() + b"\n")
             chan.shutdown_write()
-            while True:
-                data = chan.recv(65536)
+            status = None
+            while not answer:           # the answer is the last line (a process a hook script
+                data = chan.recv(65536)   # left behind may hold the channel open after it)
                 if not data:
                     break
                 lines.write(data.decode("utf-8", "replace"))
                 while chan.recv_stderr_ready():
                     err_text.append(chan.recv_stderr(65536).decode("utf-8", "replace"))
-            status = chan.recv_exit_status()
+            if not answer:
+                status = chan.recv_exit_status()
             while chan.recv_stderr_ready():
                 err_text.append(chan.recv_stderr(65536).decode("utf-8", "replace"))
             chan.close()
