@@ -122,6 +122,16 @@ def test_three_servers_two_spanning_switches(kit):
         {(sw, sh) for sw in ("lan", "lan2") for sh in ("sh1", "sh2", "sh3")}
     text = kit.mln("client", "status", "-p", "spread").stdout
     assert "spread host a up [sh1]" in text and "spread host c up [sh3]" in text, text
+    # one host: only that one, on its server
+    r = kit.mln("client", "stop", "-p", "spread", "-h", "a")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
+    assert {x["name"]: x["state"] for x in rows if x["kind"] == "host"} == {"a": "down", "b": "up", "c": "up"}
+    r = kit.mln("client", "start", "-p", "spread", "-h", "a")
+    assert r.returncode == 0, r.stderr
+    r = kit.mln("client", "stop", "-p", "spread", "-h", "nosuch")
+    assert r.returncode == 1 and "no host 'nosuch'" in r.stderr, r.stderr
+    assert kit.mln("client", "status", "-p", "spread").returncode == 0       # all up again
     for name in WHERE.values():
         assert links(kit, name).count("vx-") == 2, links(kit, name)
     r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\necho MLN-CONSOLE-$((6*7)); hostname\n")
