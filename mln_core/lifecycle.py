@@ -15,7 +15,7 @@ from .errors import MlnError
 from .progress import Progress, parallel as _parallel
 from .guest import detect_family
 from .lang.writer import write_tree
-from .private import make_dir, write_file
+from .private import make_dir, tighten, write_file
 from .model import Disk, Host, Project, Switch
 from .project import Loaded, load_project
 from .servers import part, vni_clash
@@ -55,6 +55,7 @@ class Engine:
             if not self.store.exists(project_name):
                 self.store.clean_stale_builds(project_name, self.ctx.log)   # a first build, killed
             self.store.require(project_name)
+            tighten(self.store.project_dir(project_name))     # a project of an older mln: made private
             try:
                 loaded = self.open(project_name)
             except MlnError:

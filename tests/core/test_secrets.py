@@ -124,6 +124,15 @@ def test_an_older_project_is_made_private_by_an_upgrade(built):
     _assert_private(built.projects, "vault")
 
 
+def test_an_older_project_is_made_private_by_any_command_on_it(built):
+    pdir = built.projects / "vault"
+    os.chmod(pdir, 0o755)
+    os.chmod(pdir / "vault.mln", 0o644)
+    r = built.mln("status", "-p", "vault")
+    assert r.returncode == 1, r.output                    # down: 1, and no error
+    _assert_private(built.projects, "vault")
+
+
 def test_diff_and_upgrade_tell_changed_passwords_without_showing_them(built):
     r = built.mln("diff", "-p", "vault", "-f", "vault.mln")
     assert (r.returncode, r.stdout) == (0, "")
