@@ -171,7 +171,7 @@ class Fleet:
     def _send_templates(self, name: str, found: dict, answer: dict) -> None:
         for t in answer.get("missing", []):
             tpl = found[t]
-            inbox = self.inboxes[name] = os.path.join(answer["templates_dir"], ".incoming")
+            inbox = self.inboxes[name]
             sent = {"image": os.path.join(inbox, tpl.real_name)}
             self.say(name, f"sending template {t} ({os.path.getsize(tpl.path) // 2**20} MB)")
             self.put(name, tpl.path, sent["image"])
@@ -201,7 +201,7 @@ class Fleet:
                     if not os.path.lexists(path):
                         raise MlnError(f"files: '{src}' does not exist in the files directory {base}")
                     tar.add(path, arcname=src, filter=self._inside)
-            inbox = os.path.join(self.inbox(name), f"{project.name}.files.tar.gz")
+            inbox = os.path.join(self.inboxes[name], f"{project.name}.files.tar.gz")   # send_templates asked
             self.put(name, archive, inbox)
             sent[name] = {"archive": inbox, "sha256": sha256_of(archive)}
         return sent
@@ -213,13 +213,6 @@ class Fleet:
                          "directory; it is not sent")
             return None
         return info
-
-    def inbox(self, name: str) -> str:
-        """Where files sent to server ``name`` land (under its templates directory)."""
-        if name not in self.inboxes:
-            answer = self.request(name, {"verb": "need", "templates": []})
-            self.inboxes[name] = os.path.join(answer["templates_dir"], ".incoming")
-        return self.inboxes[name]
 
     def _sum(self, path: str) -> str:
         with self.lock:

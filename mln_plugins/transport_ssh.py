@@ -92,7 +92,6 @@ class SshTransport:
         conn = self._connection()
         answer: list[dict] = []
         lines = _Lines(lambda text: self._line(text, log, answer))
-        errors = _Lines(lambda text: None)
         err_text: list[str] = []
         try:
             chan = conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
@@ -119,7 +118,6 @@ class SshTransport:
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
             self.close()
             raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
-        del errors
         if answer and answer[-1].get("ok"):
             return answer[-1].get("result") or {}
         if answer:
