@@ -2,7 +2,8 @@
 
 The guest runs as ``<kernel> ubd0=<disk> root=/dev/ubda mem=<M> umid=<host>.<project>
 uml_dir=<dir> <NICs> con=null con0=fd:3,fd:1 quiet`` with its console written to
-``hosts/<host>/console.log`` and read from the named pipe ``console.in`` in its runtime
+``hosts/<host>/console.log`` (address-space randomization off, so that the guest's memory is
+what ``memory`` says: :data:`mln_backends.umlprobe.FIXED_LAYOUT`) and read from the named pipe ``console.in`` in its runtime
 directory (fd 3; ``mln console`` types into it). ``kernel`` in the host (or
 ``default_kernel`` in mln.conf) names the UML binary; default ``/usr/bin/linux.uml``.
 
@@ -238,7 +239,8 @@ def mln_start_host(host, ctx):
         if _mconsole(m, sock, "version") is not None:
             raise MlnError("is already running")
         _cleanup(host, ctx)
-    argv = command_line(host, ctx)
+    from . import umlprobe      # imported when used: mln check needs no probe
+    argv = umlprobe.FIXED_LAYOUT + command_line(host, ctx)
     nice = host.tree.get("nice") if host.tree is not None else None
     if nice:
         argv = ["nice", "-n", nice] + argv

@@ -29,7 +29,7 @@ from mln_core.errors import MlnError
 from mln_core.machine import local
 
 PROBE_TIMEOUT = 60          # seconds; a probe boot takes 1-3 s
-PROBE_REVISION = 1          # raised when the probe changes, so that cached verdicts are redone
+PROBE_REVISION = 2          # raised when the probe changes, so that cached verdicts are redone
 MARK = "MLN-UML-PROBE-OK"
 INSTALL_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install-uml.sh")
 INSTALLED_KERNEL = "/opt/mln/uml/current/linux.uml"
@@ -45,6 +45,13 @@ CAUSES = [
     (re.compile(r"version `GLIBC_[0-9.]+' not found|error while loading shared libraries"),
      "this UML binary needs a newer C library than this machine has"),
 ]
+
+
+# UML places its memory after its own binary and counts the gap address-space randomization
+# leaves there as memory too: the page tables for that gap come out of the guest's memory, a
+# random 5 to 15 MB of 64 MB, and a guest left with too little fails at random ("Unable to
+# mount root fs ... error -12"). Without randomization the guest has what ``mem=`` says.
+FIXED_LAYOUT = ["setarch", "-R"]
 
 
 def remedy() -> str:
@@ -140,7 +147,7 @@ def _boot(kernel: str, machine) -> dict:
         if img is None:
             return {"boots": None, "why": "cannot probe: no statically linked busybox "
                                           "(install busybox-static) or mkfs.ext4 failed"}
-        argv = [kernel, f"ubd0={img}", "root=/dev/ubda", "rw", "mem=64M", "init=/init", "umid=mln-probe",
+        argv = FIXED_LAYOUT + [kernel, f"ubd0={img}", "root=/dev/ubda", "rw", "mem=64M", "init=/init", "umid=mln-probe",
                 f"uml_dir={d}", "con=null", "con0=null,fd:1"]
         # output and errors into one file (its console is fd 1), in a process group of its own
         with open(os.devnull, "rb") as null, open(os.path.join(d, "console"), "w+b") as out:

@@ -172,17 +172,37 @@ class Machine:
         return True
 
     def kill_and_wait(self, pid: int | None, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns when the process is gone."""
+        """SIGTERM, then SIGKILL after ``timeout``; returns when the process is gone. A
+        process :meth:`start_detached` started takes its helpers along when it is killed:
+        what is left of its session (a UML guest's helper processes, which would keep its
+        disk locked) is killed too."""
         if not self.alive(pid):
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if not self.send_signal(pid, sig):
-                return
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                if not self.alive(pid):
+        group = self._detached_group(pid)
+        try:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                if not self.send_signal(pid, sig):
                     return
-                time.sleep(0.05)
+                end = time.monotonic() + wait
+                while time.monotonic() < end:
+                    if not self.alive(pid):
+                        return
+                    time.sleep(0.05)
+        finally:
+            if group:
+                self.signal_group(group, signal.SIGKILL)
+
+    @staticmethod
+    def _detached_group(pid: int) -> int | None:
+        """The process group of ``pid`` if it is the session :meth:`start_detached` made for
+        it (its own session, whose first process has exited or is ``pid``), else None."""
+        try:
+            group, session = os.getpgid(pid), os.getsid(pid)
+        except OSError:
+            return None
+        if group != session or group == os.getpgid(0):
+            return None
+        return group if group == pid or not Machine.alive(group) else None
 
     @staticmethod
     def cmdline(pid: int | None) -> list[str] | None:

@@ -76,6 +76,28 @@ def test_liveness_signals_and_cmdline():
     assert not m.alive(None)
 
 
+def test_killing_a_detached_program_takes_its_helpers_along(tmp_path):
+    """As a killed UML guest's helper processes must not live on (they keep its disk locked)."""
+    m = Machine(env={})
+    script = tmp_path / "guest.sh"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {tmp_path}/helper\nexec sleep 301\n")
+    script.chmod(0o755)
+    pid = m.start_detached([str(script)], stdout=str(tmp_path / "out"))
+    for _ in range(200):
+        if (tmp_path / "helper").exists() and m.cmdline(pid) == ["sleep", "301"]:
+            break
+        time.sleep(0.02)
+    helper = int((tmp_path / "helper").read_text())
+    assert m.alive(helper)
+    m.kill_and_wait(pid, timeout=0.2)
+    for _ in range(100):
+        if not m.alive(helper):
+            break
+        time.sleep(0.02)
+    assert not m.alive(pid) and not m.alive(helper)
+    assert m.alive(os.getpid())             # the caller's own group is never signalled
+
+
 def test_a_fault_reaches_a_real_command(mln, tmp_path, monkeypatch):
     """Through the CLI, as a test of another command would use it."""
     src = tmp_path / "t.img"
