@@ -24,6 +24,16 @@ your backend with :class:`Backend` (and a storage plugin with :class:`Storage`) 
 Its fixtures ``mln_conformance_env`` (override it to run the scenarios in your own set-up)
 and ``mln_conformance_case`` are registered here; see docs/plugins.md.
 
+``mln_image``: a tiny ext4 guest image (``mkfs.ext4 -d``, no guest is booted) on which
+``configure(project_text)`` runs every enabled plugin's ``mln_configure_image`` through the
+real plugin manager, as ``mln build`` does; ``read(path)`` gives a file back
+(:class:`GuestImage`)::
+
+    def test_my_plugin_writes_its_file(mln_image):
+        img = mln_image()
+        img.configure('global { project t }\nhost a { motd hello }\n')
+        assert img.read("/etc/motd") == "hello\n"
+
 ``mln_servers``: three servers sh1, sh2, sh3 on this machine (network namespaces, each with
 sshd, its own hostname, address, ``/etc/mln/mln.conf`` and ``/run/mln``) and a client
 namespace whose mln.conf names them: a :class:`mln_core.nsservers.NamespaceServers`, up
@@ -33,7 +43,10 @@ for the test and removed after it (docs/servers.md). Skipped unless root with ``
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import shutil
+import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
@@ -96,6 +109,88 @@ def mln_project(tmp_path):
     """Factory: ``mln_project(text, name='project.mln')`` -> MlnProject."""
     def make(text: str, name: str = "project.mln") -> MlnProject:
         return MlnProject(tmp_path, text, name)
+    return make
+
+
+#: The root of :class:`GuestImage` by default: just enough for a Debian guest.
+DEBIAN_ROOT = {"/etc/network/interfaces": "auto lo\niface lo inet loopback\n",
+               "/etc/passwd": "root:x:0:0:root:/root:/bin/bash\n", "/etc/group": "root:x:0:\n",
+               "/etc/hostname": "debian\n", "/root/": "", "/bin/bash": ""}
+
+
+class GuestImage:
+    """A tiny ext4 guest image at ``path`` whose root holds ``files`` ({guest path: text or
+    bytes}; a path ending in ``/`` is a directory; default :data:`DEBIAN_ROOT`), made with
+    ``mkfs.ext4 -d``. ``configure(text, hosts=None)`` loads the project ``text`` and, for
+    each host (default: all), opens the image with ``mln_open_image`` and runs every
+    enabled plugin's ``mln_configure_image`` on it, as ``mln build`` does (a plugin's
+    MlnError propagates); it returns the :class:`mln_core.model.Project`. ``read(path)``:
+    the text of a file in the image, None if there is none."""
+
+    def __init__(self, path, files: dict | None = None, size: str = "16M"):
+        self.path = str(path)
+        self.dir = os.path.dirname(self.path)
+        root = self.path + ".root"
+        for name, data in (DEBIAN_ROOT if files is None else files).items():
+            target = os.path.join(root, name.lstrip("/"))
+            os.makedirs(target if name.endswith("/") else os.path.dirname(target), exist_ok=True)
+            if not name.endswith("/"):
+                with open(target, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+        os.makedirs(root, exist_ok=True)
+        r = subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", root, self.path, size],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        shutil.rmtree(root)
+        if r.returncode != 0:
+            raise RuntimeError(f"mkfs.ext4 -d {root} {self.path} failed: {r.stderr.strip()}")
+
+    def _context(self):
+        from .config import Config
+        from .context import Context
+        from .plugins import make_plugin_manager
+        cfg = Config()
+        cfg.values["files"] = os.path.join(self.dir, "files")
+        os.makedirs(cfg.values["files"], exist_ok=True)
+        return Context(config=cfg, pm=make_plugin_manager(), project_dir=self.dir)
+
+    def _open(self, ctx, host):
+        from .errors import MlnError
+        from .model import Disk
+        guest = ctx.hook.mln_open_image(host=host, disk=Disk(self.path), ctx=ctx)
+        if guest is None:
+            raise MlnError(f"no plugin opens {self.path}")
+        return guest
+
+    def configure(self, text: str, hosts=None, name: str = "project.mln"):
+        from .guest import detect_family
+        from .project import load_project
+        ctx = self._context()
+        ctx.project = project = load_project(os.path.join(self.dir, name), ctx, text=text).project
+        for host in (project.hosts[h] for h in (hosts or list(project.hosts))):
+            guest = self._open(ctx, host)
+            try:
+                guest.family = host.family or detect_family(guest) or ctx.config.get("default_family")
+                ctx.hook.mln_configure_image(host=host, guest=guest, ctx=ctx)
+            finally:
+                guest.close()
+        return project
+
+    def read(self, path: str) -> str | None:
+        from .model import Host
+        with self._open(self._context(), Host("test", "test", "", "", 0)) as guest:
+            return guest.read_text(path)
+
+
+@pytest.fixture
+def mln_image(tmp_path):
+    """Factory: ``mln_image(files=None, size="16M")`` -> :class:`GuestImage` (skips the test
+    when e2fsprogs' ``mkfs.ext4`` or ``debugfs`` is missing)."""
+    if shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None:
+        pytest.skip("mln_image needs mkfs.ext4 and debugfs (e2fsprogs)")
+    count = itertools.count(1)
+
+    def make(files: dict | None = None, size: str = "16M") -> GuestImage:
+        return GuestImage(tmp_path / f"guest{next(count)}.ext4", files, size)
     return make
 
 

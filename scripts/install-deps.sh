@@ -21,7 +21,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+# setuptools and wheel: tests/contrib builds the plugin kit's packages without build isolation
+python3 -m pip install -q --disable-pip-version-check -e ".[test]" setuptools wheel
 # A UML that boots on this CPU: the distribution's where it can (it cannot on Intel CPUs with
 # AMX), else a newer one from Debian's archive under /opt/mln/uml, set as default_kernel in
 # /etc/mln/mln.conf. --always installs the newer one in any case: the tests run both.
