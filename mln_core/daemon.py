@@ -14,9 +14,10 @@ Before anything else, the peer's address must match ``daemon_allow`` (repeatable
 mln.conf; no entry: nobody) and the peer must authenticate: a client certificate signed
 by the site CA (``daemon_ca``), or the token of ``daemon_token_file`` in the message's
 ``"token"`` field. Each refusal is logged with the peer's address. SIGTERM (or SIGINT):
-no new connection is accepted, running requests get ``grace`` seconds to finish, then are
-interrupted (SIGINT: their engine undoes what it can; SIGKILL 10 s later); the pid file
-goes; exit status 0.
+no new connection is accepted; a running ``build`` is interrupted at once (SIGINT: its engine
+undoes it here, the manager undoes it on the other servers, and the same command works
+again once this server is back); other running requests get ``grace`` seconds to finish,
+then are interrupted the same way (SIGKILL 10 s later); the pid file goes; exit status 0.
 """
 from __future__ import annotations
 
@@ -237,7 +238,7 @@ class Daemon:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.lock = threading.Lock()
         self.threads: set[threading.Thread] = set()
-        self.children: set[subprocess.Popen] = set()
+        self.children: dict[subprocess.Popen, str] = {}       # running ``mln serve``: its verb
         self.listener: socket.socket | None = None
 
     def bind(self) -> None:
@@ -288,6 +289,10 @@ class Daemon:
     def _finish(self) -> None:
         with self.lock:
             running = list(self.threads)
+            builds = [p for p, verb in self.children.items() if verb == "build" and p.poll() is None]
+        for p in builds:        # all or nothing: the manager undoes the whole build, to be run again
+            self.log(f"interrupting a build (pid {p.pid}): this server is stopping; the build is undone here")
+            p.send_signal(signal.SIGINT)
         if running:
             self.log(f"stopping: waiting up to {self.s.grace:g} s for {len(running)} connection(s)")
         end = time.monotonic() + self.s.grace
@@ -386,7 +391,7 @@ class Daemon:
         argv = [sys.executable, "-m", "mln_core.cli", *self.s.child_args, "serve"]
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         with self.lock:
-            self.children.add(p)
+            self.children[p] = str(msg.get("verb"))
         gone = False
         answered = False
         try:
@@ -411,7 +416,7 @@ class Daemon:
         finally:
             p.stdout.close()
             with self.lock:
-                self.children.discard(p)
+                self.children.pop(p, None)
 
     def _put(self, tls, stream, msg: dict) -> None:
         path, size, digest = msg.get("put"), msg.get("size"), msg.get("sha256")

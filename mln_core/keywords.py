@@ -177,6 +177,8 @@ def core_keywords(reg: KeywordRegistry) -> None:
     """The keywords of the MLN language that the core itself gives meaning to."""
     reg.current_plugin = "core"
     reg.block("root", "global", "keywords", "project-wide settings")
+    reg.block("root", "copies", "free", "the table of a class's copies: one line per copy (mln class; "
+              "building the file as one project ignores it)")
     reg.keyword("global", "project", "the project name (required)")
     reg.keyword("global", "project_password", "lets a daemon accept upgrades from this project", secret=True)
     for hook in ("beforeProjectStart", "beforeHostsStart", "afterHostsStart", "afterProjectStart",

@@ -10,7 +10,9 @@ with its own engine, so this is not a remote executor; it is the one place where
   another process) or :meth:`Machine.inject` (in-process): a comma-separated list of
   ``fail@TEXT`` (the first command whose words contain TEXT fails as if it had exited 1,
   without running), ``kill@TEXT`` (mln kills itself with SIGKILL just before running it)
-  and ``stop@TEXT`` (SIGTERM to itself); ``#N`` after TEXT picks the Nth such command.
+  ``stop@TEXT`` (SIGTERM to itself) and ``pause@TEXT`` (waits 60 s just before it, so that a
+  test can act while mln is in the middle of its work; a signal ends the wait as it would
+  end the command); ``#N`` after TEXT picks the Nth such command.
 """
 from __future__ import annotations
 
@@ -28,12 +30,16 @@ if TYPE_CHECKING:
     import subprocess
 
 
+PAUSE = 60          # seconds a ``pause@`` fault waits
+
+
 class Fault:
     def __init__(self, spec: str):
         action, _, rest = spec.partition("@")
         text, _, nth = rest.rpartition("#") if "#" in rest else (rest, "", "1")
-        if action not in ("fail", "kill", "stop") or not text:
-            raise MlnError(f"MLN_FAULTS: '{spec}' is not fail@TEXT, kill@TEXT or stop@TEXT (with an optional #N)")
+        if action not in ("fail", "kill", "stop", "pause") or not text:
+            raise MlnError(f"MLN_FAULTS: '{spec}' is not fail@TEXT, kill@TEXT, stop@TEXT or pause@TEXT "
+                           "(with an optional #N)")
         self.action, self.text, self.left = action, text, int(nth) if nth.isdigit() else 1
 
     def hit(self, words: str) -> bool:
@@ -67,6 +73,10 @@ class Machine:
             if f.hit(words):
                 if f.action == "fail":
                     return False
+                if f.action == "pause":
+                    print(f"mln: MLN_FAULTS: pausing at '{f.text}'", file=sys.stderr, flush=True)
+                    time.sleep(PAUSE)
+                    continue
                 os.kill(os.getpid(), signal.SIGKILL if f.action == "kill" else signal.SIGTERM)
                 time.sleep(5)          # SIGTERM is handled by Python's default: we do not get here
         return True

@@ -198,6 +198,10 @@ def serve_stdin(engine) -> int:
         done.set()
         emit({"ok": True, "result": result})
         return 0
+    except KeyboardInterrupt:       # SIGINT: the daemon is stopping; the engine has undone its part
+        emit({"ok": False, "error": "interrupted: this server is stopping; what the request did here "
+                                    "is undone"})
+        return 130
     except json.JSONDecodeError as e:
         emit({"ok": False, "error": f"the request is not JSON: {e}"})
     except MlnError as e:

@@ -468,9 +468,14 @@ def parse_text(text: str, filename: str = "<text>", cwd: str | None = None) -> D
     return Document(p.finish(), p.files, problems)
 
 
-def parse_file(path: str, cwd: str | None = None) -> Document:
-    """Parse a project file and everything it includes."""
+def parse_file(path: str, cwd: str | None = None, edit=None, finish: bool = True) -> Document:
+    """Parse a project file and everything it includes. ``edit(root)`` runs once the text
+    is read, before names with variables (``host linux$group``) are resolved (class
+    fan-out sets each copy's variables there); ``finish=False``: the tree as read, names
+    not resolved."""
     problems = Problems()
     p = _Parser(problems, cwd or os.getcwd())
     p.feed_file(path, path)
-    return Document(p.finish(), p.files, problems)
+    if edit is not None:
+        edit(p.root)
+    return Document(p.finish() if finish else p.root, p.files, problems)

@@ -80,7 +80,9 @@ LVM = Storage(
 
 UML = Backend("uml", storages=("file", "lvm"), boot_log=PROMPT, running=guest_process)
 QEMU = Backend("qemu", storages=("file", "lvm"), can_save=True, boot_log=PROMPT, running=guest_process)
-XEN = Backend("xen", storages=("file", "lvm"), template="ubuntu-server.ext3", can_save=True, console=False,
+# xen runs through a named fake (xl cannot run here), so over lvm it would only repeat what
+# uml and qemu over lvm prove with real guests; its phy: disk lines are checked in tests/xen
+XEN = Backend("xen", storages=("file",), template="ubuntu-server.ext3", can_save=True, console=False,
               running=xen_running, leftovers=xen_leftovers, setup=setup_xen)
 VMWARE = Backend("vmware", storages=("file",), switch_lines="vmware", can_save=True, console=False,
                  running=vmware_running, leftovers=vmware_leftovers, setup=setup_vmware,

@@ -117,11 +117,11 @@ def _other_conf(kit, name: str, lines: str) -> Path:
     return path
 
 
-def _wait_log(path: Path, text: str, timeout: float = 15) -> str:
+def _wait_log(path: Path, text: str, timeout: float = 15, after: int = 0) -> str:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         log = path.read_text(errors="replace") if path.exists() else ""
-        if text in log:
+        if text in log[after:]:
             return log
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not in {path}:\n{log[-2000:]}")
@@ -269,17 +269,46 @@ def test_a_project_over_two_daemons(tmp_path, test_template):
     kit = _kit(tmp_path, ("sh1", "sh2"), allow={n: lambda k: [k.address("client")] for n in ("sh1", "sh2")})
     with kit:
         _client_confs(kit)
-        for n in ("sh1", "sh2"):
-            _daemon(kit, n)
+        _daemon(kit, "sh1")
+        # sh2's build waits in the middle (at its staging step), so that its daemon is stopped there
+        log2 = kit.dir("sh2") / "daemon.log"
+        sh2 = kit.spawn("sh2", [sys.executable, "-m", "mln_core.cli", "daemon"], log2,
+                        env={"MLN_FAULTS": "pause@build remote: stage"})
+        _wait_log(log2, "listening on")
         r = kit.mln("client", "register_template", "-t", str(TEMPLATE_DIR / "busybox.ext4"),
                     "--kernel", str(TEMPLATE_DIR / "vmlinux"), "--initrd", str(TEMPLATE_DIR / "initrd.gz"))
         assert r.returncode == 0, r.stderr
         path = kit.client_dir / "remote.mln"
         path.write_text(PROJECT)
         try:
+            # SIGTERM to a daemon in the middle of a build: the build fails naming the server,
+            # no server keeps anything of it, and once the daemon is back the same command works
+            p = subprocess.Popen(["ip", "netns", "exec", kit.netns("client"), sys.executable, "-m", "mln_core.cli",
+                                  "build", "-f", str(path)], env=kit.env_for_client(), stderr=subprocess.PIPE,
+                                 text=True)
+            said = []
+            for line in p.stderr:
+                said.append(line)
+                if line.startswith("[sh2] +---> project remote"):
+                    _wait_log(log2, "MLN_FAULTS: pausing at")
+                    sh2.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=60) == 1, "".join(said)
+            assert any("server sh2" in x and "stopping" in x for x in said), "".join(said)
+            assert "Traceback" not in "".join(said)
+            assert sh2.wait(30) == 0 and "interrupting a build" in log2.read_text()
+            for n in ("sh1", "sh2"):
+                assert not (kit.dir(n) / "projects" / "remote").exists(), n
+                assert not [x for x in (kit.dir(n) / "projects").iterdir()         # no staging left
+                            if "remote" in x.name and x.name != ".remote.lock"], n
+            assert not (kit.client_dir / "projects" / "remote").exists()
+            start = log2.stat().st_size
+            kit.spawn("sh2", [sys.executable, "-m", "mln_core.cli", "daemon"], log2)
+            _wait_log(log2, "listening on", after=start)
+
             r = kit.mln("client", "build", "-f", str(path))
             assert r.returncode == 0, r.stderr
-            assert "[sh1]" in r.stderr and "[sh2]" in r.stderr and "sending template" in r.stderr, r.stderr
+            assert "[sh1]" in r.stderr and "[sh2]" in r.stderr
+            assert "sending template" in r.stderr + "".join(said), r.stderr
             for n in ("sh1", "sh2"):
                 assert (kit.dir(n) / "templates" / "busybox.ext4").exists()
                 assert not list((kit.dir(n) / "templates" / ".incoming").iterdir())
