@@ -62,15 +62,22 @@ def _join(d: str, name: str) -> str:
 
 
 class Ext4Image(GuestFS):
-    """A raw ext2/3/4 image file or block device, edited with debugfs."""
+    """A raw ext2/3/4 image file or block device, edited with debugfs; ``offset``: the
+    filesystem is a partition's, that many bytes into the disk image (debugfs and e2fsck
+    open ``PATH?offset=N``, the unix I/O manager's syntax: no loop device needed)."""
 
-    def __init__(self, path: str | os.PathLike, machine: Machine | None = None):
+    def __init__(self, path: str | os.PathLike, machine: Machine | None = None, offset: int = 0):
         self.path = os.fspath(path)
+        self.offset = offset
+        self.partition = None            # the partitions.Partition opened, if any (set by open_image)
         self._machine = machine
-        sb = superblock(self.path)
+        if offset and "?" in self.path:
+            raise ImageError(f"{self.path}: a disk image whose path holds '?' cannot be opened at an offset")
+        self._dev = f"{self.path}?offset={offset}" if offset else self.path
+        sb = superblock(self.path, offset)
         if sb.incompat & INCOMPAT_RECOVER:
             # Changes made with debugfs would be undone by a later journal replay.
-            r = run_tool(self._machine, ["e2fsck", "-E", "journal_only", "-p", self.path])
+            r = run_tool(self._machine, ["e2fsck", "-E", "journal_only", "-p", self._dev])
             if r.returncode not in (0, 1):
                 raise ImageError(f"{self.path}: journal recovery failed (e2fsck rc {r.returncode}): "
                                  f"{text(r.stdout + r.stderr)}")
@@ -96,7 +103,8 @@ class Ext4Image(GuestFS):
         self.stats = {"debugfs_runs": 0}
 
     def __repr__(self) -> str:
-        return f"Ext4Image({self.path!r})"
+        at = f", offset={self.offset}" if self.offset else ""
+        return f"Ext4Image({self.path!r}{at})"
 
     # ---- plumbing ----------------------------------------------------------------
 
@@ -117,7 +125,7 @@ class Ext4Image(GuestFS):
     def _debugfs(self, cmds: list[bytes], write: bool = False) -> tuple[bytes, bytes]:
         debugfs.check_lengths(self.path, cmds)
         self.stats["debugfs_runs"] += 1
-        return debugfs.run(self._machine, self.path, cmds, write)
+        return debugfs.run(self._machine, self._dev, cmds, write)
 
     def _split(self, path: str) -> list[str]:
         if not isinstance(path, str):

@@ -48,9 +48,11 @@ def text(b: bytes) -> str:
     return b.decode("utf-8", "replace").strip()
 
 
-def read_head(path: str, n: int) -> bytes:
+def read_head(path: str, n: int, offset: int = 0) -> bytes:
     try:
         with open(path, "rb") as f:
+            if offset:
+                f.seek(offset)
             return f.read(n)
     except FileNotFoundError:
         raise ImageError(f"{path}: image not found") from None
@@ -65,9 +67,10 @@ def is_qcow2(path: str | os.PathLike) -> bool:
     return read_head(os.fspath(path), 4) == QCOW_MAGIC
 
 
-def is_ext_filesystem(path: str | os.PathLike) -> bool:
-    """True if ``path`` (a raw image or device) starts with an ext2/3/4 filesystem."""
-    head = read_head(str(path), 2048)
+def is_ext_filesystem(path: str | os.PathLike, offset: int = 0) -> bool:
+    """True if ``path`` (a raw image or device) starts with an ext2/3/4 filesystem (at
+    ``offset``: a partition's)."""
+    head = read_head(os.fspath(path), 2048, offset)
     return len(head) >= 2048 and int.from_bytes(head[1024 + 56:1024 + 58], "little") == EXT_MAGIC
 
 
@@ -82,14 +85,16 @@ class Super:
         return self.block_size * self.blocks
 
 
-def superblock(path: str) -> Super:
-    """Parse the ext2/3/4 superblock of a raw image; ImageError if there is none."""
-    head = read_head(path, 2048)
-    if head[:4] == QCOW_MAGIC:
+def superblock(path: str, offset: int = 0) -> Super:
+    """Parse the ext2/3/4 superblock of a raw image (of its partition at ``offset``);
+    ImageError if there is none."""
+    head = read_head(path, 2048, offset)
+    if head[:4] == QCOW_MAGIC and not offset:
         raise ImageError(f"{path}: is a qcow2 image, not a raw ext2/3/4 filesystem "
                          "(use open_image() or raw_view())")
     if len(head) < 2048 or int.from_bytes(head[1024 + 56:1024 + 58], "little") != EXT_MAGIC:
-        raise ImageError(f"{path}: not an ext2/ext3/ext4 filesystem image (no ext superblock)")
+        at = f" at offset {offset}" if offset else ""
+        raise ImageError(f"{path}: not an ext2/ext3/ext4 filesystem image (no ext superblock{at})")
     sb = head[1024:]
     blocks = int.from_bytes(sb[4:8], "little")
     log_bs = int.from_bytes(sb[24:28], "little")

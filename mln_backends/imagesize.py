@@ -12,7 +12,9 @@ import stat as _stat
 from mln_core.machine import Machine
 
 from .imageexport import raw_view
-from .imageformat import ImageError, device_size, is_qcow2, qemu_info, run_tool, superblock, text
+from .imageformat import (ImageError, device_size, is_ext_filesystem, is_qcow2, qemu_info, run_tool, superblock,
+                          text)
+from .partitions import find_linux
 
 
 def image_size(path: str | os.PathLike, machine: Machine | None = None) -> int:
@@ -91,6 +93,9 @@ def grow_qcow2(path: str | os.PathLike, size_bytes: int, on_helper=None,
         if r.returncode != 0:
             raise ImageError(f"{path}: qemu-img resize failed: {text(r.stdout + r.stderr)}")
     with raw_view(path, on_helper=on_helper, machine=machine) as raw:
+        if not is_ext_filesystem(raw) and find_linux(raw)[1]:
+            raise ImageError(f"{path}: a partitioned (whole-disk) image, whose partitions mln does not grow; "
+                             "leave out size and free_space for this host")
         sb = superblock(raw)
         if sb.size + sb.block_size <= size_bytes:
             _fsck_and_resize(raw, machine)

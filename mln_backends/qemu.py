@@ -75,7 +75,7 @@ def mln_guest_devices(host, ctx):
         return None
     first = "c" if host.swap else "b"   # drives are numbered in order: root, swap, mounts
     disks = [m for m in host.mounts if m.fstype != "hostfs"]
-    return {"root": "/dev/vda", "swap": "/dev/vdb",
+    return {"root": _root_device(host, ctx), "swap": "/dev/vdb",
             "extra": [f"/dev/vd{chr(ord(first) + n)}" for n in range(len(disks))],
             "console": "ttyS0"}
 
@@ -119,8 +119,24 @@ def mln_build_host(host, disk, ctx):
     return {
         "accel": _accel(host, ctx), "memory_mb": qemu_live.memory_mb(host), "vcpus": int(vcpus),
         "kernel": kernel, "initrd": initrd,
-        "append": " ".join(x for x in ("console=ttyS0 root=/dev/vda rw", extra) if x) if kernel else None,
+        "append": " ".join(x for x in (f"console=ttyS0 root={_root_device(host, ctx)} rw", extra) if x)
+        if kernel else None,
     }
+
+
+def _root_device(host, ctx) -> str:
+    """/dev/vda, or the partition of a whole-disk raw template (MBR/GPT) that mln
+    individualizes, e.g. /dev/vda1 (a qcow2 whole-disk template: /dev/vda; ``extra
+    root=...`` says otherwise, the kernel taking the last root=)."""
+    try:
+        template = ctx.templates.resolve(host.template, f"host {host.name}")
+        if imagefs.is_qcow2(template.path):
+            return "/dev/vda"
+        from .partitions import root_partition
+        part = root_partition(template.path)
+    except (MlnError, AttributeError, OSError, TypeError):     # no template (yet): the default
+        return "/dev/vda"
+    return f"/dev/vda{part.number}" if part else "/dev/vda"
 
 
 def _paths(host, ctx, create=False):

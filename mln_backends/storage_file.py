@@ -140,7 +140,7 @@ def mln_create_disk(host, ctx):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     ext = imagefs.is_ext_filesystem(template.path)
     template_size = imagefs.image_size(template.path, machine)
-    size = host.disk_size(template_size, ctx.log)
+    size = _partitioned_size(host, template, host.disk_size(template_size, ctx.log), template_size, ext, ctx)
     try:
         if fmt == "qcow2":
             imagefs.create_overlay(template.path, path, machine=machine)
@@ -162,6 +162,20 @@ def mln_create_disk(host, ctx):
         extra["cow_base"] = os.path.join("images", host.tree.get("cow_filesystem") or host.tree.get("cow"))
     _swap(host, ctx, machine, extra)
     return Disk(path=record, format=fmt, kind="file", size=size, extra=extra)
+
+
+def _partitioned_size(host, template, size: int, template_size: int, ext: bool, ctx) -> int:
+    """A whole-disk raw template (MBR/GPT) is not grown: mln grows filesystems, not
+    partitions (a larger disk would leave the partition as it is, and a GPT's backup
+    table away from the disk's end), so the disk keeps the template's size, with a
+    warning."""
+    if size <= template_size or ext or imagefs.is_qcow2(template.path) \
+            or not imagefs.find_linux(template.path)[1]:
+        return size
+    ctx.log(f"warning: host {host.name}: template {template.name} is a partitioned disk, which mln does "
+            f"not grow: the disk keeps the template's size ({format_size(template_size)}), "
+            f"not {format_size(size)}")
+    return template_size
 
 
 def _swap(host, ctx, machine, extra: dict) -> None:
@@ -194,8 +208,9 @@ def mln_copy_disk(host, disk, ctx):
     size = disk.size or imagefs.image_size(path, machine)
     try:
         template = ctx.templates.resolve(host.template, f"host {host.name}")
-        wanted = host.disk_size(imagefs.image_size(template.path, machine), ctx.log)
         ext = imagefs.is_ext_filesystem(template.path) or imagefs.is_qcow2(template.path)
+        tsize = imagefs.image_size(template.path, machine)
+        wanted = _partitioned_size(host, template, host.disk_size(tsize, ctx.log), tsize, ext, ctx)
     except MlnError:                     # the template is gone: the disk keeps its size
         wanted, ext = size, False
     try:
@@ -234,15 +249,28 @@ def _sparse_copy(src: str, dst: str, machine) -> None:
 
 @hookimpl(trylast=True)
 def mln_open_image(host, disk, ctx):
+    """The disk's ext2/3/4 filesystem: the whole image's, or (a whole-disk MBR/GPT image)
+    its first Linux partition's, which the build output names."""
     if disk.kind != "file":
         return None
     path = ctx.path(disk.path)
     if not imagefs.is_ext_filesystem(path) and not imagefs.is_qcow2(path):
-        return None
+        part, parts = imagefs.find_linux(path)
+        if part is None:
+            from .partitions import none_found
+            ctx.log(f"host {host.name}: no filesystem to individualize: {none_found(parts)}")
+            return None
     try:
-        return imagefs.open_image(path, on_helper=getattr(ctx, "record_helper", None), machine=ctx.on(host))
+        image = imagefs.open_image(path, on_helper=getattr(ctx, "record_helper", None), machine=ctx.on(host))
+    except imagefs.NoFilesystem as e:
+        from .partitions import none_found
+        ctx.log(f"host {host.name}: no filesystem to individualize: {none_found(e.partitions)}")
+        return None
     except imagefs.ImageError as e:
         raise MlnError(str(e)) from None
+    if image.partition is not None:
+        ctx.log(f"host {host.name}: individualizing {image.partition.describe()} of its disk")
+    return image
 
 
 EXPORTED = "disk.qcow2"

@@ -462,11 +462,17 @@ def mln_open_image(host, disk, ctx):
         view = lvmloop.LoopView(m, *lvmloop.extent_range(m, vg, lv), note=ctx.debug)
         dev, release = view.device, view.release
     try:
+        part = None
         if not imagefs.is_ext_filesystem(dev):
-            if release:
-                release()
-            return None
-        image = imagefs.Ext4Image(dev, m)
+            part, _ = imagefs.find_linux(dev)            # a whole-disk template: its Linux partition
+            if part is None:
+                if release:
+                    release()
+                return None
+        image = imagefs.Ext4Image(dev, m, part.start if part else 0)
+        if part is not None:
+            image.partition = part
+            ctx.log(f"host {host.name}: individualizing {part.describe()} of its volume")
         if release:
             image._on_close.append(release)      # closing the image releases the loop device
         return image
