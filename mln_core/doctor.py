@@ -72,8 +72,16 @@ def check_runnable(project, ctx, problems: Problems) -> None:
         known = {}
     reasons: dict[str, list] = {}
     unknown: dict[str, list] = {}
+    from .placement import ANY, candidates
     for h in project.hosts.values():
-        if h.service_host and h.service_host != me and \
+        many = candidates(h.service_host)
+        if many is not None:            # placed at build: check the names it gives
+            for c in many:
+                if c not in (ANY, me) and c not in known:
+                    unknown.setdefault(c, []).append(h)
+            if me not in many and ANY not in many:
+                continue
+        elif h.service_host and h.service_host != me and \
                 (h.service_host not in known or known[h.service_host].transport != "local"):
             if h.service_host not in known:
                 unknown.setdefault(h.service_host, []).append(h)

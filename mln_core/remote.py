@@ -20,7 +20,7 @@ import tempfile
 import threading
 
 from .errors import MlnError
-from .servers import Layout, check_servers, configured, here, layout
+from .servers import Layout, aliases_of, check_servers, configured, here, layout
 from .serve import sha256_of
 from .store import Store
 
@@ -229,8 +229,12 @@ def build(engine, path: str, replace: bool, simulate: bool, confirm):
     if simulate:
         return engine.build(path, replace=replace, simulate=simulate, confirm=confirm)
     loaded = load_project(path, ctx)
-    lay = check_servers(loaded.project, ctx.config)
     me = here(ctx.config)
+    check_servers(loaded.project, ctx.config)       # every server it names is known, before asking any
+    from .placement import resolve
+    previous = (placement_of(engine, loaded.project.name) or {}).get("hosts")
+    placed = resolve(engine, loaded.project, me, configured(ctx.config), aliases_of(ctx.config), previous)
+    lay = check_servers(loaded.project, ctx.config, placed)
     others = [s for s in lay.servers if s != me]
     if not others:
         return engine.build(path, replace=replace, simulate=simulate, confirm=confirm)
@@ -379,7 +383,7 @@ def _host_server(engine, name: str, host: str | None) -> str | None:
     project = load_project(engine.store.source_path(name), engine.ctx).project
     if host not in project.hosts:
         return None                     # the engine says there is no such host
-    server = layout(project, placement["default"], placement.get("aliases")).hosts[host]
+    server = layout(project, placement["default"], placement.get("aliases"), placement.get("hosts")).hosts[host]
     return None if server == placement["here"] else server
 
 

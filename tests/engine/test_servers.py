@@ -215,3 +215,57 @@ def test_a_changed_host_key_is_refused_naming_the_server(kit):
     r = kit.mln("client", "build", "-f", str(path))
     assert r.returncode == 1 and "server sh3" in r.stderr and "CHANGED" in r.stderr, r.stderr
     assert not (kit.dir("sh1") / "projects" / "spread").exists()
+
+
+PLACED = """global { project placed }
+superclass node { template busybox.ext4
+    memory 96M }
+switch lan { }
+switch other { }
+host a { superclass node
+    service_host sh1
+    network eth0 { switch lan
+        address 10.0.0.1
+        netmask 255.255.255.0 } }
+host b { superclass node
+    service_host any
+    network eth0 { switch lan
+        address 10.0.0.2
+        netmask 255.255.255.0 } }
+host c { superclass node
+    service_host sh2 sh3
+    network eth0 { switch other
+        address 10.0.1.3
+        netmask 255.255.255.0 } }
+"""
+
+
+def test_hosts_naming_several_servers_or_any_are_placed_at_build(kit):
+    path = kit.client_dir / "placed.mln"
+    # a host no server it may run on has room for: named, with what each has; nothing built
+    path.write_text(PLACED.replace("service_host sh2 sh3\n", "service_host sh2 sh3\n    memory 900000M\n", 1))
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"host c needs 900000 MB of memory and no server it may run on has that much free "
+                     r"\(sh2 \d+ MB, sh3 \d+ MB\)", r.stderr), r.stderr
+    for name in ("sh1", "sh2", "sh3"):
+        assert not (kit.dir(name) / "projects" / "placed").exists(), name
+    # b goes with its switch partner a; c to whichever of sh2 and sh3 has more memory free
+    path.write_text(PLACED)
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "+---> placing host b on sh1 (with its switch partners)" in r.stderr, r.stderr
+    where = re.search(r"\+---> placing host c on (sh2|sh3) \(\d+ MB free\)", r.stderr)
+    assert where, r.stderr
+    r = kit.mln("client", "status", "-p", "placed", "--format", "json")
+    assert r.returncode == 1, r.stderr            # built, not started
+    assert {x["name"]: x["server"] for x in json.loads(r.stdout) if x["kind"] == "host"} == \
+        {"a": "sh1", "b": "sh1", "c": where.group(1)}
+    assert (kit.dir(where.group(1)) / "projects" / "placed" / "images" / "c").exists()
+    # a rebuild keeps them where they are
+    r = kit.mln("client", "build", "-r", "-f", str(path))
+    assert r.returncode == 0 and f"placing host c stays on {where.group(1)}" in r.stderr, r.stderr
+    r = kit.mln("client", "remove", "-f", "-p", "placed")
+    assert r.returncode == 0, r.stderr
+    for name in ("sh1", "sh2", "sh3"):
+        assert not (kit.dir(name) / "projects" / "placed").exists(), name
