@@ -19,7 +19,6 @@ state, where the switch plugin finds it (``ctx.span(switch)``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -113,17 +112,23 @@ class Layout:
                         "remotes": [addresses[x] for x in on if x != server],
                         "mtu": underlay_mtu - VXLAN_OVERHEAD}
         return {"here": server, "default": self.default, "servers": self.servers, "spans": spans,
-                "aliases": self.aliases}
+                "aliases": self.aliases, "hosts": self.hosts}
 
 
-def layout(project, default: str, aliases: dict[str, str] | None = None) -> Layout:
+def layout(project, default: str, aliases: dict[str, str] | None = None,
+           placed: dict[str, str] | None = None) -> Layout:
     """Where each host and switch of ``project`` runs (``default``: the server of the hosts
-    and switches that name none; ``aliases``: other names of servers)."""
+    and switches that name none; ``aliases``: other names of servers; ``placed``: where
+    :mod:`mln_core.placement` put the hosts that name several servers or ``any``)."""
+    from .placement import candidates
     aliases = aliases or {}
 
     def server(name):
+        many = candidates(name)
+        if many is not None:        # not placed yet (mln check): the first it names, or here
+            name = many[0] if many[0] != "any" else None
         return aliases.get(name, name) if name else default
-    hosts = {h.name: server(h.service_host) for h in project.hosts.values()}
+    hosts = {h.name: (placed or {}).get(h.name) or server(h.service_host) for h in project.hosts.values()}
     switches = {}
     for s in project.switches.values():
         on = [hosts[h.name] for h in project.hosts.values() for i in h.interfaces if i.switch == s.name]
@@ -144,7 +149,7 @@ def part(project, placement: dict | None):
     itself when it is not spread over servers)."""
     if not placement:
         return project
-    lay = layout(project, placement["default"], placement.get("aliases"))
+    lay = layout(project, placement["default"], placement.get("aliases"), placement.get("hosts"))
     me = placement["here"]
     hosts = {n: h for n, h in project.hosts.items() if lay.hosts[n] == me}
     switches = {n: s for n, s in project.switches.items() if me in lay.switches[n]}
@@ -154,17 +159,21 @@ def part(project, placement: dict | None):
 def vni(project: str, switch: str) -> int:
     """The VXLAN network identifier of a project's switch: derived from both names, so
     that every server computes the same one (1 to 16,777,215)."""
+    import hashlib      # here: every mln check imports this module, few need a VNI
     digest = hashlib.sha256(f"mln:{project}:{switch}".encode()).digest()
     return int.from_bytes(digest[:3], "big") % 0xFFFFFE + 1
 
 
-def check_servers(project, config) -> Layout:
-    """The layout of ``project`` seen from this server; an error naming a service host
-    mln.conf does not know."""
+def check_servers(project, config, placed: dict[str, str] | None = None) -> Layout:
+    """The layout of ``project`` seen from this server (``placed``: see :func:`layout`); an
+    error naming a service host mln.conf does not know."""
+    from .placement import ANY, flexible
     me = here(config)
-    lay = layout(project, me, aliases_of(config))
+    aliases = aliases_of(config)
+    lay = layout(project, me, aliases, placed)
     known = configured(config)
-    unknown = [s for s in lay.servers if s != me and s not in known]
+    named = [aliases.get(c, c) for cands in flexible(project).values() for c in cands if c != ANY]
+    unknown = list(dict.fromkeys(s for s in lay.servers + named if s != me and s not in known))
     if unknown:
         raise MlnError(f"project '{project.name}': service host {', '.join(unknown)} is not a server "
                        f"mln.conf knows (add 'server NAME ssh ADDRESS' to mln.conf; this server is '{me}')")
