@@ -57,6 +57,7 @@ def commit_build(engine, project: Project, staging: str, outside: OutsideFiles,
                  old: Loaded | None, existed: bool) -> None:
     """Put the build in ``staging`` in place of the project (lock held)."""
     store, ctx, name = engine.store, engine.ctx, project.name
+    ctx.refuse_warnings("build")                  # --strict: before anything is put in place
     journal = Journal(journal_path(store, name))
     journal.save(op="build", pid=os.getpid(), project=name, phase="outside", staging=staging,
                  existed=existed, trash=os.path.join(store.root, f".{name}.old-{os.getpid()}"),

@@ -31,6 +31,7 @@ class Context:
     record_helper: object | None = None  # (pidfile, mountpoint) -> None: lets a killed build be cleaned up
     outside_files: object | None = None  # mln_core.store.OutsideFiles of the build in progress
     placement: dict | None = None   # this server's part of a project spread over servers (a build)
+    warnings: list = field(default_factory=list)  # every warning printed (``--strict`` counts them)
 
     @property
     def hook(self):
@@ -103,7 +104,28 @@ class Context:
         (``options["quiet"]``) only warnings and errors, not ``+--->`` lines."""
         if self.options.get("quiet") and message.startswith("+--->"):
             return
+        first = message.split("\n", 1)[0]
+        if first.startswith("warning:") or ": warning: " in first:
+            self.warnings.append(message)
         print(message, file=sys.stderr, flush=True)
+
+    def warn(self, message: str, where: str | None = None) -> None:
+        """A warning for the user: something was skipped, the rest goes on. ``where``:
+        what it is about ("host web14"). With ``--strict`` (``options["strict"]``) it is
+        an error instead (:class:`MlnError`); otherwise it is printed and counted in
+        :attr:`warnings` (a build with ``--strict`` also refuses to commit when any
+        warning was printed, by a plugin that logs it itself, say)."""
+        if self.options.get("strict"):
+            raise MlnError(f"{message} (a warning, an error with --strict)", where)
+        self.log(f"warning: {where}: {message}" if where else f"warning: {message}")
+
+    def refuse_warnings(self, what: str) -> None:
+        """With ``--strict``: an error if any warning was printed so far (called before a
+        build, upgrade or reconfigure commits, so that nothing of it is kept)."""
+        n = len(self.warnings)
+        if self.options.get("strict") and n:
+            raise MlnError(f"--strict: {n} warning{'s' * (n != 1)} (above) during the {what}, so nothing "
+                           "of it was kept")
 
     def debug(self, message: str) -> None:
         if self.verbose:

@@ -103,7 +103,10 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
 
 
 class _Run:
-    """One upgrade being carried out (or undone)."""
+    """One upgrade being carried out (or undone); ``mln reconfigure`` carries out its plan
+    with it too (``what``: the name of the command, in messages)."""
+
+    what = "upgrade"
 
     def __init__(self, engine, old: Project, old_doc, new: Project, new_doc, plan: Plan, keep: bool):
         self.e, self.ctx, self.store = engine, engine.ctx, engine.store
@@ -132,7 +135,7 @@ class _Run:
             self._commit()
             self._run_new()
         except BaseException as exc:
-            self.ctx.log(f"+---> the upgrade failed ({exc}); putting project {self.new.name} back as it was")
+            self.ctx.log(f"+---> the {self.what} failed ({exc}); putting project {self.new.name} back as it was")
             try:
                 undo(self.e, self.new.name, self.journal)
             except Exception as e2:
@@ -231,6 +234,7 @@ class _Run:
             entry["individualize"] = True          # guest files: at the next cold start
 
     def _commit(self) -> None:
+        self.ctx.refuse_warnings(self.what)       # --strict: undone before anything is moved in
         staging = self.ctx.staging
         for name, text in ((f"{self.new.name}.mln", self.new_text), ("version", f"{self.plan.version + 1}\n")):
             write_file(os.path.join(staging, name), text)

@@ -25,15 +25,18 @@ the host's own block overrides, directive by directive::
   ``MaxClients`` from ``global``. A directive repeated inside one block (``Alias``...)
   is written once per line.
 * Idempotent: running it again gives the same files.
-* A guest without ``/etc/apache2/apache2.conf`` or without a default site is an error
-  that names the host and its template.
+* A guest without ``/etc/apache2/apache2.conf`` (a template without Apache) is a warning
+  that names the host, its template and the settings skipped; the build goes on, as in
+  the original. A guest without a default site: DocumentRoot is skipped with a warning,
+  the other directives are written. ``mln build --strict`` makes both errors. A
+  relative DocumentRoot is an error.
 """
 from __future__ import annotations
 
 import posixpath
 
 from mln_core import hookimpl
-from mln_core.errors import MlnError, Problem
+from mln_core.errors import Problem
 from mln_core.guest import set_section
 
 NAME = "apache"
@@ -93,10 +96,6 @@ def mln_validate(project, ctx):
     return problems
 
 
-def _fail(host, message: str) -> MlnError:
-    return MlnError(f"apache: {message}", f"host {host.name}")
-
-
 def _quote(path: str) -> str:
     return f'"{path}"' if any(c.isspace() for c in path) or not path else path
 
@@ -108,9 +107,11 @@ def mln_configure_image(host, guest, ctx):
         return
     if guest.read(f"{ETC}/apache2.conf") is None:
         family = getattr(guest, "family", None) or "unknown"
-        raise _fail(host, f"host {host.name} has an apache block, but its image (template {host.template}, "
-                          f"family {family}) has no {ETC}/apache2.conf: install Apache (Debian package "
-                          "apache2) in the template")
+        names = ", ".join(dict.fromkeys(name for name, _v, _l in found))
+        ctx.warn(f"apache: host {host.name} has an apache block, but its image (template {host.template}, "
+                 f"family {family}) has no {ETC}/apache2.conf, so its Apache settings ({names}) are not "
+                 "written (skipped); install Apache (Debian package apache2) in the template")
+        return
     apache24 = guest.is_dir(f"{ETC}/conf-available")
     docroot = None
     others = []
@@ -120,8 +121,9 @@ def mln_configure_image(host, guest, ctx):
         else:
             key = name.lower()
             others.append(((apache24 and RENAMED_24.get(key)) or SPELLING.get(key, name), value))
+    if docroot is not None and not _set_document_root(host, guest, docroot, ctx):
+        docroot = None                            # skipped, with a warning
     if docroot is not None:
-        _set_document_root(host, guest, docroot)
         if not guest.exists(docroot):
             guest.mkdir(docroot, 0o755)
     _write_settings(guest, docroot, others, apache24)
@@ -129,9 +131,10 @@ def mln_configure_image(host, guest, ctx):
 
 # -- DocumentRoot -----------------------------------------------------------------------------
 
-def _default_site(host, guest) -> tuple[str, str | None]:
+def _default_site(host, guest) -> tuple[str, str | None] | None:
     """(path in sites-enabled, or the sites-available file if the site is not enabled;
-    the sites-available file it may be a link to, or None)."""
+    the sites-available file it may be a link to, or None); None if there is no default
+    site."""
     for enabled, available in DEFAULT_SITES:
         e = f"{ETC}/sites-enabled/{enabled}"
         if guest.read(e) is not None:
@@ -142,9 +145,7 @@ def _default_site(host, guest) -> tuple[str, str | None]:
             path = f"{ETC}/sites-available/{a}"
             if guest.read(path) is not None:
                 return path, None
-    raise _fail(host, f"host {host.name} sets DocumentRoot, but its image (template {host.template}) has no "
-                      f"default site: neither {ETC}/sites-enabled/000-default.conf nor "
-                      f"{ETC}/sites-available/000-default.conf exists")
+    return None
 
 
 def _is_docroot(line: str) -> bool:
@@ -173,12 +174,19 @@ def _with_document_root(text: str, docroot: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _set_document_root(host, guest, docroot: str) -> None:
-    site, target = _default_site(host, guest)
+def _set_document_root(host, guest, docroot: str, ctx) -> bool:
+    """Set DocumentRoot in the default site; False (with a warning) if there is none."""
+    found = _default_site(host, guest)
+    if found is None:
+        ctx.warn(f"apache: host {host.name} sets DocumentRoot {docroot}, but its image (template "
+                 f"{host.template}) has no default site: neither {ETC}/sites-enabled/000-default.conf nor "
+                 f"{ETC}/sites-available/000-default.conf exists, so DocumentRoot is not set (skipped)")
+        return False
+    site, target = found
     old = guest.read_text(site)
     new = _with_document_root(old, docroot)
     if new == old:
-        return
+        return True
     # The enabled site is normally a link to sites-available. GuestFS.write replaces a
     # link by a file, so write the file the link points to: then reading the enabled
     # path through the link gives the new text. If it does not, it was a copy (or a link
@@ -186,8 +194,9 @@ def _set_document_root(host, guest, docroot: str) -> None:
     if target is not None and guest.read_text(target) == old:
         guest.write_text(target, new)
         if guest.read_text(site) == new:
-            return
+            return True
     guest.write_text(site, new)
+    return True
 
 
 # -- other directives -------------------------------------------------------------------------

@@ -25,8 +25,10 @@
   from the project file disappears at the next ``upgrade``. Lines outside the section
   (keys not managed by mln) are kept, and a key that is already there is not repeated.
 * Errors name the host, the user and the project-file line: a key file that does not
-  exist or holds no public key (a private key, say), a user that does not exist in the
-  guest.
+  exist or holds no public key (a private key, say).
+* A user that does not exist in the guest (or a guest without ``/etc/passwd``) is a
+  warning naming the host, the user and the line: that user's keys are skipped and the
+  build goes on, as in the original (``mln build --strict`` makes it an error).
 """
 from __future__ import annotations
 
@@ -125,21 +127,23 @@ def mln_validate(project, ctx):
     return problems
 
 
-def _account(host, guest, line, passwd: str | None) -> tuple[str, int, int]:
-    """(home, uid, gid) of the line's user in the guest."""
+def _account(host, guest, line, passwd: str | None, ctx) -> tuple[str, int, int] | None:
+    """(home, uid, gid) of the line's user in the guest; None, with a warning, if the
+    guest has no such user (the original went on too; ``--strict`` makes it an error)."""
     user = line.words[0]
     rows = [r.split(":") for r in (passwd or "").splitlines() if r.strip()]
     row = next((r for r in rows if r[0] == user and len(r) >= 6), None)
     if user == "root":
         return "/root", 0, 0
     if passwd is None:
-        raise MlnError(f"sshkey: {_where(host, line)}: the image (template {host.template}) has no "
-                       "/etc/passwd", f"host {host.name}")
-    if row is None or not (row[2].isascii() and row[2].isdigit() and row[3].isascii() and row[3].isdigit()):
-        raise MlnError(f"sshkey: {_where(host, line)}: user {user} does not exist in the guest's /etc/passwd "
-                       f"(template {host.template}); create it with a 'users' block or in the template",
-                       f"host {host.name}")
-    return row[5] or "/", int(row[2]), int(row[3])
+        why = f"the image (template {host.template}) has no /etc/passwd"
+    elif row is None or not (row[2].isascii() and row[2].isdigit() and row[3].isascii() and row[3].isdigit()):
+        why = f"user {user} does not exist in the guest's /etc/passwd (template {host.template})"
+    else:
+        return row[5] or "/", int(row[2]), int(row[3])
+    ctx.warn(f"sshkey: {_where(host, line)}: {why}, so the keys of {user} are not installed (skipped); "
+             "create the user with a 'users' block or in the template")
+    return None
 
 
 @hookimpl
@@ -155,8 +159,11 @@ def mln_configure_image(host, guest, ctx):
         if len(line.words) < 2:
             raise MlnError(f"sshkey: {_where(host, line)}: give a user and a key", f"host {host.name}")
         user = line.words[0]
-        accounts.setdefault(user, _account(host, guest, line, passwd))
-        wanted.setdefault(user, []).extend(keys_of(host, line, project))
+        keys = keys_of(host, line, project)          # a bad key is an error, also for a missing user
+        if user not in accounts:
+            accounts[user] = _account(host, guest, line, passwd, ctx)
+        if accounts[user] is not None:
+            wanted.setdefault(user, []).extend(keys)
     for user, keys in wanted.items():
         home, uid, gid = accounts[user]
         _install(guest, home, uid, gid, keys)

@@ -1,6 +1,8 @@
 """The apache plugin on small ext4 images with a fake /etc/apache2 (no guest is booted)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mln_core.errors import MlnError
@@ -114,19 +116,32 @@ def test_apache_22_layout_keeps_maxclients_in_a_marked_section(tmp_path, ctx):
     assert snapshot(img) == once
 
 
-def test_a_guest_without_apache_is_an_error_naming_the_host(tmp_path, ctx):
+def test_a_guest_without_apache_is_skipped_with_a_warning_naming_the_host(tmp_path, ctx, capsys):
     img = debian_image(tmp_path, apache=None)
+    configure(ctx, PROJECT, img, hosts=["web14"])            # the original went on too
+    msg = capsys.readouterr().err
+    assert msg.startswith("warning: ") and len(ctx.warnings) == 1
+    assert "host web14" in msg and "/etc/apache2/apache2.conf" in msg and "skipped" in msg
+    assert "DocumentRoot" in msg and "template" in msg
+    assert not [p for p in snapshot(img) if p.startswith(("/etc/apache2", "/var/www/web14"))]
+    ctx.options["strict"] = True
     with pytest.raises(MlnError) as e:
         configure(ctx, PROJECT, img, hosts=["web14"])
     assert "host web14" in str(e.value) and "/etc/apache2/apache2.conf" in str(e.value)
 
 
-def test_a_guest_without_a_default_site_is_an_error_naming_the_host(tmp_path, ctx):
+def test_a_guest_without_a_default_site_skips_document_root_with_a_warning(tmp_path, ctx, capsys):
     img = debian_image(tmp_path)
     from mln_backends.imagefs import Ext4Image
     with Ext4Image(str(img)) as g:
         g.remove(ENABLED)
         g.remove(SITE)
+    configure(ctx, PROJECT, img, hosts=["web14"])
+    msg = capsys.readouterr().err
+    assert re.search(r"warning: .*web14.*no default site.*DocumentRoot is not set \(skipped\)", msg)
+    conf = read(img, CONF)
+    assert "MaxRequestWorkers 200" in conf and "<Directory" not in conf    # the other directives are written
+    ctx.options["strict"] = True
     with pytest.raises(MlnError, match="web14.*no default site"):
         configure(ctx, PROJECT, img, hosts=["web14"])
 

@@ -87,13 +87,26 @@ def test_a_missing_key_file_names_host_user_and_line(tmp_path, ctx):
     assert "p.mln:6:" in msg and "does not exist" in msg
 
 
-def test_a_user_missing_in_the_guest_names_host_user_and_line(tmp_path, ctx):
+def test_a_user_missing_in_the_guest_is_skipped_with_a_warning_naming_host_user_and_line(tmp_path, ctx,
+                                                                                          capsys):
     img = debian_image(tmp_path)
+    configure(ctx, project(f"dave {LITERAL}", f"root {LITERAL}"), img)     # the original went on too
+    msg = capsys.readouterr().err
+    assert msg.startswith("warning: ") and len(ctx.warnings) == 1
+    assert "host web14" in msg and "user dave" in msg and "does not exist in the guest" in msg
+    assert "p.mln:5:" in msg and "not installed (skipped)" in msg
+    assert read(img, "/root/.ssh/authorized_keys").splitlines()[1] == LITERAL   # the rest is done
+    assert "home/dave" not in snapshot(img)
+
+
+def test_a_user_missing_in_the_guest_is_an_error_with_strict(tmp_path, ctx):
+    img = debian_image(tmp_path)
+    ctx.options["strict"] = True
     with pytest.raises(MlnError) as e:
         configure(ctx, project(f"dave {LITERAL}"), img)
     msg = str(e.value)
     assert "host web14" in msg and "user dave" in msg and "does not exist in the guest" in msg
-    assert "p.mln:5:" in msg
+    assert "--strict" in msg
 
 
 def test_a_private_key_is_refused(tmp_path, ctx):
