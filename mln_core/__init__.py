@@ -1,12 +1,13 @@
 """mln: Manage Large Networks — the core (language, model, plugin manager, lifecycle)."""
-import pluggy as _pluggy
-
-hookimpl = _pluggy.HookimplMarker("mln")
 
 __all__ = ["hookimpl", "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "hookimpl":          # made when a plugin asks: mln --help imports no pluggy
+        import pluggy
+        marker = globals().setdefault("hookimpl", pluggy.HookimplMarker("mln"))
+        return marker
     if name == "__version__":       # looked up when asked: reading package metadata is slow
         from importlib.metadata import PackageNotFoundError, version
         try:

@@ -10,10 +10,11 @@ import sys
 
 import click
 
+from . import completion as complete
 from .config import load_config
 from .context import Context
 from .errors import MlnError, Pos
-from .plugins import make_plugin_manager
+from . import startup
 
 _GLOBAL_WITH_VALUE = {"-P": "--projects", "-T": "--templates", "-F": "--files",
                       "--projects": "--projects", "--templates": "--templates", "--files": "--files",
@@ -49,6 +50,9 @@ class MlnGroup(click.Group):
     def parse_args(self, ctx, args):
         return super().parse_args(ctx, hoist_global_options(list(args)))
 
+    def get_command(self, ctx, cmd_name):       # or a plugin's, if they were not loaded (startup)
+        return super().get_command(ctx, cmd_name) or startup.plugin_command(self, ctx, cmd_name)
+
 
 def get_ctx(click_ctx: click.Context) -> Context:
     obj = click_ctx.find_root().obj
@@ -80,11 +84,8 @@ def cli(click_ctx, projects, templates, files, no_plugin, verbose):
         obj["disabled"] = set(no_plugin)
 
 
-def _plugin_manager(disabled):
-    pm = make_plugin_manager(disabled)
-    for name, reason in pm.failures:
-        click.echo(f"mln: warning: plugin '{name}' not loaded: {reason}", err=True)
-    return pm
+def _plugin_manager(disabled):      # the plugins are imported when a command first needs one
+    return startup.plugin_manager(disabled)
 
 
 def _project_file(path: str) -> str:
@@ -268,7 +269,8 @@ def build(click_ctx, file, replace, simulate, fmt, jobs, quiet):
 
 
 def _project_option(f):
-    return click.option("-p", "project", required=True, metavar="PROJECT", help="Project name.")(f)
+    return click.option("-p", "project", required=True, metavar="PROJECT", help="Project name.",
+                        shell_complete=complete.projects)(f)
 
 
 def _projects(engine, project: str | None, every: bool, host: str | None) -> list[str]:
@@ -323,9 +325,9 @@ _WAIT = _Wait()
 
 
 @cli.command()
-@click.option("-p", "project", metavar="PROJECT", help="Project name.")
+@click.option("-p", "project", metavar="PROJECT", help="Project name.", shell_complete=complete.projects)
 @_all_option
-@click.option("-h", "host", metavar="HOST", help="Start only this host.")
+@click.option("-h", "host", metavar="HOST", help="Start only this host.", shell_complete=complete.hosts)
 @click.option("-s", "pause", type=click.FloatRange(0), default=0, metavar="SEC",
               help="Pause SEC seconds between two hosts (they then start one at a time).")
 @_jobs
@@ -346,9 +348,9 @@ def start(click_ctx, project, every, host, pause, jobs, quiet):
 
 
 @cli.command()
-@click.option("-p", "project", metavar="PROJECT", help="Project name.")
+@click.option("-p", "project", metavar="PROJECT", help="Project name.", shell_complete=complete.projects)
 @_all_option
-@click.option("-h", "host", metavar="HOST", help="Stop only this host.")
+@click.option("-h", "host", metavar="HOST", help="Stop only this host.", shell_complete=complete.hosts)
 @click.option("-H", "hard", is_flag=True, help="Hard stop: destroy the virtual machines at once.")
 @click.option("-S", "save", is_flag=True,
               help="Save each host's memory instead of shutting it down (Xen, QEMU, VMware); start "
@@ -376,8 +378,9 @@ def stop(click_ctx, project, every, host, hard, save, wait_s, pause, quiet):
 
 
 @cli.command()
-@click.option("-p", "project", metavar="PROJECT", help="Only this project (default: all).")
-@click.option("-h", "host", metavar="HOST", help="Only this host (with -p).")
+@click.option("-p", "project", metavar="PROJECT", help="Only this project (default: all).",
+              shell_complete=complete.projects)
+@click.option("-h", "host", metavar="HOST", help="Only this host (with -p).", shell_complete=complete.hosts)
 @click.option("-s", "switch", metavar="SWITCH", help="Only this switch (with -p).")
 @click.option("-u", "only_up", is_flag=True, help="List only what is up; exit 0 if anything is up.")
 @click.option("-d", "only_down", is_flag=True, help="List only what is down; exit 0 if nothing is up.")
@@ -437,7 +440,8 @@ def status(click_ctx, project, host, switch, only_up, only_down, quiet, fmt):
 
 @cli.command()
 @_project_option
-@click.option("-h", "host", required=True, metavar="HOST", help="The host whose console to attach to.")
+@click.option("-h", "host", required=True, metavar="HOST", help="The host whose console to attach to.",
+              shell_complete=complete.hosts)
 @click.option("-w", "quiet", type=click.FloatRange(0.1), default=2, show_default=True, metavar="SEC",
               help="Without a terminal: print the output until the guest was quiet this long.")
 @click.pass_context
@@ -537,20 +541,18 @@ def completion(shell):
 
 def _register_plugin_commands():
     pm = _plugin_manager(set(os.environ.get("MLN_DISABLE_PLUGINS", "").split(",")) - {""})
-    pm.hook.mln_register_commands.call_historic(kwargs={"cli": cli})
+    startup.register_commands(pm, cli)     # if no enabled plugin adds one, none is imported
     return pm
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mln`` console script: errors become one message and an exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
-    from .project import no_gc
-    with no_gc():   # a short-lived command: the collector would only walk the project again
+    with startup.no_gc():   # a short-lived command: the collector would only walk the project again
         return _main(args)
 
 
 def _main(args: list[str]) -> int:
-    import traceback
     pm = _register_plugin_commands()
     try:
         rv = cli.main(args=args, prog_name="mln", standalone_mode=False, obj={"pm": pm, "disabled": set()})
@@ -572,6 +574,7 @@ def _main(args: list[str]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception as e:  # an internal error: say so plainly, trace only on request
+        import traceback
         from .private import redact       # secret values never reach a trace
         if os.environ.get("MLN_DEBUG"):
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
@@ -588,5 +591,7 @@ from . import cli_admin  # noqa: E402,F401  (mln setup, version, templates, plug
 from . import cli_graph  # noqa: E402,F401  (mln graph)
 from . import cli_export  # noqa: E402,F401  (mln export, import)
 from . import cli_daemon  # noqa: E402,F401  (mln daemon, daemon_ca, daemon_status)
+from . import cli_class  # noqa: E402,F401  (mln class: copies of one lab)
+from . import cli_reconfigure  # noqa: E402,F401  (mln reconfigure, rc; --strict)
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

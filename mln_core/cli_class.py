@@ -5,19 +5,30 @@ work is in :mod:`mln_core.fanout`.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 import click
 
-from . import classrecord, fanout
 from .cli import _confirm, _engine, _quiet, cli, get_ctx, set_quiet
 from .errors import MlnError, Pos
 from .private import write_file
+
+
+class _Later:
+    """A module imported when first used: every ``mln`` command imports this one (for its
+    commands' help), few run a class command."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+        return getattr(importlib.import_module(self._name), attr)
+
+
+fanout, classrecord = _Later("mln_core.fanout"), _Later("mln_core.classrecord")
+json, subprocess, tempfile, time = (_Later(n) for n in ("json", "subprocess", "tempfile", "time"))
 
 _copies_jobs = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
                             metavar="N", help="How many copies to work on at once (each in its own mln "

@@ -5,7 +5,6 @@ Registered on the ``cli`` group by the import at the bottom of :mod:`mln_core.cl
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -147,6 +146,7 @@ def daemon_status(click_ctx, csv, fmt):
     keys = ("projects", "vms", "memory_used", "memory_free", "memory_total", "cpus", "disk_free")
     total = {k: sum(int(r.get(k) or 0) for r in ok.values()) for k in keys}
     if fmt == "json":
+        import json
         click.echo(json.dumps({"servers": [dict(r, server=n, transport=servers[n].transport,
                                                 address=servers[n].address) for n, r in ok.items()],
                                "total": total,

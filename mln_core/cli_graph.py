@@ -6,9 +6,7 @@ the import at the bottom of :mod:`mln_core.cli`.
 """
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 
 import click
 
@@ -35,6 +33,7 @@ class _Format(click.Choice):
 
 def render_svg(dot_text: str) -> str:
     """SVG from DOT with Graphviz's ``dot -Tsvg``; a clear error when it is not installed."""
+    import subprocess       # here, not at the top: every mln command imports this module
     exe = shutil.which("dot")
     if exe is None:
         raise MlnError("--format svg needs Graphviz's 'dot' program, which is not installed "
@@ -81,6 +80,7 @@ def graph(click_ctx, file, project, fmt, output):
         raise GraphUsageError("give a project file (-f FILE) or a built project (-p PROJECT)")
     data = network(_project(_CLI.get_ctx(click_ctx), file, project))
     if fmt == "json":
+        import json
         text = json.dumps(data, indent=2) + "\n"
     elif fmt == "mermaid":
         text = to_mermaid(data)

@@ -1,7 +1,6 @@
 """``mln upgrade``: apply an edited project file to a built, maybe running, project."""
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -37,6 +36,7 @@ def upgrade(click_ctx, file, project, simulate, start_new, yes, live, keep, fmt,
 
     def show(plan):
         if fmt == "json":
+            import json
             click.echo(json.dumps(plan.as_json(), indent=2))
         else:
             click.echo(plan.render_text(), nl=False)

@@ -30,8 +30,11 @@ def parse_size(text: str, where: Pos | str | None = None, what: str = "size") ->
     if not m:
         raise MlnError(f"bad {what} '{shown(text)}': use a number with a unit such as 512M or 2G "
                        "(units: b K kB KB M MB G GB)", where)
-    from decimal import Decimal
-    n = Decimal(m.group(1)) * _UNITS[m.group(2)]
+    if "." in m.group(1):
+        from decimal import Decimal      # exact: 1.5G is 1610612736 bytes
+        n = Decimal(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        n = int(m.group(1)) * _UNITS[m.group(2)]
     if n > MAX_SIZE:
         raise MlnError(f"{what} '{shown(text)}' is too large (at most {MAX_SIZE // 2**40}T)", where)
     return int(n)

@@ -1,30 +1,30 @@
 """The plugin manager: pluggy hooks, plugins discovered through stevedore.
 
 Built-in plugins and third-party ones are found the same way: entry points in the
-``mln.plugins`` group. They are registered in alphabetical order of their entry-point
-name, and hooks called on all plugins run in that order.
+``mln.plugins`` group, as stevedore lists them (remembered in a cache that notices every
+install and removal:
+:mod:`mln_core.plugin_cache`). They are registered in alphabetical order of their
+entry-point name, and hooks called on all plugins run in that order.
 
 Controls: ``MLN_DISABLE_PLUGINS=a,b`` (or ``mln --no-plugin a``) skips plugins by name;
-``MLN_TRACE_PLUGINS=1`` prints every hook call and its result on stderr (secret values
-replaced by ``<secret>``: see :mod:`mln_core.private`). A plugin that
-fails to import, or implements a hook that does not exist, is reported by name with the
-reason and left out; the others still load.
+a disabled plugin is not even imported. ``MLN_TRACE_PLUGINS=1`` prints every hook call
+and its result on stderr (secret values replaced by ``<secret>``: see
+:mod:`mln_core.private`). A plugin that fails to import, or implements a hook that does
+not exist, is reported by name with the reason and left out; the others still load.
 """
 from __future__ import annotations
 
 import functools
 import os
 import sys
-from importlib import metadata
 from dataclasses import dataclass, field
 
 import pluggy
-from stevedore import ExtensionManager
 
 from . import hookspecs
 from .keywords import KeywordRegistry, core_keywords
+from .plugin_cache import NAMESPACE, Discovery, load_entry_point  # noqa: F401  (NAMESPACE re-exported)
 
-NAMESPACE = "mln.plugins"
 from . import hookimpl  # noqa: E402,F401  (re-exported)
 
 
@@ -44,24 +44,14 @@ class PluginInfo:
     @property
     def version(self) -> str | None:
         dist = self.distribution
-        return metadata.version(dist) if dist else None
+        if not dist:
+            return None
+        from importlib import metadata
+        return metadata.version(dist)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "module": self.module, "distribution": self.distribution,
                 "version": self.version, "hooks": self.hooks}
-
-
-class _EnabledPlugins(ExtensionManager):
-    """stevedore's manager of the ``mln.plugins`` entry points that does not even import a
-    disabled plugin (the check stevedore's NamedExtensionManager makes for names it was not
-    asked for)."""
-
-    def __init__(self, disabled: set[str], **kw):
-        self._disabled = disabled
-        super().__init__(**kw)
-
-    def _load_one_plugin(self, ep, *args, **kw):
-        return None if ep.name in self._disabled else super()._load_one_plugin(ep, *args, **kw)
 
 
 class PluginManager(pluggy.PluginManager):
@@ -73,29 +63,53 @@ class PluginManager(pluggy.PluginManager):
         self.disabled: set[str] = set()
         self._keywords: KeywordRegistry | None = None
 
-    def load(self, disabled: set[str] | None = None, env=os.environ) -> None:
+    def load(self, disabled: set[str] | None = None, env=os.environ,
+             discovery: Discovery | None = None) -> None:
         self.disabled = set(disabled or ())
         self.disabled |= {n.strip() for n in env.get("MLN_DISABLE_PLUGINS", "").split(",") if n.strip()}
-        mgr = _EnabledPlugins(
-            self.disabled, namespace=NAMESPACE, invoke_on_load=False, propagate_map_exceptions=False,
-            on_load_failure_callback=self._load_failed,
-        )
-        for ext in sorted(mgr.extensions, key=lambda e: e.name, reverse=True):
-            # pluggy calls the last registered first: register in reverse order so that
-            # hooks run in alphabetical order of plugin name.
-            if ext.name in self.disabled:
+        found = discovery if discovery is not None else Discovery(env)
+        before = set(sys.modules)
+        loaded = []
+        for name, value in found.entry_points:
+            if name in self.disabled:           # not even imported
                 continue
-            self.add(ext.name, ext.plugin, ext.entry_point)
+            try:
+                plugin = load_entry_point(name, value)
+            except (KeyboardInterrupt, AssertionError):
+                raise
+            except Exception as exc:
+                self.failures.append((name, f"cannot import {value}: {type(exc).__name__}: {exc}"))
+                continue
+            loaded.append((name, plugin, value))
+        # pluggy calls the last registered first: register in reverse order so that hooks
+        # run in alphabetical order of plugin name.
+        for name, plugin, value in sorted(loaded, key=lambda e: e[0], reverse=True):
+            self.add(name, plugin, value)
+        try:
+            self._remember(found, before)
+        except Exception:   # pragma: no cover  (only a cache: the next command scans again)
+            pass
         if env.get("MLN_TRACE_PLUGINS", "") not in ("", "0"):
             from .private import redact       # secret values never reach a trace
             self.trace.root.setwriter(lambda text: sys.stderr.write(redact(text)))
             self.enable_tracing()
 
-    def _load_failed(self, manager, entrypoint, exc) -> None:
-        if entrypoint.name in self.disabled:
-            return
-        self.failures.append((entrypoint.name, f"cannot import {entrypoint.value}: "
-                                               f"{type(exc).__name__}: {exc}"))
+    def _remember(self, found: Discovery, before: set[str]) -> None:
+        """Tell the cache which enabled plugins loaded cleanly and which hooks they have
+        (``mln --help`` needs none of them if none adds commands)."""
+        failed = {name for name, _ in self.failures}
+        plugins = {}
+        modules = [sys.modules.get(m) for m in list(sys.modules) if m not in before]
+        for name, value in found.entry_points:
+            if name in self.disabled:
+                continue
+            info = self.infos.get(name)
+            ok = info is not None and name not in failed
+            plugins[name] = (value, ok, tuple(info.hooks) if ok else ())
+            mod = sys.modules.get(value.split("[", 1)[0].partition(":")[0].strip())
+            if mod is not None:
+                modules.append(mod)
+        found.remember(plugins, modules)
 
     def add(self, name: str, plugin, entry_point=None) -> bool:
         """Register ``plugin`` under ``name``; on a bad plugin record the failure, return False."""
@@ -135,6 +149,7 @@ class PluginManager(pluggy.PluginManager):
 
 @functools.lru_cache(maxsize=4)
 def _packages_distributions(path: tuple) -> dict:
+    from importlib import metadata
     return metadata.packages_distributions()
 
 
@@ -143,7 +158,8 @@ def _distribution_of(module: str) -> str | None:
     return dists[0] if dists else None
 
 
-def make_plugin_manager(disabled: set[str] | None = None, env=os.environ) -> PluginManager:
+def make_plugin_manager(disabled: set[str] | None = None, env=os.environ,
+                        discovery: Discovery | None = None) -> PluginManager:
     pm = PluginManager()
-    pm.load(disabled, env)
+    pm.load(disabled, env, discovery)
     return pm

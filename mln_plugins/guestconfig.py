@@ -24,7 +24,6 @@ a DES hash) is warned about by ``mln check`` at its place, without showing it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -63,6 +62,7 @@ def password_hash(password: str, salt_seed: str, machine=None) -> str:
     to its standard input, never on a command line."""
     if CRYPT.match(password):
         return password
+    import hashlib      # here, not at the top: every mln command imports this plugin
     digest = hashlib.sha256(f"{salt_seed}\0{password}".encode()).digest()
     salt = "".join(SALT_CHARS[b % 64] for b in digest[:16])
     machine = machine if machine is not None else local()

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
+from typing import TYPE_CHECKING
 
 from mln_core import hookimpl
-from mln_core.daemon import DEFAULT_PORT, read_json, read_token, send_json
 from mln_core.errors import MlnError
-from mln_core.serve import sha256_of
+
+if TYPE_CHECKING:
+    import ssl
+
+# ssl, mln_core.daemon and mln_core.serve are imported when a daemon server is used: every
+# mln command imports this plugin, few talk to a daemon.
 
 CONNECT_TIMEOUT = 10
 SILENCE = 60                # seconds without a line (mln serve sends a heartbeat every 5 s)
@@ -31,8 +35,14 @@ def mln_remote_transport(server, ctx):
     return DaemonTransport(server, ctx.config, ctx.on())
 
 
+def sha256_of(path: str) -> str:
+    from mln_core.serve import sha256_of as digest
+    return digest(path)
+
+
 class DaemonTransport:
     def __init__(self, server, config, machine):
+        from mln_core.daemon import DEFAULT_PORT
         opt = server.options
         self.machine = machine
         self.server = server
@@ -49,6 +59,9 @@ class DaemonTransport:
         self._token = None
 
     def _context(self) -> ssl.SSLContext:
+        import ssl
+
+        from mln_core.daemon import read_token
         if self._ctx is not None:
             return self._ctx
         if not self.ca:
@@ -72,6 +85,7 @@ class DaemonTransport:
         return ctx
 
     def _connect(self):
+        import ssl
         ctx = self._context()
         try:
             raw = self.machine.connect_tcp(self.server.address, self.port, timeout=self.timeout)
@@ -98,6 +112,9 @@ class DaemonTransport:
 
     def _answers(self, tls, stream):
         """The daemon's JSON lines, with its errors as one clear message."""
+        import ssl
+
+        from mln_core.daemon import read_json
         while True:
             try:
                 obj = read_json(stream)
@@ -114,6 +131,7 @@ class DaemonTransport:
             yield obj
 
     def _broken(self, e: Exception) -> MlnError:
+        import ssl
         if isinstance(e, TimeoutError):
             return MlnError(f"{self.where} stopped answering (nothing for {self.silence:g} s)")
         if isinstance(e, (ssl.SSLEOFError, ConnectionResetError)):
@@ -122,6 +140,7 @@ class DaemonTransport:
         return MlnError(f"the connection to {self.where} broke: {e}")
 
     def request(self, request: dict, log) -> dict:
+        from mln_core.daemon import send_json
         with self._connect() as tls, tls.makefile("rb") as stream:
             try:
                 send_json(tls, self._message(request))
@@ -137,6 +156,7 @@ class DaemonTransport:
         raise MlnError(f"{self.where} closed the connection without an answer")   # pragma: no cover
 
     def put(self, local_path: str, remote_path: str) -> None:
+        from mln_core.daemon import send_json
         size, digest = os.path.getsize(local_path), sha256_of(local_path)
         with self._connect() as tls, tls.makefile("rb") as stream:
             answers = self._answers(tls, stream)

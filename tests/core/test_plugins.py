@@ -36,18 +36,12 @@ COLOUR_PROJECT = "global { project p }\nhost a {\n colour red\n}\n"
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """A directory on sys.path where tests install fake distributions with mln plugins."""
-    from stevedore import ExtensionManager, _cache
     root = tmp_path / "site"
     root.mkdir()
-    # stevedore 5 caches entry points three times: per namespace for the life of the
-    # process (ExtensionManager.ENTRY_POINT_CACHE), and per sys.path in memory and in
-    # ~/.cache/python-entrypoints (stevedore._cache._c, whose directory is fixed at import,
-    # so XDG_CACHE_HOME set now would not move it). Give the test its own caches, empty
-    # the namespace cache after each install and put the directory on sys.path only once
-    # the distribution is complete (a new sys.path is a new key of the other two).
-    monkeypatch.setattr(ExtensionManager, "ENTRY_POINT_CACHE", {})
-    monkeypatch.setattr(_cache._c, "_dir", str(tmp_path / "stevedore-cache"))
-    monkeypatch.setattr(_cache._c, "_internal", {})
+    # mln remembers the entry points (mln_core.plugin_cache) in $XDG_CACHE_HOME/mln: give the
+    # test its own, and put the directory on sys.path only once the distribution is complete
+    # (importlib.metadata caches a directory's listing by its modification time).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     created: list[str] = []
 
     def install(dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "1.0"):
@@ -61,7 +55,6 @@ def site(tmp_path, monkeypatch):
             (root / f"{module}.py").write_text(source)
             created.append(module)
         monkeypatch.syspath_prepend(str(root))
-        ExtensionManager.ENTRY_POINT_CACHE.clear()
 
     yield install
     for module in created:

@@ -1,0 +1,61 @@
+"""What every ``mln`` command does before its own work, kept light (docs/benchmarks.md,
+"Start-up"): the plugin manager, made when a command first needs a plugin
+(:class:`mln_core.plugin_cache.LazyPluginManager`); the plugins' commands, added before the
+command line is parsed, but only if an enabled plugin may add one; the garbage collector
+off for the command's short life. Used by :mod:`mln_core.cli`.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import click
+
+from .plugin_cache import LazyPluginManager
+
+
+def report_failures(pm) -> None:
+    for name, reason in pm.failures:
+        click.echo(f"mln: warning: plugin '{name}' not loaded: {reason}", err=True)
+
+
+def plugin_manager(disabled: set[str]) -> LazyPluginManager:
+    """The plugin manager; the plugins are imported (and those that failed reported) when
+    a command first uses it."""
+    return LazyPluginManager(disabled, on_load=report_failures)
+
+
+def register_commands(pm: LazyPluginManager, cli: click.Group) -> None:
+    """Let the plugins add their commands to ``cli``. When the cache of installed plugins
+    shows that no enabled plugin adds one (and none fails), nothing is imported: ``mln
+    --help`` stays fast."""
+    if pm.may_add_commands():
+        pm.hook.mln_register_commands.call_historic(kwargs={"cli": cli})
+    else:
+        pm.commands_skipped = True
+
+
+def plugin_command(cli: click.Group, click_ctx: click.Context, name: str):
+    """A command that no built-in has, asked for after :func:`register_commands` skipped the
+    plugins: load them and let them add their commands after all (should the cache ever be
+    wrong, a plugin's command still works), then look again. None if there is none."""
+    pm = (click_ctx.find_root().obj or {}).get("pm")
+    if not getattr(pm, "commands_skipped", False):
+        return None
+    pm.commands_skipped = False
+    pm.hook.mln_register_commands.call_historic(kwargs={"cli": cli})
+    return click.Group.get_command(cli, click_ctx, name)
+
+
+@contextlib.contextmanager
+def no_gc():
+    """The cyclic garbage collector off (as :func:`mln_core.project.no_gc`, without
+    importing the project modules): a command is short-lived, and the collector would only
+    walk the project it reads again and again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
