@@ -61,6 +61,20 @@ class Classes:
         data = self.read(name) or {"copies": []}
         return {c.get("project") for c in data["copies"]}
 
+    def copies(self) -> dict[str, dict]:
+        """{project: {"class", "copy", "owner"}} of every copy of every class (a damaged
+        record is left out: ``mln class list`` names it)."""
+        out = {}
+        for name in self.names():
+            try:
+                data = self.read(name) or {"copies": []}
+            except MlnError:
+                continue
+            for c in data["copies"]:
+                if isinstance(c, dict) and c.get("project"):
+                    out[c["project"]] = {"class": name, "copy": c.get("copy"), "owner": c.get("owner")}
+        return out
+
     def write(self, name: str, data: dict) -> None:
         make_dir(self.dir, exist_ok=True)
         tmp = self.path(name) + f".tmp-{os.getpid()}"

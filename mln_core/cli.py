@@ -479,8 +479,10 @@ def list_(click_ctx, fmt):
     engine = _engine(click_ctx)
     if fmt == "json":
         import json
-        click.echo(json.dumps([{"project": n, "directory": engine.store.project_dir(n),
-                                "version": engine.store.version(n)} for n in engine.store.list()], indent=2))
+        from .classrecord import Classes      # a copy of a class: which, and whose
+        copies = Classes(engine.store).copies()
+        click.echo(json.dumps([{"project": n, "directory": engine.store.project_dir(n), "version": engine.store.version(n),
+                                **copies.get(n, {})} for n in engine.store.list()], indent=2))
         return
     for name in engine.store.list():
         click.echo(engine.store.project_dir(name))

@@ -139,6 +139,10 @@ def test_build_list_status_rebuild_remove(cls, mln, dirs):
         ("c", None, "down", {"linux3": "down"})]
     code, out, err = cls("status", "lab", "b")
     assert out.splitlines()[1].split() == ["b", "lab-b", "bob", "down", "0/1"]
+    code, out, err = mln("-P", projects, "list", "--format", "json")      # the plain listing says it too
+    assert code == 0, err
+    assert [(d["project"], d.get("class"), d.get("copy"), d.get("owner")) for d in json.loads(out)] == [
+        ("lab-a", "lab", "a", "alice"), ("lab-b", "lab", "b", "bob"), ("lab-c", "lab", "c", None)]
     # built copies are not built again without -r; with a pattern, only that copy
     code, out, err = cls("build", "-f", "lab.mln", "-t", "t.csv")
     assert code == 1 and "project 'lab-a' was built before: add -r" in err and "nothing was built" in err
