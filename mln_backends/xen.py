@@ -32,10 +32,14 @@ Decisions (see also docs and the golden files in ``tests/xen/golden``):
   resolved against the project's final directory (xl 4.17 accepts these prefixes as
   deprecated and ignores them: it picks the backend itself; the disk format is raw).
 * **Kernel (PV).** ``kernel``/``ramdisk`` of the host, else ``xen_kernel``/``xen_ramdisk``
-  of mln.conf (the mln.conf ramdisk is not combined with a host's own kernel). There is no
-  guessed default (the original's ``/boot/vmlinuz-$(uname -r)`` is the dom0 kernel of the
-  machine that builds, not necessarily one that boots the guest): without a kernel the build
-  fails with "missing kernel", unless a ``xen_extra`` line sets ``bootloader`` (pygrub).
+  of mln.conf (the mln.conf ramdisk is not combined with a host's own kernel), else none
+  when a ``xen_extra`` line sets ``bootloader`` (pygrub), else, as the original, the running
+  dom0 kernel ``<xen_boot_dir>/vmlinuz-$(uname -r)`` (``xen_boot_dir`` of mln.conf, default
+  ``/boot``) with its initrd (``initrd.img-<r>``, ``initrd-<r>.img`` or ``initramfs-<r>.img``;
+  a host's ``ramdisk`` wins). ``mln check`` says so per host (an ``info`` line). When that
+  file is missing, check and build fail with "missing kernel", naming the path and any other
+  ``vmlinuz-*`` there: mln does not guess among other kernels (after an upgrade the newest
+  one may not be the one the administrator tested; ``xen_kernel`` names it).
   The command line is ``root=/dev/xvda1`` plus ``extra = "console=hvc0 <host extra>"``.
   HVM guests boot their own disk (``boot = "c"``, hvmloader is xl's default).
 * **Network.** ``vif`` entries in interface order (eth0, eth2 stays eth2's entry: bug 15),
@@ -62,9 +66,9 @@ Decisions (see also docs and the golden files in ``tests/xen/golden``):
   ``/etc/securetty`` when that file exists. A guest whose interfaces have a gap (eth0 and
   eth2) would call its second vif eth1: a udev rule per MAC gives it its configured name.
   The original's copying of dom0's kernel modules into the guest is not done (the guest's
-  kernel is the configured one; put its modules in the template).
+  kernel is the configured one, or dom0's: put its modules in the template).
 
-mln.conf: ``xen_kernel``, ``xen_ramdisk``, ``xen_bridge``.
+mln.conf: ``xen_kernel``, ``xen_ramdisk``, ``xen_boot_dir``, ``xen_bridge``.
 """
 from __future__ import annotations
 
@@ -80,7 +84,8 @@ from mln_core.limits import whole_number
 
 from . import bridges
 from .runtime import IFNAMSIZ, saved_state_path
-from .xen_config import HVM_DISKS, cfg_name, disk_mounts, guest_devices, host_value, is_hvm, render, vnc_password
+from .xen_config import (HVM_DISKS, boot_dir, cfg_name, disk_mounts, dom0_kernel, guest_devices, host_value, is_hvm,
+                         pv_kernel_source, render, vnc_password)
 from .xen_guest import configure as configure_guest
 
 NAME = "xen"
@@ -177,12 +182,29 @@ def _host_problems(host, project) -> list[Problem]:
     return out
 
 
+def _kernel_problems(host, ctx) -> list[Problem]:
+    """A PV guest without 'kernel', 'xen_kernel' or a bootloader boots dom0's running kernel:
+    say which (info), or an error when there is none."""
+    if is_hvm(host) or pv_kernel_source(host, ctx) != "dom0":
+        return []
+    where = _pos(host, "xen" if host.tree is not None and host.tree.line("xen") else "hypervisor")
+    try:
+        kernel, initrd = dom0_kernel(boot_dir(ctx))
+    except MlnError as e:
+        return [Problem("error", f"host {host.name}: {e.message}", where)]
+    ramdisk = (f"initrd {host.ramdisk} (the host's ramdisk)" if host.ramdisk else
+               f"initrd {initrd}" if initrd else "no initrd (none found beside it)")
+    return [Problem("info", f"host {host.name}: boots the dom0 kernel {kernel} with {ramdisk} (no 'kernel' "
+                    "in the host, no 'xen_kernel' in mln.conf); the guest needs that kernel's modules",
+                    where)]
+
+
 @hookimpl
 def mln_validate(project, ctx):
     out: list[Problem] = []
     for host in project.hosts.values():
         if _mine(host):
-            out += _host_problems(host, project)
+            out += _host_problems(host, project) + _kernel_problems(host, ctx)
     return out
 
 

@@ -187,18 +187,63 @@ def vif_specs(host, ctx) -> list[str]:
     return out
 
 
+#: where the dom0 kernels are (mln.conf ``xen_boot_dir``)
+BOOT_DIR = "/boot"
+#: the names of the initrd of kernel release {r}: Debian's, then Fedora's and dracut's
+INITRD_NAMES = ("initrd.img-{r}", "initrd-{r}.img", "initramfs-{r}.img")
+
+
+def boot_dir(ctx) -> str:
+    return ctx.config.get("xen_boot_dir") or BOOT_DIR
+
+
+def dom0_kernel(boot: str, release: str | None = None) -> tuple[str, str | None]:
+    """(kernel, initrd or None) of the running kernel in ``boot`` (``vmlinuz-<uname -r>``, as
+    the original). An error naming what was looked for when it is missing, and the other
+    ``vmlinuz-*`` files of ``boot`` if there are any (no guess among them)."""
+    release = release or os.uname().release
+    kernel = os.path.join(boot, f"vmlinuz-{release}")
+    if not os.path.isfile(kernel):
+        try:
+            others = sorted(n for n in os.listdir(boot)
+                            if n.startswith("vmlinuz-") and os.path.isfile(os.path.join(boot, n)))
+        except OSError:
+            others = []
+        found = (f"; {boot} has {', '.join(others)}, but not that of the running kernel {release}"
+                 if others else "")
+        raise MlnError(f"missing kernel: no 'kernel PATH' in the host, no 'xen_kernel PATH' in mln.conf, "
+                       f"and no dom0 kernel {kernel}{found}; set one of those, or a "
+                       f"'bootloader = \"pygrub\"' line in xen_extra")
+    for name in INITRD_NAMES:
+        initrd = os.path.join(boot, name.format(r=release))
+        if os.path.isfile(initrd):
+            return kernel, initrd
+    return kernel, None
+
+
+def pv_kernel_source(host, ctx) -> str:
+    """Where a PV guest's kernel comes from: "host", "mln.conf", "bootloader" or "dom0"."""
+    if host.kernel:
+        return "host"
+    if ctx.config.get("xen_kernel"):
+        return "mln.conf"
+    return "bootloader" if has_bootloader(host) else "dom0"
+
+
 def pv_kernel(host, ctx) -> tuple[str | None, str | None]:
-    """(kernel, ramdisk) of a PV guest: the host's, else mln.conf's."""
-    kernel = host.kernel or ctx.config.get("xen_kernel")
-    ramdisk = host.ramdisk or (ctx.config.get("xen_ramdisk") if not host.kernel else None)
-    if kernel is None:
-        if has_bootloader(host):
-            return None, None
-        raise MlnError("missing kernel: a Xen PV guest boots a kernel from dom0; set 'kernel PATH' in the "
-                       "host, or 'xen_kernel PATH' (and 'xen_ramdisk PATH') in mln.conf, or a "
-                       "'bootloader = \"pygrub\"' line in xen_extra")
+    """(kernel, ramdisk) of a PV guest: the host's, else mln.conf's, else none with a
+    bootloader (pygrub), else dom0's running kernel and its initrd (see :func:`dom0_kernel`)."""
+    source = pv_kernel_source(host, ctx)
+    if source == "bootloader":
+        return None, None
+    if source == "dom0":
+        kernel, initrd = dom0_kernel(boot_dir(ctx))
+        ramdisk = host.ramdisk or initrd
+    else:
+        kernel = host.kernel or ctx.config.get("xen_kernel")
+        ramdisk = host.ramdisk or (ctx.config.get("xen_ramdisk") if not host.kernel else None)
     for path, what, key in ((kernel, "kernel", "xen_kernel"), (ramdisk, "ramdisk", "xen_ramdisk")):
-        if path is not None and not os.path.isfile(path):
+        if path is not None and (getattr(host, what) or source == "mln.conf") and not os.path.isfile(path):
             raise MlnError(f"missing {what}: {path} does not exist (from "
                            f"{'the host' if getattr(host, what) else 'mln.conf ' + key})")
     return kernel, ramdisk

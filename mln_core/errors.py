@@ -47,7 +47,8 @@ class MlnError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """A finding of ``mln check``: severity is "error" or "warning"."""
+    """A finding of ``mln check``: severity is "error", "warning" or "info" (a fact worth
+    knowing, such as a default chosen from the machine; printed by ``check`` only, not counted)."""
 
     severity: str
     message: str

@@ -345,8 +345,11 @@ def test_missing_kernel(mln_plain, xen_templates):
     from .conftest import setup_xen
     setup_xen(mln_plain, xen_templates)
     conf = mln_plain.config.read_text()
+    empty_boot = mln_plain.root / "empty-boot"      # no dom0 kernel whatever this machine's /boot holds
+    empty_boot.mkdir()
     mln_plain.config.write_text("".join(line + "\n" for line in conf.splitlines()
-                                        if not line.startswith(("xen_kernel", "xen_ramdisk"))))
+                                        if not line.startswith(("xen_kernel", "xen_ramdisk")))
+                                + f"xen_boot_dir {empty_boot}\n")
     path = _write(mln_plain, "global { project nok }\nhost a { xen; template ubuntu-server.ext3 }\n")
     r = mln_plain.mln("build", "-f", str(path))
     assert r.returncode != 0
