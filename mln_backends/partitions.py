@@ -131,7 +131,7 @@ def _gpt(f, disk: int) -> list[Partition]:
     lba = int.from_bytes(hdr[72:80], "little")
     count = min(int.from_bytes(hdr[80:84], "little"), 1024)
     esize = int.from_bytes(hdr[84:88], "little")
-    if esize < 128:
+    if not 128 <= esize <= 4096 or esize % 128:      # a damaged header: no partition table to trust
         return []
     table = _read(f, lba * SECTOR, count * esize)
     out = []

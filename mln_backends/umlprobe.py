@@ -52,6 +52,20 @@ CAUSES = [
 # random 5 to 15 MB of 64 MB, and a guest left with too little fails at random ("Unable to
 # mount root fs ... error -12"). Without randomization the guest has what ``mem=`` says.
 FIXED_LAYOUT = ["setarch", "-R"]
+_layout: list[str] | None = None
+
+
+def fixed_layout(machine) -> list[str]:
+    """:data:`FIXED_LAYOUT` where this machine lets a process turn randomization off; [] where
+    it cannot (no setarch, or a container whose seccomp profile refuses the personality)."""
+    global _layout
+    if _layout is None:
+        try:
+            ok = machine.run(FIXED_LAYOUT + ["true"], check=False, timeout=10).returncode == 0
+        except (OSError, MlnError):
+            ok = False
+        _layout = FIXED_LAYOUT if ok else []
+    return _layout
 
 
 def remedy() -> str:
@@ -147,7 +161,7 @@ def _boot(kernel: str, machine) -> dict:
         if img is None:
             return {"boots": None, "why": "cannot probe: no statically linked busybox "
                                           "(install busybox-static) or mkfs.ext4 failed"}
-        argv = FIXED_LAYOUT + [kernel, f"ubd0={img}", "root=/dev/ubda", "rw", "mem=64M", "init=/init", "umid=mln-probe",
+        argv = fixed_layout(machine) + [kernel, f"ubd0={img}", "root=/dev/ubda", "rw", "mem=64M", "init=/init", "umid=mln-probe",
                 f"uml_dir={d}", "con=null", "con0=null,fd:1"]
         # output and errors into one file (its console is fd 1), in a process group of its own
         with open(os.devnull, "rb") as null, open(os.path.join(d, "console"), "w+b") as out:

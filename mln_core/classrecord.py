@@ -139,9 +139,23 @@ def select(record: dict, patterns: tuple[str, ...] | list[str]) -> list[dict]:
     return [c for c in copies if c in out]
 
 
-def shown_variables(variables: dict) -> dict:
-    """Variables to print: values of columns named like a password are ``<secret>``."""
-    return {k: ("<secret>" if _SECRET_COLUMN.search(k) else v) for k, v in variables.items()}
+def secret_variables(lab: str, registry) -> list[str]:
+    """The variables the lab file uses in a secret value (``root_passwd $pw``, a password
+    in a ``users`` block): :func:`shown_variables` never prints their values."""
+    import re
+
+    from .fanout import parse_lab
+    from .private import Secrets, _walk_any
+    names: set[str] = set()
+    _walk_any(Secrets(registry), parse_lab(lab, finish=False).root, "/",
+              lambda line, value, masked: names.update(re.findall(r"\$\[?([A-Za-z0-9_]+)", value)))
+    return sorted(names)
+
+
+def shown_variables(variables: dict, secret=()) -> dict:
+    """Variables to print: values of columns named like a password, or used in a secret
+    value of the lab (``secret``), are ``<secret>``."""
+    return {k: ("<secret>" if _SECRET_COLUMN.search(k) or k in secret else v) for k, v in variables.items()}
 
 
 # ---------------------------------------------------------------------------------------

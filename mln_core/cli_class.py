@@ -143,24 +143,35 @@ def _each(copies: list[dict], work, log, jobs: int = 1, command=None) -> list[di
                 failed.append(c)
         return failed
     pending, running = list(copies), []
-    while pending or running:
-        while pending and len(running) < jobs:
-            c = pending.pop(0)
-            out = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
-            p = subprocess.Popen([sys.executable, "-m", "mln_core.cli", *command(c)],
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-            running.append((p, c, out))
-        time.sleep(0.05)
-        for item in [r for r in running if r[0].poll() is not None]:
-            p, c, out = item
-            running.remove(item)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                c = pending.pop(0)
+                out = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+                p = subprocess.Popen([sys.executable, "-m", "mln_core.cli", *command(c)],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                running.append((p, c, out))
+            time.sleep(0.05)
+            for item in [r for r in running if r[0].poll() is not None]:
+                p, c, out = item
+                running.remove(item)
+                out.seek(0)
+                log(_header(c))
+                for line in out.read().splitlines():
+                    log(line)
+                out.close()
+                if p.returncode != 0:
+                    failed.append(c)
+    finally:            # interrupted: the copies under way stop as an interrupted mln does (undoing)
+        for p, c, out in running:
+            p.send_signal(2)        # SIGINT
+        for p, c, out in running:
+            p.wait()
             out.seek(0)
             log(_header(c))
             for line in out.read().splitlines():
                 log(line)
             out.close()
-            if p.returncode != 0:
-                failed.append(c)
     return [c for c in copies if c in failed]
 
 
@@ -245,6 +256,7 @@ def build(click_ctx, file, table, name, replace, simulate, jobs, quiet, patterns
     classes = classrecord.Classes(engine.store)
     with classes.lock(p.name):
         record, kept = classrecord.merged(classes.read(p.name) or old, p, todo)
+        record["secret_variables"] = classrecord.secret_variables(p.lab, engine.ctx.pm.keywords)
         classes.write(p.name, record)
         if kept:
             click.echo(f"mln: warning: class {p.name}: copies {', '.join(kept)} are not in the table any "
@@ -355,7 +367,8 @@ def list_(click_ctx, name, patterns, fmt):
     for c in classrecord.select(record, patterns):
         built = engine.store.exists(c["project"])
         data.append({"copy": c["copy"], "project": c["project"], "owner": c.get("owner"),
-                     "variables": classrecord.shown_variables(c.get("variables") or {}),
+                     "variables": classrecord.shown_variables(c.get("variables") or {},
+                                                                 record.get("secret_variables", ())),
                      "service_host": c.get("service_host"), "built": built,
                      "version": engine.store.version(c["project"]) if built else 0})
     if fmt == "json":

@@ -301,8 +301,9 @@ class Daemon:
         with self.lock:
             children = [p for p in self.children if p.poll() is None]
         for p in children:
-            self.log(f"interrupting request (pid {p.pid}) after {self.s.grace:g} s")
-            p.send_signal(signal.SIGINT)
+            if p not in builds:         # an interrupted build is undoing: a second SIGINT would cut that short
+                self.log(f"interrupting request (pid {p.pid}) after {self.s.grace:g} s")
+                p.send_signal(signal.SIGINT)
         end = time.monotonic() + KILL_AFTER
         for p in children:
             try:

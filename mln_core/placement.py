@@ -60,6 +60,9 @@ def place(project, wanted: dict[str, list[str]], fixed: dict[str, str], free: di
         if was in cands:
             chosen[h] = was
             said.append(f"host {h} stays on {was}")
+    for h, server in {**fixed, **chosen}.items():     # their memory is spoken for, running or not
+        if server in free:
+            free[server] -= need.get(h) or max(1, hosts[h].memory // MB)
     where = {**fixed, **chosen}
     for group in _groups(project, [h for h in wanted if h not in chosen]):
         cands = [s for s in wanted[group[0]] if all(s in wanted[h] for h in group) and s in free]

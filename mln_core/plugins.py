@@ -75,7 +75,7 @@ class PluginManager(pluggy.PluginManager):
                 continue
             try:
                 plugin = load_entry_point(name, value)
-            except (KeyboardInterrupt, AssertionError):
+            except KeyboardInterrupt:
                 raise
             except Exception as exc:
                 self.failures.append((name, f"cannot import {value}: {type(exc).__name__}: {exc}"))

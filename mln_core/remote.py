@@ -31,7 +31,8 @@ def placement_of(engine, name: str) -> dict | None:
         placement = Store.read_state(engine.store.project_dir(name)).get("placement")
     except MlnError:
         return None
-    if not placement or len(placement.get("servers", [])) < 2 or placement.get("here") != placement.get("default"):
+    if not placement or placement.get("here") != placement.get("default") or \
+            not any(s != placement.get("here") for s in placement.get("servers", [])):
         return None                     # all here, or a part another server manages: act on it alone
     return placement
 

@@ -190,6 +190,7 @@ def serve_stdin(engine) -> int:
         while not done.wait(HEARTBEAT):
             emit({"alive": True})
     threading.Thread(target=heartbeat, daemon=True).start()
+    request = None
     try:
         request = json.loads(sys.stdin.read())
         if not isinstance(request, dict):
@@ -198,9 +199,10 @@ def serve_stdin(engine) -> int:
         done.set()
         emit({"ok": True, "result": result})
         return 0
-    except KeyboardInterrupt:       # SIGINT: the daemon is stopping; the engine has undone its part
-        emit({"ok": False, "error": "interrupted: this server is stopping; what the request did here "
-                                    "is undone"})
+    except KeyboardInterrupt:       # SIGINT: the daemon is stopping
+        verb = request.get("verb") if isinstance(request, dict) else None
+        emit({"ok": False, "error": "interrupted: this server is stopping; " + (
+            "the build was undone here" if verb == "build" else "the request may be partly done: run it again")})
         return 130
     except json.JSONDecodeError as e:
         emit({"ok": False, "error": f"the request is not JSON: {e}"})

@@ -59,7 +59,7 @@ def _plugins(python, env, tmp_path: Path) -> str:
 @pytest.fixture
 def venv(tmp_path):
     """(python of a fresh venv that sees this environment's packages, its environment)."""
-    env = _env()
+    env = {**_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}     # the venv's plugin cache goes with it
     path = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", path], env)
     python = path / "bin" / "python"

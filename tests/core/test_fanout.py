@@ -445,3 +445,19 @@ def test_vxlan_networks_of_switches_over_servers(cls, dirs, isolated_env, monkey
     code, out, err = _check(cls, dirs, lab, "copy,group,public_ip\na,1,192.0.2.1\n")
     assert code == 1
     assert "VXLAN network 4242: copy a (switch lan1) would have the one of switch net of project other" in err
+
+
+@pytest.mark.skipif(not can_build(), reason="needs mkfs.ext4 and debugfs")
+def test_a_variable_used_in_a_secret_is_never_listed(cls, dirs):
+    """Whatever its column is called: used as root_passwd (or a users password), it is a secret."""
+    hashed = "$6$salt$" + "x" * 20
+    (dirs / "lab.mln").write_text(LAB.replace("    memory 64M\n", "    memory 64M\n    root_passwd $rootpw\n"))
+    (dirs / "t.csv").write_text(f"copy,group,rootpw,public_ip\na,1,\\{hashed},192.0.2.11\n")
+    code, out, err = cls("build", "-f", "lab.mln", "-t", "t.csv", "-j", "1", "-q")
+    assert code == 0, err
+    for args in (("list", "lab"), ("list", "lab", "--format", "json")):
+        code, out, err = cls(*args)
+        assert code == 0 and "salt" not in out and "xxxx" not in out, out
+    listed = json.loads(cls("list", "lab", "--format", "json")[1])
+    assert listed[0]["variables"]["rootpw"] == "<secret>" and listed[0]["variables"]["public_ip"] == "192.0.2.11"
+    assert cls("remove", "lab", "-f")[0] == 0

@@ -49,8 +49,11 @@ def test_missing_user_and_missing_apache_are_warnings_and_strict_makes_them_erro
     disk = mln_plain.projects / "lax" / "images" / "web"
     assert read(disk, "/root/.ssh/authorized_keys").splitlines()[1] == LITERAL     # the rest was done
 
-    # a failed --strict build -r keeps the old build
+    # a failed --strict build -r keeps the old build: the same disk file, version 1
+    before = (disk.stat().st_ino, disk.stat().st_mtime_ns)
     r = mln_plain.mln("build", "--strict", "-r", "-f", str(path))
     assert r.returncode == 1 and "--strict" in r.stderr
-    assert read(disk, "/root/.ssh/authorized_keys").splitlines()[1] == LITERAL     # the old build stays
+    assert (disk.stat().st_ino, disk.stat().st_mtime_ns) == before
+    assert (mln_plain.projects / "lax" / "version").read_text().strip() == "1"
+    assert read(disk, "/root/.ssh/authorized_keys").splitlines()[1] == LITERAL
     assert mln_plain.mln("remove", "-f", "-p", "lax").returncode == 0
