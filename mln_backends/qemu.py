@@ -58,10 +58,8 @@ QEMU = "qemu-system-x86_64"
 @hookimpl
 def mln_register_keywords(registry):
     registry.hypervisor(NAME, ("qemu", "kvm"), "QEMU with KVM, or TCG where KVM does not work",
-                        disk_formats=("qcow2", "raw"))
+                        disk_formats=("qcow2", "raw"), nic_kinds=("slirp",))
     registry.keyword("host", "accel", "QEMU accelerator: auto (default), kvm or tcg")
-    registry.keyword("network", "slirp", "user-mode networking (NAT) instead of a switch; 'slirp restrict' "
-                                         "isolates the guest")
     registry.keyword("network", "hostfwd", "with slirp: forward a host port, e.g. tcp:127.0.0.1:2222-:22")
 
 

@@ -11,7 +11,10 @@ NICs: a UML with the legacy drivers gets ``ethN=vde,<socket>,<mac>`` or
 ``ethN=tuntap,<tap>,<mac>``; one without them (Linux 6.16 and later) gets the vector
 driver, ``vecN:transport=vde,vnl=vde://<socket>,mac=<mac>`` or
 ``vecN:transport=tap,ifname=<tap>,mac=<mac>``, and the guest renames ``vecN`` to
-``ethN`` at boot (``nic_renames`` of ``mln_guest_devices``). Which drivers a binary has,
+``ethN`` at boot (``nic_renames`` of ``mln_guest_devices``). A ``slirp`` interface uses
+the same vde transport plugged into ``slirp://`` (``ethN=vde,slirp://,<mac>`` or
+``vecN:transport=vde,vnl=slirp://,...``): libvdeplug loads Debian's libvdeplug-slirp,
+and the NAT runs inside the UML process (see :mod:`mln_core.nickinds`). Which drivers a binary has,
 and whether it boots on this CPU at all, :mod:`mln_backends.umlprobe` finds out once per
 binary and CPU; a UML that cannot run here is refused at ``start`` with the cause and
 the remedy, and named by ``mln check`` and ``mln doctor``.
@@ -30,6 +33,7 @@ from mln_core import hookimpl
 from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.model import Attachment
+from mln_core.nickinds import slirp as slirp_value
 
 from .umlcow import write_cow
 from .runtime import mac_address, runtime_dir
@@ -41,7 +45,8 @@ NAME = "uml"
 
 @hookimpl
 def mln_register_keywords(registry):
-    registry.hypervisor(NAME, ("uml",), "User-Mode Linux (the default)", disk_formats=("raw",))
+    registry.hypervisor(NAME, ("uml",), "User-Mode Linux (the default)", disk_formats=("raw",),
+                        nic_kinds=("slirp",))
     registry.keyword("host", "nice", "UML: run the guest with this nice value")
     registry.keyword("host", "modules_dir", "UML: the kernel modules copied into the guest when it has "
                                             "modules {} (default: default_modules, else " + DEFAULT_MODULES + ")")
@@ -101,7 +106,46 @@ def _cannot_run(kernel: str, machine) -> str | None:
 def mln_runnable(host, ctx):
     if not _mine(host):
         return None
-    return _cannot_run(_kernel_name(host, ctx), ctx.on(host))
+    return _cannot_run(_kernel_name(host, ctx), ctx.on(host)) or _no_slirp(host)
+
+
+SLIRP_PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu/vdeplug", "/usr/lib/aarch64-linux-gnu/vdeplug",
+                     "/usr/lib/vdeplug", "/usr/local/lib/vdeplug")
+
+
+def _no_slirp(host) -> str | None:
+    """Why ``host``'s slirp interfaces cannot work here (None if it has none, or they can)."""
+    if not any(slirp_value(i) is not None for i in host.interfaces):
+        return None
+    if any(os.path.exists(os.path.join(d, "libvdeplug_slirp.so")) for d in SLIRP_PLUGIN_DIRS):
+        return None
+    return ("a slirp interface of a UML guest needs the slirp plugin of libvdeplug (libvdeplug_slirp.so): "
+            "install the Debian package libvdeplug-slirp")
+
+
+@hookimpl
+def mln_validate(project, ctx):
+    """UML's slirp (libvdeplug-slirp) takes no options: QEMU's 'slirp restrict' and hostfwd are
+    refused."""
+    from mln_core.errors import Problem
+    found = []
+    for h in project.hosts.values():
+        if not _mine(h):
+            continue
+        for i in h.interfaces:
+            value = slirp_value(i)
+            if value is None:
+                continue
+            if value.startswith("/"):      # the original's slirp helper binary
+                found.append(Problem("warning", f"host {h.name} {i.name}: the slirp helper {value} is not "
+                                     "used (UML's slirp is libvdeplug-slirp)", i.tree.line("slirp").pos))
+                value = "1"
+            for key in ("slirp", "hostfwd"):
+                line = i.tree.line(key)
+                if line is not None and (key == "hostfwd" or value not in ("1", "yes")):
+                    found.append(Problem("error", f"host {h.name} {i.name}: UML's slirp takes no options "
+                                         f"('{line.value}' is QEMU's); leave it out", line.pos))
+    return found
 
 
 @hookimpl
@@ -197,6 +241,12 @@ def command_line(host, ctx) -> list[str]:
     drivers = umlprobe.inspect(kernel, boot=False, machine=ctx.on(host))["drivers"]
     for i in host.interfaces:
         mac = i.mac or mac_address("fe:fd:00", host.project, host.name, i.name)
+        if slirp_value(i) is not None:
+            why = _no_slirp(host)
+            if why:
+                raise MlnError(f"{i.name}: {why}")
+            argv.append(_nic(i.name, Attachment("slirp"), mac, drivers, kernel))
+            continue
         if i.switch and i.switch.startswith("/"):
             att = Attachment("vde", socket=i.switch)
         else:
@@ -212,6 +262,8 @@ def command_line(host, ctx) -> list[str]:
 def _nic(name: str, att: Attachment, mac: str, drivers: list[str], kernel: str) -> str:
     """The UML argument that plugs NIC ``name`` into ``att`` with the driver the binary has."""
     if "eth" in drivers:
+        if att.kind == "slirp":
+            return f"{name}=vde,slirp://,{mac}"
         if att.kind == "vde":
             return f"{name}=vde,{att.socket},{mac}"
         return f"{name}=tuntap,{att.tap},{mac}"
@@ -219,8 +271,9 @@ def _nic(name: str, att: Attachment, mac: str, drivers: list[str], kernel: str) 
         if not _eth_number(name):
             raise MlnError(f"{name}: the UML {kernel} has only the vector network driver, which numbers "
                            "interfaces: name it ethN")
-        if att.kind == "vde":
-            return f"vec{name[3:]}:transport=vde,vnl=vde://{att.socket},mac={mac}"
+        if att.kind in ("vde", "slirp"):
+            vnl = "slirp://" if att.kind == "slirp" else f"vde://{att.socket}"
+            return f"vec{name[3:]}:transport=vde,vnl={vnl},mac={mac}"
         return f"vec{name[3:]}:transport=tap,ifname={att.tap},mac={mac}"
     raise MlnError(f"{name}: the UML {kernel} has no network driver mln knows (neither ethN= nor vecN:)")
 
@@ -240,7 +293,7 @@ def mln_start_host(host, ctx):
             raise MlnError("is already running")
         _cleanup(host, ctx)
     from . import umlprobe      # imported when used: mln check needs no probe
-    argv = umlprobe.FIXED_LAYOUT + command_line(host, ctx)
+    argv = umlprobe.fixed_layout(m) + command_line(host, ctx)
     nice = host.tree.get("nice") if host.tree is not None else None
     if nice:
         argv = ["nice", "-n", nice] + argv

@@ -42,6 +42,7 @@ class Hypervisor:
     flags: tuple[str, ...]
     plugin: str = "core"
     disk_formats: tuple[str, ...] = ("raw",)
+    nic_kinds: tuple[str, ...] = ()   # interface kinds besides a switch it provides: "slirp", "tun"
 
 
 @dataclass(repr=False, eq=False)
@@ -81,12 +82,15 @@ class KeywordRegistry:
                            f"{_who(old.plugin)} declares already: two plugins cannot own one name")
 
     def hypervisor(self, name: str, flags: tuple[str, ...] = (), help: str = "",
-                   disk_formats: tuple[str, ...] | None = None) -> None:
+                   disk_formats: tuple[str, ...] | None = None,
+                   nic_kinds: tuple[str, ...] | None = None) -> None:
         """Declare a hypervisor; any of ``flags`` in a host selects it (default: its name).
 
         ``disk_formats``: the disk formats it boots, preferred first ("qcow2", "raw", "vmdk");
         storage plugins make the first one they can. Declaring a known hypervisor again
-        (as its backend does) keeps the flags and updates the formats."""
+        (as its backend does) keeps the flags and updates the formats. ``nic_kinds``: the
+        interface kinds besides a switch its guests can have ("slirp", "tun"; see
+        :mod:`mln_core.nickinds`), which ``check`` holds the project to."""
         flags = tuple(flags) or (name,)
         old = self.hypervisors.get(name)
         if old is not None and old.plugin not in ("core", self.current_plugin):
@@ -94,7 +98,10 @@ class KeywordRegistry:
                            f"{_who(old.plugin)} declares already: two plugins cannot own one name")
         if disk_formats is None:
             disk_formats = old.disk_formats if old else ("raw",)
-        self.hypervisors[name] = Hypervisor(name, flags, self.current_plugin, tuple(disk_formats))
+        if nic_kinds is None:
+            nic_kinds = old.nic_kinds if old else ()
+        self.hypervisors[name] = Hypervisor(name, flags, self.current_plugin, tuple(disk_formats),
+                                            tuple(nic_kinds))
         for f in flags:
             known = self.entries.get("host", {}).get(f)
             if known is not None and known.plugin == "core" and old is not None and old.plugin == "core":
@@ -230,7 +237,11 @@ def core_keywords(reg: KeywordRegistry) -> None:
                        "address": "static address, or dhcp",
                        "netmask": "netmask", "broadcast": "broadcast address",
                        "gateway": "default gateway", "mac": "fixed MAC address",
-                       "auto": "'no' to leave the interface down at boot"}.items():
+                       "auto": "'no' to leave the interface down at boot",
+                       "slirp": "user-mode networking (NAT in the hypervisor's process) instead of a switch; "
+                                "'slirp restrict' (QEMU) isolates the guest",
+                       "tun_iface": "a tap device on the managing host for this interface (not provided yet)",
+                       "tun_address": "the address of the tun_iface tap on the managing host"}.items():
         reg.keyword("network", name, text)
     reg.keyword("switch", "service_host", "a server that also has this switch (its hosts' servers have it)")
     reg.block("switch", "hosts", "free", "filled in automatically: which hosts are on the switch")

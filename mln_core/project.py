@@ -9,6 +9,7 @@ import contextlib
 import gc
 from dataclasses import dataclass
 
+from . import nickinds
 from .errors import MlnError, Problems
 from .lang.parser import Document, parse_file, parse_text
 from .merge import Resolved
@@ -113,6 +114,7 @@ def _build_model(doc: Document, ctx, fragment_ok: bool) -> Loaded:
     check_defaults(project, defaults, sorted(set(flags.values())), problems)
     _check_addresses(project, problems)
     _check_hypervisors(project, registry, problems)
+    nickinds.check(project, registry, problems)
     from .private import Secrets, remember_project
     remember_project(project, Secrets(registry))     # traces print <secret> in their place
     for found in ctx.pm.hook.mln_validate(project=project, ctx=ctx):
@@ -125,7 +127,7 @@ def _check_addresses(project: Project, problems: Problems) -> None:
     seen: dict[str, str] = {}
     for h in project.hosts.values():
         for i in h.interfaces:
-            if i.address and i.address != "dhcp":
+            if i.address and i.address != "dhcp" and nickinds.kind(i) != "slirp":   # each slirp is private
                 if i.address in seen:
                     problems.warn(f"address {i.address} of {h.name} {i.name} is also used by "
                                   f"{seen[i.address]}", i.tree.line("address").pos)

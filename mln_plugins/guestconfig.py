@@ -20,15 +20,18 @@ a crypt hash is installed as it is; a clear-text password is hashed with SHA-512
 (with a salt derived from the host, so that a rebuild gives the same file) and the
 clear text is written nowhere. A value taken as a hash (``CRYPT``) that is no valid one
 of its scheme (``VALID_HASH``: a ``$6$`` with a short hash, 13 characters that cannot be
-a DES hash) is warned about by ``mln check`` at its place, without showing it.
+a DES hash) is warned about by ``mln check`` at its place, without showing it. A
+``slirp`` interface without an address gets slirp's 10.0.2.15/24 via 10.0.2.2, and
+resolv.conf slirp's DNS 10.0.2.3 after ``nameserver`` (``mln_core.nickinds``).
 """
 from __future__ import annotations
 
 import os
 import posixpath
 import re
+from dataclasses import replace
 
-from mln_core import hookimpl
+from mln_core import hookimpl, nickinds
 from mln_core.errors import MlnError, Problem
 from mln_core.guest import set_section  # noqa: F401  (also this module's name for it)
 from mln_core.limits import MAX_UID, octal_mode, whole_number
@@ -148,12 +151,13 @@ def mln_configure_image(host, guest, ctx):
     devices = ctx.pm.hook.mln_guest_devices(host=host, ctx=ctx) or {}
     shell = "/bin/bash" if guest.exists("/bin/bash") else "/bin/sh"
     guest.write_text("/etc/hostname", host.name + "\n")
+    net_host = replace(host, interfaces=[nickinds.effective(i) for i in host.interfaces])
     if family == "redhat":
         net = guest.read_text("/etc/sysconfig/network") or "NETWORKING=yes\n"
         net = "".join(line + "\n" for line in net.splitlines()
                       if not line.startswith(("HOSTNAME=", "GATEWAY=")))
         net += f"HOSTNAME={host.name}\n"
-        gw = next((i.gateway for i in host.interfaces if i.gateway), None)
+        gw = next((i.gateway for i in net_host.interfaces if i.gateway), None)
         if gw:
             net += f"GATEWAY={gw}\n"
         guest.write_text("/etc/sysconfig/network", net)
@@ -162,11 +166,12 @@ def mln_configure_image(host, guest, ctx):
     _nic_renames(guest, family, devices.get("nic_renames") or {})
     if host.interfaces:
         {"debian": _net_debian, "suse": _net_debian, "redhat": _net_redhat,
-         "busybox": _net_busybox}[family](host, guest, _mtus(host, ctx))
+         "busybox": _net_busybox}[family](net_host, guest, _mtus(host, ctx))
         _hosts_file(host, guest, ctx)
     _fstab(host, guest, devices)
-    if host.nameserver:
-        guest.write_text("/etc/resolv.conf", f"nameserver {host.nameserver}\n")
+    dns = [host.nameserver] * bool(host.nameserver) + [nickinds.SLIRP_DNS] * _slirp(host)
+    if dns:
+        guest.write_text("/etc/resolv.conf", "".join(f"nameserver {a}\n" for a in dns))
     _files(host, guest, ctx)
     _modules(host, guest, family)
     _channel_agent(guest, family)
@@ -358,7 +363,7 @@ def _static_address_lines(project) -> list[str]:
     cached = getattr(project, "_mln_static_hosts", None)
     if cached is None:
         cached = [f"{i.address}\t{h.name}" for h in project.hosts.values()
-                  for i in h.interfaces if i.address and not i.dhcp]
+                  for i in h.interfaces if i.address and not i.dhcp and nickinds.kind(i) != "slirp"]
         project._mln_static_hosts = cached
     return cached
 
@@ -369,14 +374,19 @@ def _hosts_file(host, guest, ctx) -> None:
     if project is not None:
         lines += _static_address_lines(project)
     else:
-        lines += [f"{i.address}\t{host.name}" for i in host.interfaces if i.address and not i.dhcp]
+        lines += [f"{i.address}\t{host.name}" for i in host.interfaces
+                  if i.address and not i.dhcp and nickinds.kind(i) != "slirp"]
     lines += ["", "::1\tlocalhost ip6-localhost ip6-loopback", "ff02::1\tip6-allnodes",
               "ff02::2\tip6-allrouters"]
     guest.write_text("/etc/hosts", "\n".join(lines) + "\n")
 
 
 def _static(host) -> bool:
-    return any(i.address and not i.dhcp for i in host.interfaces)
+    return any(i.address and not i.dhcp and nickinds.kind(i) != "slirp" for i in host.interfaces)
+
+
+def _slirp(host) -> bool:
+    return any(nickinds.kind(i) == "slirp" for i in host.interfaces)
 
 
 # -- disks, files, modules, scripts ----------------------------------------------------------

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install what mln and its tests need on a fresh Debian 12 machine (run as root).
 # QEMU (TCG guests, qcow2, qemu-storage-daemon), User-Mode Linux and uml_mconsole,
-# vde_switch, e2fsprogs/e2tools/FUSE for editing images without mounting, busybox and
-# kmod/xz/cpio for the test template, iproute2/ping for switches, openssl for hashes,
+# vde_switch, libvdeplug-slirp (slirp interfaces of UML guests), e2fsprogs/e2tools/FUSE
+# for editing images without mounting, busybox and kmod/xz/cpio for the test template,
+# iproute2/ping for switches, openssl for hashes,
 # patchelf for a UML newer than the distribution's (mln_backends/install-uml.sh), graphviz
 # for mln graph --format svg.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt_packages=(
-  qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2
+  qemu-system-x86 qemu-utils user-mode-linux uml-utilities vde2 libvdeplug-slirp
   e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
   iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client openssh-server
   xen-utils-4.17 patchelf graphviz

@@ -118,15 +118,16 @@ def test_host_ramdisk_with_the_dom0_kernel(xen_plain):
 
 
 @pytest.mark.parametrize("others", [{}, {"vmlinuz-0.0.1-old": "k\n", "vmlinuz-0.0.2-new": "k\n"}])
-def test_without_a_dom0_kernel_check_and_build_fail(xen_plain, others):
+def test_without_a_dom0_kernel_check_warns_and_build_fails(xen_plain, others):
+    """The file is right; this machine is no dom0 (yet): check warns, a build here refuses."""
     boot = dom0_setup(xen_plain, {f"initrd.img-{RELEASE}": "an initrd without its kernel\n", **others})
     path = xen_plain.write("ldaptest.mln", LISTING_1)
     wanted = f"no dom0 kernel {boot}/vmlinuz-{RELEASE}"
     r = xen_plain.mln("check", "-f", str(path))
-    assert r.returncode == 1
+    assert r.returncode == 0 and "0 errors, 2 warnings" in r.output, r.output
     for host, line in (("ldapclient", 6), ("ldapserver", 16)):
-        assert re.search(rf"ldaptest\.mln:{line}:\d+: error: host {host}: missing kernel: .*"
-                         rf"{re.escape(wanted)}", r.output), r.output
+        assert re.search(rf"ldaptest\.mln:{line}:\d+: warning: host {host}: missing kernel: .*"
+                         rf"{re.escape(wanted)}.*a build on this machine refuses it", r.output), r.output
     if others:
         assert f"{boot} has vmlinuz-0.0.1-old, vmlinuz-0.0.2-new, but not that of the running kernel" in r.output
     r = xen_plain.mln("build", "-f", str(path))
@@ -134,7 +135,7 @@ def test_without_a_dom0_kernel_check_and_build_fail(xen_plain, others):
     assert "Traceback" not in r.output
     errors = [line for line in r.output.splitlines() if "error" in line]
     assert len(errors) == 1, r.output
-    assert "host ldapclient" in errors[0] and wanted in errors[0] and "xen_kernel" in errors[0]
+    assert re.search(r"host ldap(client|server)\b", errors[0]) and wanted in errors[0] and "xen_kernel" in errors[0]
     assert not (xen_plain.projects / "ldaptest").exists()
 
 

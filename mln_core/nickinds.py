@@ -1,0 +1,76 @@
+"""Interface kinds besides a switch: ``slirp`` and ``tun_iface``.
+
+* ``slirp`` in a network block: user-mode networking, a NAT that lives in the hypervisor's
+  own process (QEMU's ``-netdev user``; for UML the vde transport plugged into
+  ``slirp://`` of libvdeplug-slirp). The network is always 10.0.2.0/24: the gateway is
+  10.0.2.2 (also the managing host), the DNS forwarder 10.0.2.3, and each guest has a
+  private one, so two guests may both be 10.0.2.15. An interface without ``address``
+  gets :data:`SLIRP_DEFAULTS` in the guest (static, so that it works without a DHCP
+  client; ``address dhcp`` asks slirp's DHCP server instead).
+* ``tun_iface NAME`` / ``tun_address IP``: the original's tap on the managing host with an
+  address, routed to the guest. No backend provides it yet (a switch of ``type bridge``
+  puts a guest on a tap of a Linux bridge instead).
+
+A backend says which kinds its guests can have with ``registry.hypervisor(...,
+nic_kinds=("slirp",))``; :func:`check` makes ``check`` name (with the position) every
+interface whose hypervisor cannot provide its kind, so that none is dropped silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+SLIRP_DEFAULTS = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2"}
+SLIRP_DNS = "10.0.2.3"
+SLIRP_GATEWAY = "10.0.2.2"
+
+
+def slirp(iface) -> str | None:
+    """The value of the interface's ``slirp`` ("1" for the bare flag), or None."""
+    return iface.tree.get("slirp") if iface.tree is not None else None
+
+
+def kind(iface) -> str:
+    """"slirp", "tun" or "switch" (a switch, a bridge, or nothing)."""
+    if slirp(iface) is not None:
+        return "slirp"
+    if iface.tree is not None and iface.tree.get("tun_iface") is not None:
+        return "tun"
+    return "switch"
+
+
+def effective(iface):
+    """The interface as the guest is configured: a slirp interface without an address gets
+    :data:`SLIRP_DEFAULTS` (the others are returned as they are)."""
+    if kind(iface) != "slirp" or iface.address:
+        return iface
+    return dataclasses.replace(iface, **{k: getattr(iface, k) or v for k, v in SLIRP_DEFAULTS.items()})
+
+
+def check(project, registry, problems) -> None:
+    """Errors for interfaces whose kind the host's hypervisor cannot provide, or that mix kinds."""
+    able = {hv.name: hv.nic_kinds for hv in registry.hypervisors.values()}
+    for h in project.hosts.values():
+        for i in h.interfaces:
+            if i.tree is None:
+                continue
+            k = kind(i)
+            where = f"host {h.name} {i.name}"
+            if k == "switch":
+                line = i.tree.line("tun_address")
+                if line is not None:
+                    problems.error(f"{where}: tun_address needs tun_iface", line.pos)
+                continue
+            line = i.tree.line("slirp" if k == "slirp" else "tun_iface")
+            others = [w for w in ("switch", "bridge") + (("tun_iface",) if k == "slirp" else ())
+                      if i.tree.get(w) is not None]
+            if others:
+                problems.error(f"{where}: {line.words[0]} and {others[0]} exclude each other (an interface "
+                               "is on one network)", line.pos)
+            if k not in able.get(h.hypervisor, ()):
+                can = sorted(n for n, kinds in able.items() if k in kinds)
+                what = ("a slirp interface" if k == "slirp" else
+                        "a tun_iface interface (a tap on the managing host)")
+                alt = (f"hypervisors that can: {', '.join(can)}" if can else
+                       "no backend provides it yet: put it on a switch ('type bridge' gives the guest a tap "
+                       "on a Linux bridge of the managing host)")
+                problems.error(f"{where}: {h.hypervisor} hosts cannot have {what}; {alt}", line.pos)
