@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import click
 
@@ -28,7 +29,6 @@ class _Later:
 
 
 fanout, classrecord = _Later("mln_core.fanout"), _Later("mln_core.classrecord")
-json, subprocess, tempfile, time = (_Later(n) for n in ("json", "subprocess", "tempfile", "time"))
 
 _copies_jobs = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
                             metavar="N", help="How many copies to work on at once (each in its own mln "
@@ -142,6 +142,8 @@ def _each(copies: list[dict], work, log, jobs: int = 1, command=None) -> list[di
                 log(f"mln: error: {e}")
                 failed.append(c)
         return failed
+    import subprocess
+    import tempfile
     pending, running = list(copies), []
     try:
         while pending or running:
@@ -262,6 +264,8 @@ def build(click_ctx, file, table, name, replace, simulate, jobs, quiet, patterns
             click.echo(f"mln: warning: class {p.name}: copies {', '.join(kept)} are not in the table any "
                        f"more; they are left as they are (mln class remove {p.name} {' '.join(kept)})",
                        err=True)
+        import tempfile
+
         from . import remote
         base = _child_args(click_ctx)
         with engine.store.private_tmp(), tempfile.TemporaryDirectory(prefix=f"class-{p.name}-") as tmp:
@@ -332,6 +336,7 @@ def status(click_ctx, name, patterns, fmt):
     engine, record, copies = _record(click_ctx, name, patterns)
     rows = [_copy_state(engine, c) for c in copies]
     if fmt == "json":
+        import json
         click.echo(json.dumps([{"class": record["class"], **r} for r in rows], indent=2))
     else:
         _table(("COPY", "PROJECT", "OWNER", "STATE", "HOSTS UP"),
@@ -348,6 +353,7 @@ def status(click_ctx, name, patterns, fmt):
 @click.pass_context
 def list_(click_ctx, name, patterns, fmt):
     """The classes; with CLASS, its copies: project, owner, variables, version built."""
+    import json
     engine = _engine(click_ctx)
     classes = classrecord.Classes(engine.store)
     if name is None:

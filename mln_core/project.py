@@ -5,8 +5,6 @@ This is the one way every command reads a project file, so that ``check``, ``sho
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 from dataclasses import dataclass
 
 from . import nickinds
@@ -14,6 +12,7 @@ from .errors import MlnError, Problems
 from .lang.parser import Document, parse_file, parse_text
 from .merge import Resolved
 from .model import Project, build_host, build_switch, check_defaults
+from .startup import no_gc
 
 
 @dataclass(repr=False, eq=False)
@@ -24,21 +23,6 @@ class Loaded:
     resolved: Resolved
     project: Project | None
     problems: Problems
-
-
-@contextlib.contextmanager
-def no_gc():
-    """Reading a project makes millions of small objects that all live on: the cyclic
-    garbage collector would walk them again and again (60% of the time for 10,000
-    hosts) and find nothing to free. It is off while a project is read (the ``mln``
-    command keeps it off for its whole, short life: see ``cli.main``)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def load_document(path: str | None, ctx, text: str | None = None, post_parse: bool = True) -> Document:

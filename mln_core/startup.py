@@ -49,9 +49,10 @@ def plugin_command(cli: click.Group, click_ctx: click.Context, name: str):
 
 @contextlib.contextmanager
 def no_gc():
-    """The cyclic garbage collector off (as :func:`mln_core.project.no_gc`, without
-    importing the project modules): a command is short-lived, and the collector would only
-    walk the project it reads again and again."""
+    """The cyclic garbage collector off. Reading a project makes millions of small objects
+    that all live on: the collector would walk them again and again (60% of the time for
+    10,000 hosts) and find nothing to free. Off while a project is read
+    (:mod:`mln_core.project`), and for the whole short life of an ``mln`` command."""
     was = gc.isenabled()
     gc.disable()
     try:
