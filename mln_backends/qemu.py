@@ -48,7 +48,7 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.machine import local
 
-from . import imagefs, qemu_live, qemu_qmp
+from . import imagefs, qemu_live, qemu_qmp, tun
 from .runtime import saved_state_path
 
 NAME = "qemu"
@@ -58,7 +58,7 @@ QEMU = "qemu-system-x86_64"
 @hookimpl
 def mln_register_keywords(registry):
     registry.hypervisor(NAME, ("qemu", "kvm"), "QEMU with KVM, or TCG where KVM does not work",
-                        disk_formats=("qcow2", "raw"), nic_kinds=("slirp",))
+                        disk_formats=("qcow2", "raw"), nic_kinds=("slirp", "tun"))
     registry.keyword("host", "accel", "QEMU accelerator: auto (default), kvm or tcg")
     registry.keyword("network", "hostfwd", "with slirp: forward a host port, e.g. tcp:127.0.0.1:2222-:22")
 
@@ -372,6 +372,7 @@ def mln_host_stopped(host, ctx):
         m = ctx.on(host)
         d, qmp_sock, pidfile = _paths(host, ctx)
         shutil.rmtree(d, ignore_errors=True)
+        tun.down(m, host)
         if os.path.exists(pidfile) and not m.alive(m.read_pid(pidfile)):
             os.unlink(pidfile)
 

@@ -47,7 +47,7 @@ import time
 
 from mln_core.errors import MlnError
 
-from . import qemu_qmp
+from . import qemu_qmp, tun
 from .runtime import mac_address, runtime_dir
 
 MiB = 2**20
@@ -159,6 +159,8 @@ def netdev_spec(host, ctx, i, nid: str) -> str | None:
     if slirp is not None:
         netdev = f"user,id={nid}" + (",restrict=on" if slirp == "restrict" else "")
         return netdev + "".join(f",hostfwd={ln.value}" for ln in i.tree.lines if ln.words[0] == "hostfwd")
+    if tun.name(i):
+        return f"tap,id={nid},ifname={tun.up(ctx.on(host), host, i)},script=no,downscript=no"
     if i.switch and i.switch.startswith("/"):
         return f"vde,id={nid},sock={i.switch}"
     att = ctx.attachment(host, i) if i.switch else None
@@ -297,7 +299,7 @@ def plan(host, old, change, ctx) -> str | None:
 
 def _plan_moved(host, old, change, ctx, run) -> str | None:
     i, o = _iface(host, change.interface), _iface(old, change.interface)
-    if i is None or o is None or i.index != o.index or _slirp(i) is not None:
+    if i is None or o is None or i.index != o.index or _slirp(i) is not None or tun.name(i) or tun.name(o):
         return None
     spec = run["nics"].get(i.index)
     kind, opts = _opts(spec) if spec else (None, {})

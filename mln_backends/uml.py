@@ -36,6 +36,7 @@ from mln_core.model import Attachment
 from mln_core.nickinds import slirp as slirp_value
 
 from .umlcow import write_cow
+from . import tun
 from .runtime import mac_address, runtime_dir
 
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
@@ -46,7 +47,7 @@ NAME = "uml"
 @hookimpl
 def mln_register_keywords(registry):
     registry.hypervisor(NAME, ("uml",), "User-Mode Linux (the default)", disk_formats=("raw",),
-                        nic_kinds=("slirp",))
+                        nic_kinds=("slirp", "tun"))
     registry.keyword("host", "nice", "UML: run the guest with this nice value")
     registry.keyword("host", "modules_dir", "UML: the kernel modules copied into the guest when it has "
                                             "modules {} (default: default_modules, else " + DEFAULT_MODULES + ")")
@@ -247,6 +248,9 @@ def command_line(host, ctx) -> list[str]:
                 raise MlnError(f"{i.name}: {why}")
             argv.append(_nic(i.name, Attachment("slirp"), mac, drivers, kernel))
             continue
+        if tun.name(i):
+            argv.append(_nic(i.name, Attachment("tap", tap=tun.up(ctx.on(host), host, i)), mac, drivers, kernel))
+            continue
         if i.switch and i.switch.startswith("/"):
             att = Attachment("vde", socket=i.switch)
         else:
@@ -424,6 +428,7 @@ def mln_host_stopped(host, ctx):
 
 def _cleanup(host, ctx) -> None:
     d, umid, sock = _paths(host, ctx)
+    tun.down(ctx.on(host), host)
     shutil.rmtree(d, ignore_errors=True)
     try:
         os.unlink(os.path.join(ctx.path("hosts", host.name), "pid"))

@@ -240,7 +240,7 @@ def core_keywords(reg: KeywordRegistry) -> None:
                        "auto": "'no' to leave the interface down at boot",
                        "slirp": "user-mode networking (NAT in the hypervisor's process) instead of a switch; "
                                 "'slirp restrict' (QEMU) isolates the guest",
-                       "tun_iface": "a tap device on the managing host for this interface (not provided yet)",
+                       "tun_iface": "a tap device on the managing host for this interface (UML, QEMU)",
                        "tun_address": "the address of the tun_iface tap on the managing host"}.items():
         reg.keyword("network", name, text)
     reg.keyword("switch", "service_host", "a server that also has this switch (its hosts' servers have it)")

@@ -257,6 +257,15 @@ class Machine:
         return os.path.exists(f"/sys/class/net/{name}")
 
     @staticmethod
+    def net_device_alias(name: str) -> str | None:
+        """The device's alias ("" if it has none), None if there is no such device."""
+        try:
+            with open(f"/sys/class/net/{name}/ifalias") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
     def net_device_master(name: str) -> str | None:
         link = f"/sys/class/net/{name}/master"
         return os.path.basename(os.path.realpath(link)) if os.path.exists(link) else None

@@ -8,8 +8,9 @@
   gets :data:`SLIRP_DEFAULTS` in the guest (static, so that it works without a DHCP
   client; ``address dhcp`` asks slirp's DHCP server instead).
 * ``tun_iface NAME`` / ``tun_address IP``: the original's tap on the managing host with an
-  address, routed to the guest. No backend provides it yet (a switch of ``type bridge``
-  puts a guest on a tap of a Linux bridge instead).
+  address, routed to the guest (UML and QEMU: ``mln_backends.tun``). :func:`check` holds
+  the names to what Linux accepts and to one interface each, and ``tun_address`` to an
+  IPv4 address that is not the guest's.
 
 A backend says which kinds its guests can have with ``registry.hypervisor(...,
 nic_kinds=("slirp",))``; :func:`check` makes ``check`` name (with the position) every
@@ -18,6 +19,11 @@ interface whose hypervisor cannot provide its kind, so that none is dropped sile
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
+
+#: a network device name Linux accepts (IFNAMSIZ: 15 characters)
+DEVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 
 SLIRP_DEFAULTS = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2"}
 SLIRP_DNS = "10.0.2.3"
@@ -49,6 +55,7 @@ def effective(iface):
 def check(project, registry, problems) -> None:
     """Errors for interfaces whose kind the host's hypervisor cannot provide, or that mix kinds."""
     able = {hv.name: hv.nic_kinds for hv in registry.hypervisors.values()}
+    taps: dict[str, str] = {}
     for h in project.hosts.values():
         for i in h.interfaces:
             if i.tree is None:
@@ -74,3 +81,28 @@ def check(project, registry, problems) -> None:
                        "no backend provides it yet: put it on a switch ('type bridge' gives the guest a tap "
                        "on a Linux bridge of the managing host)")
                 problems.error(f"{where}: {h.hypervisor} hosts cannot have {what}; {alt}", line.pos)
+            if k == "tun":
+                _check_tun(i, where, line, taps, problems)
+
+
+def _check_tun(i, where: str, line, taps: dict, problems) -> None:
+    name = line.value
+    if not DEVICE_NAME.fullmatch(name or ""):
+        problems.error(f"{where}: tun_iface '{name}' is not a network device name (up to 15 letters, "
+                       "digits, '_', '.' or '-')", line.pos)
+    elif name in taps:
+        problems.error(f"{where}: tun_iface {name} is also {taps[name]}'s (a tap serves one interface)",
+                       line.pos)
+    else:
+        taps[name] = where[5:]
+    addr = i.tree.line("tun_address")
+    if addr is None:
+        return
+    try:
+        ipaddress.IPv4Address(addr.value)
+    except ValueError:
+        problems.error(f"{where}: tun_address '{addr.value}' is not an IPv4 address", addr.pos)
+        return
+    if addr.value == i.address:
+        problems.error(f"{where}: tun_address {addr.value} is the guest's own address; give the tap "
+                       "(the managing host's end) another one", addr.pos)
