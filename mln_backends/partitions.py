@@ -148,12 +148,35 @@ def _gpt(f, disk: int) -> list[Partition]:
 
 
 def find_linux(path: str | os.PathLike) -> tuple[Partition | None, list[Partition]]:
-    """(the first Linux partition holding an ext2/3/4 filesystem or None, all partitions)."""
+    """(the guest's root partition or None, all partitions): the first Linux partition
+    holding an ext2/3/4 filesystem with an ``/etc`` (a separate ``/boot`` comes first on
+    many disks), else the first Linux one with such a filesystem."""
     parts = read_table(path)
-    for p in parts:
-        if p.linux and is_ext_filesystem(path, p.start):
-            return p, parts
-    return None, parts
+    found = [p for p in parts if p.linux and is_ext_filesystem(path, p.start)]
+    if len(found) > 1:
+        return next((p for p in found if _has_etc(path, p)), found[0]), parts
+    return (found[0] if found else None), parts
+
+
+def _has_etc(path, part: Partition) -> bool:
+    import subprocess
+    r = subprocess.run(["debugfs", "-c", "-R", "stat /etc", f"{os.fspath(path)}?offset={part.start}"],
+                       capture_output=True, text=True)
+    return "Type: directory" in r.stdout
+
+
+def root_suffix(host, ctx) -> str:
+    """What follows the guest's disk device for its root (``mln_guest_devices``): "" for a
+    bare filesystem template (or a qcow2 one, which mln does not read, or none yet), else
+    the number of the partition mln individualizes ("1": /dev/vda1, /dev/sda1)."""
+    from mln_core.errors import MlnError
+    from .imageformat import is_qcow2
+    try:
+        path = ctx.templates.resolve(host.template, f"host {host.name}").path
+        part = None if is_qcow2(path) else root_partition(path)
+    except (MlnError, AttributeError, OSError, TypeError):     # no template (yet): the default
+        return ""
+    return str(part.number) if part else ""
 
 
 def root_partition(path: str | os.PathLike) -> Partition | None:

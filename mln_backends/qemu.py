@@ -126,15 +126,8 @@ def _root_device(host, ctx) -> str:
     """/dev/vda, or the partition of a whole-disk raw template (MBR/GPT) that mln
     individualizes, e.g. /dev/vda1 (a qcow2 whole-disk template: /dev/vda; ``extra
     root=...`` says otherwise, the kernel taking the last root=)."""
-    try:
-        template = ctx.templates.resolve(host.template, f"host {host.name}")
-        if imagefs.is_qcow2(template.path):
-            return "/dev/vda"
-        from .partitions import root_partition
-        part = root_partition(template.path)
-    except (MlnError, AttributeError, OSError, TypeError):     # no template (yet): the default
-        return "/dev/vda"
-    return f"/dev/vda{part.number}" if part else "/dev/vda"
+    from .partitions import root_suffix
+    return "/dev/vda" + root_suffix(host, ctx)
 
 
 def _paths(host, ctx, create=False):

@@ -143,7 +143,8 @@ def _pos(iface, key):
 def mln_guest_devices(host, ctx):
     if not _mine(host):
         return None
-    return guest_devices(host)
+    from .partitions import root_suffix
+    return guest_devices(host, root_suffix(host, ctx))
 
 
 # -- build -----------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ def disk_letters(host) -> list[str]:
     return [f"/dev/sd{chr(ord('a') + k)}" for k in range(n)]
 
 
-def guest_devices(host) -> dict:
-    """What the guest calls its disks and console (the answer to ``mln_guest_devices``)."""
+def guest_devices(host, root_suffix: str = "") -> dict:
+    """What the guest calls its disks and console (the answer to ``mln_guest_devices``);
+    ``root_suffix``: the root partition's number on a whole-disk template ("1": /dev/sda1)."""
     letters = disk_letters(host)
     swap = letters[1] if host.swap else None
-    return {"root": letters[0], "swap": swap, "extra": letters[2 if host.swap else 1:], "console": "ttyS0"}
+    return {"root": letters[0] + root_suffix, "swap": swap, "extra": letters[2 if host.swap else 1:], "console": "ttyS0"}
 
 
 def image_format(path: str) -> str:

@@ -195,3 +195,45 @@ def test_logical_partition_in_an_extended_one(tmp_path, test_template):
 def _write_mbr_at(f, lba: int, entries: list[bytes]) -> None:
     f.seek(lba * SECTOR + 446)
     f.write(b"".join(entries).ljust(64, b"\0") + b"\x55\xaa")
+
+
+def make_boot_and_root_disk(path, tmp_path, root_fs) -> None:
+    """MBR: partition 1 a small ext2 /boot (a kernel file, no /etc), partition 2 the root."""
+    boot_dir = tmp_path / "bootfiles"
+    boot_dir.mkdir()
+    (boot_dir / "vmlinuz-test").write_bytes(b"\0" * 4096)
+    boot = tmp_path / "boot.ext2"
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-d", str(boot_dir), str(boot), "8M"], check=True)
+    count = root_fs.stat().st_size // SECTOR
+    with open(path, "wb") as f:
+        f.truncate(80 * MiB)
+        _write_mbr(f, [_mbr_entry(0x83, 2048, 8 * MiB // SECTOR), _mbr_entry(0x83, 2048 + 16384, count)])
+    for fs, at in ((boot, 1), (root_fs, 9)):
+        subprocess.run(["dd", f"if={fs}", f"of={path}", "bs=1M", f"seek={at}", "conv=notrunc,sparse",
+                        "status=none"], check=True)
+
+
+def test_a_separate_boot_partition_is_passed_over_for_the_root(tmp_path, test_template, mln_env):
+    """The root is the Linux partition with an /etc, not a /boot before it; a VMware guest's
+    fstab names it (/dev/sda2)."""
+    from tests.vmware.test_vmware import VM
+    img = tmp_path / "bootroot.img"
+    make_boot_and_root_disk(img, tmp_path, test_template / "busybox.ext4")
+    part, parts = find_linux(img)
+    assert [p.number for p in parts] == [1, 2] and part.number == 2
+    vm = VM(mln_env, test_template)
+    mln_env.register_template(img, name="bootroot.img")
+    vm.build("br.mln", """global {
+    project br
+}
+host h {
+    vmware
+    template bootroot.img
+}
+""")
+    raw = tmp_path / "h.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(mln_env.projects / "br" / "images" / "h.vmdk"),
+                    str(raw)], check=True)
+    fstab = subprocess.run(["debugfs", "-R", "cat /etc/fstab", f"{raw}?offset={part.start}"],
+                           capture_output=True, text=True).stdout
+    assert "/dev/sda2\t/\text4" in fstab, fstab
