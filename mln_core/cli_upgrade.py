@@ -30,7 +30,7 @@ def upgrade(click_ctx, file, project, simulate, start_new, yes, live, keep, fmt,
     removed, rebuilt, restarted, changed in the running guest, left alone, and why) and,
     once confirmed (or with -r), carries it out: all of it, or nothing.
     """
-    from .upgrade import upgrade as run_upgrade
+    from .remote_upgrade import upgrade as run_upgrade
     engine = _engine(click_ctx, jobs)
     path = _project_file(file)
 

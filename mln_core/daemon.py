@@ -289,9 +289,10 @@ class Daemon:
     def _finish(self) -> None:
         with self.lock:
             running = list(self.threads)
-            builds = [p for p, verb in self.children.items() if verb == "build" and p.poll() is None]
-        for p in builds:        # all or nothing: the manager undoes the whole build, to be run again
-            self.log(f"interrupting a build (pid {p.pid}): this server is stopping; the build is undone here")
+            builds = [(p, verb) for p, verb in self.children.items()
+                      if verb in ("build", "upgrade") and p.poll() is None]
+        for p, verb in builds:  # all or nothing: the manager undoes the whole build, to be run again
+            self.log(f"interrupting a {verb} (pid {p.pid}): this server is stopping; the {verb} is undone here")
             p.send_signal(signal.SIGINT)
         if running:
             self.log(f"stopping: waiting up to {self.s.grace:g} s for {len(running)} connection(s)")

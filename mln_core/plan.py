@@ -109,8 +109,9 @@ class Plan:
 # -- computing a plan ---------------------------------------------------------------------
 
 def host_changes(old: Host, new: Host, old_switches: dict[str, Switch], new_switches: dict[str, Switch],
-                 default_switch: str, flags=()) -> list[Change]:
-    """Every difference between ``old`` and ``new`` that matters to the host, by kind."""
+                 default_switch: str, flags=(), respanned=frozenset()) -> list[Change]:
+    """Every difference between ``old`` and ``new`` that matters to the host, by kind
+    (``respanned``: switches that join other servers than before)."""
     ch: list[Change] = []
     if (old.service_host or None) != (new.service_host or None):
         ch.append(Change("service_host", f"service_host {old.service_host or '(this server)'} -> "
@@ -150,7 +151,8 @@ def host_changes(old: Host, new: Host, old_switches: dict[str, Switch], new_swit
             keys = _differing(o.tree, i.tree)
             ch.append(Change("interface_changed", f"{name}: {', '.join(keys)} changed", interface=name))
         elif i.switch in new_switches and i.switch in old_switches and \
-                _switch_differs(old_switches[i.switch], new_switches[i.switch], default_switch):
+                (_switch_differs(old_switches[i.switch], new_switches[i.switch], default_switch) or
+                 i.switch in respanned):
             ch.append(Change("switch_changed", f"switch {i.switch} of {name} changed", interface=name,
                              new=i.switch))
     for name, o in olds.items():
@@ -164,9 +166,10 @@ def host_changes(old: Host, new: Host, old_switches: dict[str, Switch], new_swit
 
 
 def make_plan(old: Project, new: Project, status: dict[str, str], version: int, ctx,
-              live_hosts: set[str] = frozenset(), start_new: bool = False) -> Plan:
+              live_hosts: set[str] = frozenset(), start_new: bool = False, respanned=frozenset()) -> Plan:
     """The plan that turns ``old`` (whose hosts have ``status``: "up...", "down...") into
-    ``new``. Backends are asked (``mln_plan_live``) which changes of running hosts they
+    ``new`` (``respanned``: switches of a project spread over servers that join other
+    servers than before, so are made again). Backends are asked (``mln_plan_live``) which changes of running hosts they
     can apply live. Raises MlnError for a change mln refuses (a disk that would shrink, a
     host moving to another server)."""
     if old.name != new.name:
@@ -182,6 +185,8 @@ def make_plan(old: Project, new: Project, status: dict[str, str], version: int, 
             plan.switches.append(SwitchPlan(name, "added", ["new switch"]))
         elif _switch_differs(o, s, default_switch):
             plan.switches.append(SwitchPlan(name, "rebuilt", [f"{', '.join(_differing(o.tree, s.tree))} changed"]))
+        elif name in respanned:
+            plan.switches.append(SwitchPlan(name, "rebuilt", ["it joins other servers than before"]))
         else:
             plan.switches.append(SwitchPlan(name, "untouched"))
     for name in old.switches:
@@ -196,7 +201,7 @@ def make_plan(old: Project, new: Project, status: dict[str, str], version: int, 
             plan.hosts.append(hp)
             continue
         up = status.get(name, "down").startswith("up")
-        changes = host_changes(o, h, old.switches, new.switches, default_switch, flags)
+        changes = host_changes(o, h, old.switches, new.switches, default_switch, flags, respanned)
         if changes and status.get(name, "").partition(":")[2].strip().startswith("saved"):
             raise MlnError(f"it was saved with 'mln stop -S' and a saved guest cannot take changes; start "
                            f"it first (mln start -p {new.name} -h {name}), then upgrade", f"host {name}")

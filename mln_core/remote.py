@@ -84,6 +84,8 @@ class Fleet:
         return self.transports[name]
 
     def request(self, name: str, req: dict) -> dict:
+        if self.ctx.options.get("strict"):          # --strict holds on every server
+            req = dict(req, strict=True)
         try:
             return self.transport(name).request(req, lambda line: self.say(name, line))
         except MlnError as e:
@@ -301,6 +303,7 @@ def _raise_failed(name: str, verb: str, results: dict) -> None:
 
 
 def start(engine, name: str, host: str | None = None, pause: float = 0) -> None:
+    """``pause``: seconds between hosts, on each server (the servers start theirs at once)."""
     where = _host_server(engine, name, host)
     if where is not None:
         with Fleet(engine, [where]) as fleet:
@@ -309,9 +312,8 @@ def start(engine, name: str, host: str | None = None, pause: float = 0) -> None:
     if host is not None:                # a host of this server (or an error naming it)
         engine.start(name, host, pause=pause)
         return
-    if pause and placement_of(engine, name) is not None:
-        raise MlnError(f"project '{name}' is spread over servers: start -s is not carried to other servers yet")
-    _raise_failed(name, "start", _fan_out(engine, name, "start", lambda: engine.start(name, host, pause=pause)))
+    _raise_failed(name, "start", _fan_out(engine, name, "start", lambda: engine.start(name, host, pause=pause),
+                                          pause=pause))
 
 
 def stop(engine, name: str, host: str | None = None, hard: bool = False, wait_s: float = 60,
@@ -319,18 +321,17 @@ def stop(engine, name: str, host: str | None = None, hard: bool = False, wait_s:
     import math
     wait = None if wait_s == math.inf else wait_s
     where = _host_server(engine, name, host)
-    if (save or pause) and placement_of(engine, name) is not None:
-        raise MlnError(f"project '{name}' is spread over servers: stop -S and -s are not carried to other "
-                       "servers yet (stop it without them, or on each server)")
     if where is not None:
         with Fleet(engine, [where]) as fleet:
-            fleet.request(where, {"verb": "stop", "project": name, "host": host, "hard": hard, "wait": wait})
+            fleet.request(where, {"verb": "stop", "project": name, "host": host, "hard": hard, "wait": wait,
+                                  "save": save})
         return
     if host is not None:                # a host of this server (or an error naming it)
         engine.stop(name, host, hard=hard, wait_s=wait_s, save=save, pause=pause)
         return
     _raise_failed(name, "stop", _fan_out(engine, name, "stop", lambda: engine.stop(
-        name, host, hard=hard, wait_s=wait_s, save=save, pause=pause), hard=hard, wait=wait))
+        name, host, hard=hard, wait_s=wait_s, save=save, pause=pause), hard=hard, wait=wait, save=save,
+        pause=pause))
 
 
 def status(engine, name: str, host: str | None = None, switch: str | None = None) -> list[dict]:

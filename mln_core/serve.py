@@ -12,13 +12,20 @@ Requests (``verb`` and its fields)::
     ping                                        -> {"server", "version"}
     need     templates: [{name, sha256}]        -> {"missing": [names], "templates_dir"}
     register name, message, files: {image, kernel, initrd} (sent into templates_dir/.incoming)
-    build    project, text, placement, replace, fresh -> {}  (fresh: the manager has no such
-             project, so one here is what a build cut off from it left, and goes first)
-    start    project, host                      -> {}
-    stop     project, host, hard, wait          -> {}
+    build    project, text, placement, replace, fresh, start -> {}  (fresh: the manager has no such
+             project, so one here is what a build cut off from it left, and goes first;
+             start: start it once built)
+    start    project, host, pause               -> {}
+    stop     project, host, hard, wait, save, pause -> {}
     status   project                            -> {"rows": [...]}
+    upgrade  project, text, placement, simulate, start_new, live, keep, files, hold
+                                                -> {"plan": plan JSON, "text": plan text, "empty"}
+             (hold: carried out up to phase ready, then the manager's word:)
+    settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
     capacity                                    -> {"projects", "vms", "memory_free", ...} (mln_core.capacity)
+
+Any request may carry ``strict: true`` (the manager's ``--strict``: warnings are errors here too).
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ from .names import check_name
 from .servers import here
 
 HEARTBEAT = 5          # seconds between the lines that say this server still works
-VERBS = ("ping", "need", "register", "build", "start", "stop", "status", "remove", "capacity")
+VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "start", "stop", "status", "remove",
+         "capacity")
 
 
 def sha256_of(path: str) -> str:
@@ -53,6 +61,8 @@ def handle(request: dict, engine) -> dict:
     verb = request.get("verb")
     if verb not in VERBS:
         raise MlnError(f"unknown request '{verb}' (known: {', '.join(VERBS)})")
+    if request.get("strict"):                       # the manager's --strict
+        ctx.options["strict"] = True
     me = here(ctx.config)
     placement = request.get("placement")
     if placement and ctx.config.get("service_host") and placement.get("here") != me:
@@ -99,36 +109,63 @@ def handle(request: dict, engine) -> dict:
                     os.unlink(path)
         return {}
     name = check_name("project", request.get("project", ""))
-    if verb == "build":
-        if request.get("fresh") and engine.store.exists(name):
-            _remove_leftover(engine, name, placement)
-        os.makedirs(engine.store.root, exist_ok=True)
-        path = os.path.join(engine.store.root, f".{name}.request-{os.getpid()}.mln")
-        files = None
-        try:
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                f.write(request["text"])
-            files = _received_files(ctx, name, request.get("files"))
-            if files:                   # the manager's files {} sources, for this build
-                ctx.config.values["files"] = files
-            engine.build(path, replace=bool(request.get("replace")), placement=placement)
-        finally:
-            if os.path.exists(path):
-                os.unlink(path)
-            if files:
-                shutil.rmtree(files, ignore_errors=True)
-    elif verb == "start":
-        engine.start(name, request.get("host"))
+    if verb == "build" and request.get("fresh") and engine.store.exists(name):
+        _remove_leftover(engine, name, placement)
+    if verb in ("build", "upgrade"):
+        return _with_text(engine, name, request, placement)
+    if verb == "settle":
+        from .upgrade import settle
+        return {"settled": settle(engine, name, bool(request.get("keep")))}
+    if verb == "start":
+        engine.start(name, request.get("host"), pause=float(request.get("pause") or 0))
     elif verb == "stop":
         wait = request.get("wait")
         engine.stop(name, request.get("host"), hard=bool(request.get("hard")),
-                    wait_s=math.inf if wait is None else float(wait))
+                    wait_s=math.inf if wait is None else float(wait), save=bool(request.get("save")),
+                    pause=float(request.get("pause") or 0))
     elif verb == "status":
         return {"rows": engine.status(name) if engine.store.exists(name) else []}
     elif verb == "remove":
         if engine.store.exists(name):
             engine.remove(name)
     return {}
+
+
+def _with_text(engine, name: str, request: dict, placement: dict | None) -> dict:
+    """``build`` or ``upgrade`` of this server's part, from the project text (and
+    ``files {}`` sources) the manager sent."""
+    ctx = engine.ctx
+    os.makedirs(engine.store.root, exist_ok=True)
+    path = os.path.join(engine.store.root, f".{name}.request-{os.getpid()}.mln")
+    files = None
+    try:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(request["text"])
+        files = _received_files(ctx, name, request.get("files"))
+        if files:                   # the manager's files {} sources, for this build
+            ctx.config.values["files"] = files
+        if request["verb"] == "build":
+            engine.build(path, replace=bool(request.get("replace")), placement=placement)
+            if request.get("start"):                 # a server joining a running project
+                engine.start(name)
+            return {}
+        if not engine.store.exists(name) and request.get("simulate") and placement:
+            from .model import Project          # a server new to the project: all of its part is added
+            from .plan import make_plan
+            plan = make_plan(Project(name=name), engine.build(path, simulate=True, placement=placement), {}, 0,
+                             ctx, start_new=bool(request.get("start")))
+            return {"plan": plan.as_json(), "text": plan.render_text(), "empty": plan.empty}
+        from .upgrade import upgrade
+        plan = upgrade(engine, path, simulate=bool(request.get("simulate")), yes=True,
+                       start_new=bool(request.get("start_new")), live_hosts=set(request.get("live", [])),
+                       keep=bool(request.get("keep")), project=name, placement=placement,
+                       hold=bool(request.get("hold")))
+        return {"plan": plan.as_json(), "text": plan.render_text(), "empty": plan.empty}
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        if files:
+            shutil.rmtree(files, ignore_errors=True)
 
 
 def _received_files(ctx, name: str, files: dict | None) -> str | None:

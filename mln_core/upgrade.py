@@ -58,14 +58,17 @@ class Journal(_Journal):
 
 def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, yes: bool = False,
             live_hosts: set[str] = frozenset(), keep: bool = False, confirm=None, show=None,
-            project: str | None = None) -> Plan:
+            project: str | None = None, placement: dict | None = None, hold: bool = False) -> Plan:
     """Plan the upgrade of the stored project named in ``path`` to that file and, unless
     ``simulate``, carry it out. ``show(plan)`` prints the plan; ``confirm(question)`` asks
     (None: no terminal, so nothing is done without ``yes``). ``project``: the project the
-    user named (``-p``); an error if the file names another."""
+    user named (``-p``); an error if the file names another. ``placement``: this server's
+    part of a project spread over servers (:mod:`mln_core.remote_upgrade` sends it);
+    ``hold``: stop short of the cleanup, at phase ``ready``, until :func:`settle`."""
+    from .servers import part
     ctx, store = engine.ctx, engine.store
     loaded = load_project(path, ctx)
-    new = loaded.project
+    new = loaded.project = part(loaded.project, placement)
     if project is not None and new.name != project:
         raise MlnError(f"{path} names project '{new.name}', not '{project}'")
     for p in loaded.problems.warnings:
@@ -78,13 +81,15 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         raise MlnError(f"-l names hosts that are not in the file: {', '.join(unknown)}")
     with engine.locked(new.name) as old_loaded:
         old = old_loaded.project
-        servers = (ctx.state.get("placement") or {}).get("servers", [])
-        if len(servers) > 1 or any(h.service_host for h in new.hosts.values()):
-            raise MlnError(f"project '{new.name}' is spread over servers ({', '.join(servers) or 'service_host'}): "
-                           "mln upgrade of such a project is not supported yet; stop it, remove it and build it "
-                           "again")
+        had = ctx.state.get("placement") or {}
+        if placement is None and len(had.get("servers", [])) > 1:
+            raise MlnError(f"project '{new.name}' is spread over servers and managed from "
+                           f"{had.get('default')}: upgrade it there")
         status = {h.name: engine.host_status(h) for h in old.hosts.values()}
-        plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new)
+        spans = (placement or {}).get("spans") or {}
+        respanned = {n for n in new.switches if n in old.switches and
+                     (ctx.state.get("switches", {}).get(n) or {}).get("span") != spans.get(n)}
+        plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new, respanned)
         if show is not None:
             show(plan)
         if simulate or plan.empty:
@@ -97,7 +102,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                                "to confirm it")
             if not confirm("carry out this upgrade?"):
                 raise MlnError("nothing was changed")
-        _Run(engine, old, old_loaded.doc, new, loaded.doc, plan, keep).run()
+        _Run(engine, old, old_loaded.doc, new, loaded.doc, plan, keep, placement, hold).run()
     ctx.log(f"+---> PROJECT {new.name} UPGRADED (version {plan.version + 1})")
     return plan
 
@@ -108,8 +113,10 @@ class _Run:
 
     what = "upgrade"
 
-    def __init__(self, engine, old: Project, old_doc, new: Project, new_doc, plan: Plan, keep: bool):
+    def __init__(self, engine, old: Project, old_doc, new: Project, new_doc, plan: Plan, keep: bool,
+                 placement: dict | None = None, hold: bool = False):
         self.e, self.ctx, self.store = engine, engine.ctx, engine.store
+        self.placement, self.hold = placement, hold
         self.old, self.new, self.plan, self.keep = old, new, plan, keep
         self.pdir = self.store.project_dir(new.name)
         self.work = os.path.join(self.pdir, WORK)
@@ -141,9 +148,10 @@ class _Run:
             except Exception as e2:
                 self.ctx.log(f"warning: undoing the upgrade: {e2}")
             raise
-        self.journal.save(phase="done")
+        self.journal.save(phase="ready" if self.hold else "done")
         self.e._bind(self.new, self.pdir)
-        cleanup(self.e, self.journal)
+        if not self.hold:
+            cleanup(self.e, self.journal)
 
     def _step(self, name: str) -> None:
         """A named step: traced, and where MLN_FAULTS can fail or kill the upgrade."""
@@ -173,6 +181,9 @@ class _Run:
             os.makedirs(os.path.join(staging, d))
         self.e._write_hook_scripts(new, staging)
         state = copy.deepcopy(self.old_state)
+        if self.placement:                          # where the new file puts the project's hosts
+            state["placement"] = {k: self.placement.get(k) for k in ("here", "default", "servers", "aliases",
+                                                                     "manager", "hosts")}
         for name in [h.name for h in plan.of("removed")]:
             state.get("hosts", {}).pop(name, None)
         for s in plan.switches:
@@ -188,10 +199,12 @@ class _Run:
                 if s.action in ("added", "rebuilt"):
                     self._step(f"build switch {s.name}")
                     sw = new.switches[s.name]
+                    span = ((self.placement or {}).get("spans") or {}).get(s.name)
+                    state.setdefault("switches", {})[s.name] = {"span": span} if span else {}
                     data = ctx.pm.hook.mln_build_switch(switch=sw, ctx=ctx)
                     if data is None:
                         raise MlnError(f"switch '{s.name}': no installed plugin builds switches of this kind")
-                    state.setdefault("switches", {})[s.name] = data if isinstance(data, dict) else {}
+                    state["switches"][s.name].update(data if isinstance(data, dict) else {})
             built = [h for h in plan.hosts if h.action in ("added", "rebuilt") and
                      (h.disk or h.action == "added")]
             progress = Progress("building hosts", len(built))
@@ -312,7 +325,7 @@ def undo(engine, name: str, journal: Journal) -> None:
     pdir, data = journal.pdir, journal.data
     work = os.path.join(pdir, WORK)
     new = new_state = None
-    if data.get("phase") in ("commit", "run"):
+    if data.get("phase") in ("commit", "run", "ready"):
         new = _load(os.path.join(work, "new.mln"), ctx)
         if new is not None:                      # what the new project started: stopped
             engine._bind(new, pdir)
@@ -332,6 +345,9 @@ def undo(engine, name: str, journal: Journal) -> None:
     if data.get("staging"):
         Store.discard_staging(data["staging"])
     old = engine.open(name) if store.exists(name) else None
+    for n in (new.hosts if new is not None else ()):     # what added hosts left: console log, pid file
+        if old is not None and n not in old.project.hosts:
+            shutil.rmtree(os.path.join(pdir, "hosts", n), ignore_errors=True)
     if old is not None and new is not None:      # live changes reversed, on the old project
         for hname, change in reversed(data.get("live", [])):
             host, was = old.project.hosts.get(hname), new.hosts.get(hname)
@@ -467,11 +483,31 @@ def recover(engine, name: str) -> None:
         return
     engine.ctx.log(f"+---> project {name}: an upgrade was interrupted "
                    f"({'finishing' if journal.data.get('phase') == 'done' else 'undoing'} it)")
-    if journal.data.get("phase") == "done":
+    if journal.data.get("phase") in ("done", "ready"):     # ready: the manager's word never came
         engine.open(name)
         cleanup(engine, journal)
     else:
         undo(engine, name, journal)
+
+
+def settle(engine, name: str, keep: bool) -> bool:
+    """An upgrade held at ``ready`` (a part of a project spread over servers): finished
+    (``keep``: cleanup) or undone, as the manager says once every server is ready; False if
+    no upgrade of ``name`` is held here."""
+    if not engine.store.exists(name):
+        return False
+    with engine.store.lock(name), engine.store.private_tmp():
+        journal = Journal.read(engine.store.project_dir(name))
+        if journal is None or journal.data.get("phase") != "ready":
+            return False
+        if keep:
+            journal.save(phase="done")
+            engine.open(name)
+            cleanup(engine, journal)
+        else:
+            engine.ctx.log(f"+---> project {name}: putting it back as it was (another server's part failed)")
+            undo(engine, name, journal)
+    return True
 
 
 def _load(path: str, ctx) -> Project | None:

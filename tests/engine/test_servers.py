@@ -137,10 +137,9 @@ def test_three_servers_two_spanning_switches(kit):
     r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\necho MLN-CONSOLE-$((6*7)); hostname\n")
     assert r.returncode == 0 and "MLN-CONSOLE-42" in r.stdout and re.search(r"^c\s*$", r.stdout, re.M), \
         r.stdout + r.stderr                              # the console of a guest on sh3, from the client
-    r = kit.mln("client", "upgrade", "-r", "-f", str(path))       # not yet: it says so, changes nothing
-    assert r.returncode == 1 and "spread over servers" in r.stderr, r.stderr
-    # stop and remove: nothing of the project is left on any server
-    r = kit.mln("client", "stop", "-p", "spread")
+    upgrade_spread_project(kit, path)
+    # stop (one host after the other on each server, -s) and remove: nothing is left on any server
+    r = kit.mln("client", "stop", "-p", "spread", "-s", "1")
     assert r.returncode == 0, r.stderr
     r = kit.mln("client", "remove", "-f", "-p", "spread")
     assert r.returncode == 0, r.stderr
@@ -151,6 +150,43 @@ def test_three_servers_two_spanning_switches(kit):
         ps = processes(kit, name)
         assert not [p for p in ps if "linux.uml" in p or "qemu-system" in p or "vde_switch" in p], ps
     assert not (kit.client_dir / "projects" / "spread").exists()
+
+
+def upgrade_spread_project(kit, path) -> None:
+    """``mln upgrade`` from the client: one plan, shown by server; host d added on sh2
+    starts there and reaches a on sh1; moving a host to another server is refused."""
+    path.write_text(project().replace("service_host sh1", "service_host sh2", 1))
+    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
+    assert r.returncode == 1 and "moves hosts to other servers: a (sh1 -> sh2)" in r.stderr, r.stderr
+    # a part that fails on sh2: sh3, whose part was ready (host e built and started), puts it back
+    path.write_text(project() + host("d", 4, "uml", "sh2", [1], "    kernel /nonexistent/linux.uml\n")
+                    + host("e", 5, "uml", "sh3", [1]))
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 1, r.stderr
+    assert "not upgraded on every server; it is as it was on all of them" in r.stderr and "server sh2" in r.stderr \
+        and "/nonexistent/linux.uml" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
+    assert {(x["name"], x["state"]) for x in rows if x["kind"] == "host"} == {("a", "up"), ("b", "up"), ("c", "up")}
+    assert not (kit.dir("sh3") / "projects" / "spread" / "hosts" / "e").exists()
+    assert "host e" not in (kit.dir("sh3") / "projects" / "spread" / "spread.mln").read_text()
+    assert not [p for p in processes(kit, "sh3") if "umid=e.spread" in p]
+    path.write_text(project() + host("d", 4, "uml", "sh2", [1]))
+    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "[sh2] plan for project spread" in r.stdout and "[sh2]     host d" in r.stdout, r.stdout
+    assert "[sh1] plan for project spread (version 1 -> 2): nothing changes" in r.stdout, r.stdout
+    assert not (kit.dir("sh2") / "projects" / "spread" / "hosts" / "d").exists()     # -s changes nothing
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
+    assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+        {("a", "sh1", "up"), ("b", "sh2", "up"), ("c", "sh3", "up"), ("d", "sh2", "up")}
+    log = kit.dir("sh2") / "projects" / "spread" / "hosts" / "d" / "console.log"
+    end = time.monotonic() + 120
+    while len(re.findall(r"MLN-CHECK ping \S+ ok", log.read_text(errors="replace") if log.exists() else "")) < 2:
+        assert time.monotonic() < end, log.read_text(errors="replace")[-1500:]
+        time.sleep(0.5)
+    assert "service_host sh2" in (kit.dir("sh1") / "projects" / "spread" / "spread.mln").read_text()
 
 
 def test_all_or_nothing_an_unreachable_server_and_a_failed_part(kit):

@@ -206,7 +206,7 @@ def test_upgrade_refuses_what_it_cannot_do(mln_env):
     assert r.returncode == 1 and "never shrinks" in r.stderr and "host a" in r.stderr
     env.write("x3.mln", project("x", [host("a", 1, 2, extra="    size 200M\n    service_host far\n")]))
     r = env.mln("upgrade", "-f", "x3.mln", "-s")
-    assert r.returncode == 1 and "not supported yet" in r.stderr
+    assert r.returncode == 1 and "service host far is not a server mln.conf knows" in r.stderr
     env.write("y.mln", project("y", [host("a", 1, 2)]))
     r = env.mln("upgrade", "-f", "y.mln", "-p", "x", "-r")
     assert r.returncode == 1 and "names project 'y', not 'x'" in r.stderr

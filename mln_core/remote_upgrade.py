@@ -1,0 +1,169 @@
+"""``mln upgrade`` of a project spread over servers: one plan, split by server.
+
+From the manager (the server the project was built from), in two rounds:
+
+1. every server plans its part against the edited file (``upgrade`` with ``simulate``,
+   :mod:`mln_core.serve`) while this server plans its own; templates and ``files {}``
+   sources a server lacks are sent first. An unreachable server, or one whose part cannot
+   be planned, stops the upgrade here: nothing has changed anywhere. The plans are shown
+   together, each under its server, and confirmed once;
+2. every server carries out its part at once, each all or nothing (:mod:`mln_core.upgrade`),
+   and holds it at phase ``ready`` with what it replaced set aside;
+3. when every part is ready, every server is told to finish (the cleanup); when one failed,
+   the others are told to put theirs back (``settle``): the whole project is then as it was.
+   A server that never hears (the manager was killed) finishes at its next command, and
+   running the same upgrade again completes the work.
+
+A server new to the project gets its part built (and started if the project runs); a
+server the file no longer uses has its part removed, after the others finished. A switch
+that joins other servers than before is made again on each (its hosts restart). Moving a
+host to another server (migration) is refused before anything is asked of a server.
+"""
+from __future__ import annotations
+
+import tempfile
+
+from .errors import MlnError
+from .remote import Fleet, placement_of
+from .servers import aliases_of, check_servers, configured, here, layout
+
+
+class SpreadPlan:
+    """The plans of every server, shown as one (duck-types :class:`mln_core.plan.Plan`)."""
+
+    def __init__(self, project: str, answers: dict[str, dict]):
+        self.project, self.answers = project, answers
+
+    @property
+    def empty(self) -> bool:
+        return all(a["empty"] for a in self.answers.values())
+
+    def as_json(self) -> dict:
+        return {"project": self.project, "servers": {s: a["plan"] for s, a in self.answers.items()}}
+
+    def render_text(self) -> str:
+        return "".join(f"[{s}] {a['text']}" if a["empty"] else
+                       f"[{s}] " + a["text"].replace("\n  ", f"\n[{s}]   ") for s, a in self.answers.items())
+
+
+def _local(plan) -> dict:
+    return {"plan": plan.as_json(), "text": plan.render_text(), "empty": plan.empty}
+
+
+def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, yes: bool = False,
+            live_hosts=frozenset(), keep: bool = False, confirm=None, show=None, project: str | None = None):
+    """``mln upgrade``: of a project spread over servers, on all of them; else as on one."""
+    from .lang.writer import write_tree
+    from .placement import resolve
+    from .project import load_project
+    from .upgrade import upgrade as upgrade_here
+    ctx = engine.ctx
+    loaded = load_project(path, ctx)
+    new, name, me = loaded.project, loaded.project.name, here(ctx.config)
+    args = dict(start_new=start_new, live_hosts=set(live_hosts), keep=keep, project=project)
+    placement = placement_of(engine, name) if engine.store.exists(name) else None
+    check_servers(new, ctx.config)                 # every server it names is known
+    if placement is None:
+        if engine.store.exists(name) and not _spread(engine, name):
+            placed = resolve(engine, new, me, configured(ctx.config), aliases_of(ctx.config), None)
+            others = [s for s in check_servers(new, ctx.config, placed).servers if s != me]
+            if others:
+                raise MlnError(f"project '{name}' runs on this server alone; the file puts hosts on "
+                               f"{', '.join(others)}: upgrading it onto other servers is not supported yet "
+                               f"(stop it, then mln build -r -f {path})")
+        return upgrade_here(engine, path, simulate=simulate, yes=yes, confirm=confirm, show=show, **args)
+    old = load_project(engine.store.source_path(name), ctx).project
+    old_lay = layout(old, placement["default"], placement.get("aliases"), placement.get("hosts"))
+    placed = resolve(engine, new, me, configured(ctx.config), aliases_of(ctx.config), placement.get("hosts"))
+    lay = check_servers(new, ctx.config, placed)
+    _refuse_moves(name, old_lay, lay)
+    joining = [s for s in lay.servers if s not in old_lay.servers and s != me]
+    leaving = [s for s in old_lay.servers if s not in lay.servers and s != me]
+    others = [s for s in dict.fromkeys(lay.servers + old_lay.servers) if s != me]
+    text = write_tree(loaded.doc.root)
+    with Fleet(engine, others) as fleet:
+        addresses = fleet.addresses()
+        fleet.send_templates(new, lay)           # also: does every server answer?
+        manager = engine.store.identity()
+        parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
+        with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
+            files = fleet.send_files(new, lay, tmp)
+            ask = {s: {"verb": "upgrade", "project": name, "text": text, "placement": parts[s], "simulate": True,
+                       "start_new": start_new, "live": sorted(live_hosts), "keep": keep}
+                   for s in others if s not in joining}
+            plans = fleet.each(ask, lambda: _local(upgrade_here(engine, path, simulate=True,
+                                                                placement=parts[me], **args)))
+            _raise_failed(name, "planned", plans, "nothing was changed")
+            running = any(p["plan"].get("running") for p in plans.values())
+            for s in joining:                    # a server new to the project: its part is built
+                ask[s] = {"verb": "build", "project": name, "text": text, "placement": parts[s], "fresh": True,
+                          "start": running or start_new}
+            plans.update(fleet.each({s: dict(ask[s], verb="upgrade", simulate=True) for s in joining}))
+            _raise_failed(name, "planned", plans, "nothing was changed")
+            shown = [s for s in lay.servers if s != me] + leaving + \
+                [me] * (me in lay.servers or not plans[me]["empty"])
+            plan = SpreadPlan(name, {s: plans[s] for s in shown})
+            if show is not None:
+                show(plan)
+            if simulate or plan.empty:
+                if plan.empty and not simulate:
+                    ctx.log(f"+---> project {name}: nothing to change")
+                return plan
+            if not yes:
+                if confirm is None:
+                    raise MlnError("nothing was changed: add -r to carry out this plan without a terminal "
+                                   "to confirm it")
+                if not confirm("carry out this upgrade on every server?"):
+                    raise MlnError("nothing was changed")
+            for s in others:
+                ask[s].update(simulate=False, hold=True, files=files.get(s))
+            results = fleet.each(ask, lambda: upgrade_here(engine, path, yes=True, placement=parts[me], hold=True,
+                                                           **args))
+        failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
+        _settle(engine, fleet, name, [s for s in results if s not in failed], joining, keep=not failed)
+        if failed:
+            raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of them:"
+                           "\n  " + "\n  ".join(str(r) for r in failed.values()))
+        for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():
+            if isinstance(r, MlnError):
+                fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
+    ctx.log(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
+    return plan
+
+
+def _spread(engine, name: str) -> bool:
+    """Is the stored project a part of one spread over servers (managed elsewhere)?"""
+    state = engine.store.read_state(engine.store.project_dir(name))
+    return len((state.get("placement") or {}).get("servers") or []) > 1
+
+
+def _raise_failed(name: str, what: str, results: dict, said: str) -> None:
+    failed = [str(r) for r in results.values() if isinstance(r, MlnError)]
+    if failed:
+        raise MlnError(f"project '{name}' could not be {what} on every server; {said}:\n  " + "\n  ".join(failed))
+
+
+def _refuse_moves(name: str, old_lay, lay) -> None:
+    moved = [f"{h} ({old_lay.hosts[h]} -> {lay.hosts[h]})" for h in lay.hosts
+             if h in old_lay.hosts and old_lay.hosts[h] != lay.hosts[h]]
+    if moved:
+        raise MlnError(f"project '{name}': the file moves hosts to other servers: {', '.join(moved)}; moving "
+                       "hosts between servers is not supported yet (stop them, mln build -r)")
+
+
+def _settle(engine, fleet, name: str, ready: list[str], joining: list[str], keep: bool) -> None:
+    """Tell every server whose part is ready to finish it (``keep``) or to put it back;
+    a server that joined the project with this upgrade has its part removed instead."""
+    from .upgrade import settle
+    me = here(engine.ctx.config)
+    word = {s: {"verb": "settle", "project": name, "keep": keep} for s in ready if s != me and s not in joining}
+    results = fleet.each(word, (lambda: settle(engine, name, keep)) if me in ready else None)
+    if not keep:
+        for s in joining:
+            if s in ready:
+                fleet.request(s, {"verb": "stop", "project": name, "hard": True, "wait": 10})
+        results.update(fleet.each({s: {"verb": "remove", "project": name} for s in joining if s in ready}))
+    for s, r in results.items():
+        if isinstance(r, MlnError):
+            fleet.say(s, f"warning: {'finishing' if keep else 'putting back'} its part: {r}"
+                      + ("" if keep else " (run the upgrade again once it answers)"))
