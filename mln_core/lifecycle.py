@@ -149,7 +149,8 @@ class Engine:
         placement = self.ctx.placement
         if placement:
             vni_clash(self.store, project.name, placement["spans"])
-            state["placement"] = {k: placement.get(k) for k in ("here", "default", "servers", "aliases", "manager", "hosts")}
+            from .servers import PLACEMENT_KEYS
+            state["placement"] = {k: placement.get(k) for k in PLACEMENT_KEYS}
         for switch in project.switches.values():
             span = placement["spans"].get(switch.name) if placement else None
             state["switches"][switch.name] = {"span": span} if span else {}

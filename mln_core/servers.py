@@ -115,6 +115,10 @@ class Layout:
                 "aliases": self.aliases, "hosts": self.hosts}
 
 
+#: what each server of a project spread over servers records of the whole, in its state
+PLACEMENT_KEYS = ("here", "default", "servers", "aliases", "manager", "hosts")
+
+
 def layout(project, default: str, aliases: dict[str, str] | None = None,
            placed: dict[str, str] | None = None) -> Layout:
     """Where each host and switch of ``project`` runs (``default``: the server of the hosts

@@ -92,7 +92,9 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new, respanned)
         if show is not None:
             show(plan)
-        if simulate or plan.empty:
+        keys = ("servers", "hosts", "default")      # a part whose hosts stay, of a project that changes servers
+        regrouped = placement is not None and any(had.get(k) != placement.get(k) for k in keys)
+        if simulate or (plan.empty and not regrouped):
             if plan.empty and not simulate:
                 ctx.log(f"+---> project {new.name}: nothing to change")
             return plan
@@ -182,8 +184,8 @@ class _Run:
         self.e._write_hook_scripts(new, staging)
         state = copy.deepcopy(self.old_state)
         if self.placement:                          # where the new file puts the project's hosts
-            state["placement"] = {k: self.placement.get(k) for k in ("here", "default", "servers", "aliases",
-                                                                     "manager", "hosts")}
+            from .servers import PLACEMENT_KEYS
+            state["placement"] = {k: self.placement.get(k) for k in PLACEMENT_KEYS}
         for name in [h.name for h in plan.of("removed")]:
             state.get("hosts", {}).pop(name, None)
         for s in plan.switches:

@@ -301,7 +301,42 @@ def test_hosts_naming_several_servers_or_any_are_placed_at_build(kit):
     # a rebuild keeps them where they are
     r = kit.mln("client", "build", "-r", "-f", str(path))
     assert r.returncode == 0 and f"placing host c stays on {where.group(1)}" in r.stderr, r.stderr
+    upgrade_joins_and_leaves(kit, path, where.group(1))
     r = kit.mln("client", "remove", "-f", "-p", "placed")
     assert r.returncode == 0, r.stderr
     for name in ("sh1", "sh2", "sh3"):
         assert not (kit.dir(name) / "projects" / "placed").exists(), name
+        left = links(kit, name)
+        assert "vx-" not in left and "vt-" not in left and "vb-" not in left, left
+
+
+def upgrade_joins_and_leaves(kit, path, c_on: str) -> None:
+    """An upgrade brings a server into the project (host d, on switch lan, which then spans
+    sh1 and it) and one that takes c's server out of it."""
+    d_on = ({"sh2", "sh3"} - {c_on}).pop()
+    d = (f"host d {{ superclass node\n    service_host {d_on}\n    network eth0 {{ switch lan\n"
+         "        address 10.0.0.4\n        netmask 255.255.255.0 }\n"
+         "    startup {\n        for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20\n        do\n"
+         "            ping -c 1 -W 1 10.0.0.1 > /dev/null && echo MLN-CHECK reached a && break\n"
+         "        done\n    }\n}\n")
+    path.write_text(PLACED + d)
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    assert f"[{d_on}] plan for project placed (version 0 -> 1)" in r.stdout, r.stdout
+    assert "switch lan: it joins other servers than before" in r.stdout, r.stdout
+    r = kit.mln("client", "start", "-p", "placed")
+    assert r.returncode == 0, r.stderr
+    log = kit.dir(d_on) / "projects" / "placed" / "hosts" / "d" / "console.log"
+    end = time.monotonic() + 120
+    while "MLN-CHECK reached a" not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < end, log.read_text(errors="replace")[-1500:]
+        time.sleep(0.5)
+    path.write_text(PLACED.split("host c {")[0] + d)           # c goes: its server leaves the project
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    assert not (kit.dir(c_on) / "projects" / "placed").exists()
+    rows = json.loads(kit.mln("client", "status", "-p", "placed", "--format", "json").stdout)
+    assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+        {("a", "sh1", "up"), ("b", "sh1", "up"), ("d", d_on, "up")}
+    r = kit.mln("client", "stop", "-p", "placed")
+    assert r.returncode == 0, r.stderr
