@@ -6,6 +6,8 @@ connection carries one message, a JSON object on one line:
 * a request of :mod:`mln_core.serve` (``{"verb": ...}``): the daemon runs ``mln serve`` as a
   child process with the request on its standard input and relays its JSON lines
   (``{"log": ...}``, then ``{"ok": ...}``), so no request's engine state stays in the daemon;
+* ``{"get": PATH}``: a file of that inbox (a host's disk packed for a move), answered with
+  ``{"ready": true, "size": N, "sha256": HEX}`` and its bytes;
 * ``{"put": PATH, "size": N, "sha256": HEX}``: a file for the templates directory's
   ``.incoming/`` inbox (any other path is refused); the daemon answers ``{"ready": true}``,
   the client sends the N bytes, the daemon checks their SHA-256 and answers ``{"ok": ...}``.
@@ -370,11 +372,18 @@ class Daemon:
             except MlnError as e:
                 self.log(f"{ip}: put refused: {e}")
                 send_json(tls, {"ok": False, "error": str(e)})
+        elif "get" in msg:
+            self.log(f"{ip} ({who}): get {msg.get('get')}")
+            try:
+                self._get(tls, msg)
+            except MlnError as e:
+                self.log(f"{ip}: get refused: {e}")
+                send_json(tls, {"ok": False, "error": str(e)})
         elif "verb" in msg:
             self.log(f"{ip} ({who}): {msg.get('verb')} {msg.get('project') or ''}".rstrip())
             self._request(tls, msg)
         else:
-            send_json(tls, {"ok": False, "error": "a message is a request ('verb') or a file ('put')"})
+            send_json(tls, {"ok": False, "error": "a message is a request ('verb') or a file ('put', 'get')"})
 
     def _authenticate(self, tls, msg: dict) -> str:
         token = msg.pop("token", None)
@@ -419,6 +428,27 @@ class Daemon:
             p.stdout.close()
             with self.lock:
                 self.children.pop(p, None)
+
+    def _get(self, tls, msg: dict) -> None:
+        """Send a file of the inbox (what a ``pack`` request left there): its size and
+        SHA-256 first, then its bytes."""
+        path = msg.get("get")
+        inbox = os.path.join(self.s.templates_dir, ".incoming")
+        if not isinstance(path, str) or ".." in path.split("/") or os.path.dirname(path) != inbox:
+            raise MlnError(f"files are sent only from {inbox}/, not {path}")
+        try:
+            f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW))
+        except OSError as e:
+            raise MlnError(f"{path}: {e.strerror}") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            h = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            send_json(tls, {"ready": True, "size": size, "sha256": h.hexdigest()})
+            f.seek(0)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                tls.sendall(block)
 
     def _put(self, tls, stream, msg: dict) -> None:
         path, size, digest = msg.get("put"), msg.get("size"), msg.get("sha256")

@@ -427,6 +427,7 @@ def mln_remote_transport(server, ctx):
     log) -> dict`` (carries one request of :mod:`mln_core.serve` to that server's
     ``mln serve``; calls ``log(line)`` for each progress line the server prints; returns
     the result, or raises MlnError with the server's error or why it cannot be reached),
-    ``put(local_path, remote_path)`` (copies a file to the server) and ``close()``; other
-    plugins return None.
+    ``put(local_path, remote_path)`` (copies a file to the server), ``get(remote_path,
+    local_path)`` (copies a file of the server's ``templates/.incoming`` here: a host's disk
+    packed for a move to another server) and ``close()``; other plugins return None.
     """

@@ -35,7 +35,8 @@ class HostPlan:
     running: bool = False
     changes: list[Change] = field(default_factory=list)
     live: dict[int, str] = field(default_factory=dict)   # index in changes -> how the backend applies it
-    disk: str | None = None          # "template": made afresh; "copy": a copy individualized again
+    disk: str | None = None          # "template": made afresh; "copy": a copy individualized again;
+                                     # "moved": the disk it had on another server
     restart: bool = False            # stopped before the new project is in place, started after
     start: bool = False              # started after (an added host, or one that ran)
     reasons: list[str] = field(default_factory=list)

@@ -9,7 +9,7 @@ stored project. Progress lines are prefixed with the server they come from.
 
 A transport is what the ``mln_remote_transport(server, ctx)`` hook returns: an object
 with ``request(dict, log) -> dict`` (raises MlnError naming the server when it fails),
-``put(local_path, remote_path)`` and ``close()``.
+``put(local_path, remote_path)``, ``get(remote_path, local_path)`` and ``close()``.
 """
 from __future__ import annotations
 
@@ -100,6 +100,15 @@ class Fleet:
             raise MlnError(f"server {name}: {e.message}", e.where) from None
         except Exception as e:          # the transport's own failure (a full disk there, a broken link)
             raise MlnError(f"server {name}: sending {os.path.basename(local_path)} failed: "
+                           f"{type(e).__name__}: {e}") from None
+
+    def get(self, name: str, remote_path: str, local_path: str) -> None:
+        try:
+            self.transport(name).get(remote_path, local_path)
+        except MlnError as e:
+            raise MlnError(f"server {name}: {e.message}", e.where) from None
+        except Exception as e:          # the transport's own failure
+            raise MlnError(f"server {name}: fetching {os.path.basename(remote_path)} failed: "
                            f"{type(e).__name__}: {e}") from None
 
     def each(self, requests: dict[str, dict], local=None, work=None) -> dict[str, object]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import tempfile
 
 from .errors import MlnError
+from .move import Mover
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
 
@@ -76,7 +77,8 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     old_lay = layout(old, placement["default"], placement.get("aliases"), placement.get("hosts"))
     placed = resolve(engine, new, me, configured(ctx.config), aliases_of(ctx.config), placement.get("hosts"))
     lay = check_servers(new, ctx.config, placed)
-    _refuse_moves(name, old_lay, lay)
+    moved = {h: (old_lay.hosts[h], lay.hosts[h]) for h in lay.hosts
+             if h in old_lay.hosts and old_lay.hosts[h] != lay.hosts[h]}
     joining = [s for s in lay.servers if s not in old_lay.servers and s != me]
     leaving = [s for s in old_lay.servers if s not in lay.servers and s != me]
     others = [s for s in dict.fromkeys(lay.servers + old_lay.servers) if s != me]
@@ -84,21 +86,16 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     with Fleet(engine, others) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
+        mover = Mover(engine, fleet, name, moved)
         manager = engine.store.identity()
         parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
         with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
             files = fleet.send_files(new, lay, tmp)
             ask = {s: {"verb": "upgrade", "project": name, "text": text, "placement": parts[s], "simulate": True,
-                       "start_new": start_new, "live": sorted(live_hosts), "keep": keep}
-                   for s in others if s not in joining}
-            plans = fleet.each(ask, lambda: _local(upgrade_here(engine, path, simulate=True,
-                                                                placement=parts[me], **args)))
-            _raise_failed(name, "planned", plans, "nothing was changed")
-            running = any(p["plan"].get("running") for p in plans.values())
-            for s in joining:                    # a server new to the project: its part is built
-                ask[s] = {"verb": "build", "project": name, "text": text, "placement": parts[s], "fresh": True,
-                          "start": running or start_new}
-            plans.update(fleet.each({s: dict(ask[s], verb="upgrade", simulate=True) for s in joining}))
+                       "start_new": start_new or (s in joining and mover.project_runs), "live": sorted(live_hosts),
+                       "keep": keep, "join": s in joining, "moves": mover.moves(s)} for s in others}
+            plans = fleet.each(ask, lambda: _local(upgrade_here(engine, path, simulate=True, placement=parts[me],
+                                                                moves=mover.moves(me), **args)))
             _raise_failed(name, "planned", plans, "nothing was changed")
             shown = [s for s in lay.servers if s != me] + leaving + \
                 [me] * (me in lay.servers or not plans[me]["empty"])
@@ -115,13 +112,15 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                                    "to confirm it")
                 if not confirm("carry out this upgrade on every server?"):
                     raise MlnError("nothing was changed")
+            mover.carry(tmp)                      # disks packed, fetched and sent: nothing changed yet
             for s in others:
-                ask[s].update(simulate=False, hold=True, files=files.get(s))
-            results = fleet.each(ask, lambda: upgrade_here(engine, path, yes=True, placement=parts[me], hold=True,
-                                                           **args))
+                ask[s].update(simulate=False, hold=True, files=files.get(s), moves=mover.moves(s))
+            results = fleet.each(ask, lambda: mover.here(lambda moves: upgrade_here(
+                engine, path, yes=True, placement=parts[me], hold=True, moves=moves, **args)))
         failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
         _settle(engine, fleet, name, [s for s in results if s not in failed], joining, keep=not failed)
         if failed:
+            mover.back()
             raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of them:"
                            "\n  " + "\n  ".join(str(r) for r in failed.values()))
         for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():
@@ -141,14 +140,6 @@ def _raise_failed(name: str, what: str, results: dict, said: str) -> None:
     failed = [str(r) for r in results.values() if isinstance(r, MlnError)]
     if failed:
         raise MlnError(f"project '{name}' could not be {what} on every server; {said}:\n  " + "\n  ".join(failed))
-
-
-def _refuse_moves(name: str, old_lay, lay) -> None:
-    moved = [f"{h} ({old_lay.hosts[h]} -> {lay.hosts[h]})" for h in lay.hosts
-             if h in old_lay.hosts and old_lay.hosts[h] != lay.hosts[h]]
-    if moved:
-        raise MlnError(f"project '{name}': the file moves hosts to other servers: {', '.join(moved)}; moving "
-                       "hosts between servers is not supported yet (stop them, mln build -r)")
 
 
 def _settle(engine, fleet, name: str, ready: list[str], joining: list[str], keep: bool) -> None:

@@ -12,14 +12,15 @@ Requests (``verb`` and its fields)::
     ping                                        -> {"server", "version"}
     need     templates: [{name, sha256}]        -> {"missing": [names], "templates_dir"}
     register name, message, files: {image, kernel, initrd} (sent into templates_dir/.incoming)
-    build    project, text, placement, replace, fresh, start -> {}  (fresh: the manager has no such
-             project, so one here is what a build cut off from it left, and goes first;
-             start: start it once built)
+    build    project, text, placement, replace, fresh -> {}  (fresh: the manager has no such
+             project, so one here is what a build cut off from it left, and goes first)
     start    project, host, pause               -> {}
     stop     project, host, hard, wait, save, pause -> {}
     status   project                            -> {"rows": [...]}
-    upgrade  project, text, placement, simulate, start_new, live, keep, files, hold
+    upgrade  project, text, placement, simulate, start_new, live, keep, files, hold, join, moves
                                                 -> {"plan": plan JSON, "text": plan text, "empty"}
+             (join: this server is new to the project; moves: mln_core.move, mln_core.upgrade)
+    pack     project, host                      -> {"archive", "sha256", "disk"} (mln_core.move)
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
@@ -43,8 +44,8 @@ from .names import check_name
 from .servers import here
 
 HEARTBEAT = 5          # seconds between the lines that say this server still works
-VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "start", "stop", "status", "remove",
-         "capacity")
+VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "start", "stop", "status",
+         "remove", "capacity")
 
 
 def sha256_of(path: str) -> str:
@@ -114,8 +115,13 @@ def handle(request: dict, engine) -> dict:
     if verb in ("build", "upgrade"):
         return _with_text(engine, name, request, placement)
     if verb == "settle":
+        from .move import discard_packed
         from .upgrade import settle
+        discard_packed(ctx, name)
         return {"settled": settle(engine, name, bool(request.get("keep")))}
+    if verb == "pack":
+        from .move import pack
+        return pack(engine, name, str(request.get("host", "")))
     if verb == "start":
         engine.start(name, request.get("host"), pause=float(request.get("pause") or 0))
     elif verb == "stop":
@@ -146,26 +152,43 @@ def _with_text(engine, name: str, request: dict, placement: dict | None) -> dict
             ctx.config.values["files"] = files
         if request["verb"] == "build":
             engine.build(path, replace=bool(request.get("replace")), placement=placement)
-            if request.get("start"):                 # a server joining a running project
-                engine.start(name)
             return {}
+        from .move import discard, unpack
+        from .upgrade import _note_moves, upgrade
         if not engine.store.exists(name) and request.get("simulate") and placement:
             from .model import Project          # a server new to the project: all of its part is added
             from .plan import make_plan
             plan = make_plan(Project(name=name), engine.build(path, simulate=True, placement=placement), {}, 0,
-                             ctx, start_new=bool(request.get("start")))
+                             ctx, start_new=bool(request.get("start_new")))
+            _note_moves(plan, request.get("moves") or {})
             return {"plan": plan.as_json(), "text": plan.render_text(), "empty": plan.empty}
-        from .upgrade import upgrade
-        plan = upgrade(engine, path, simulate=bool(request.get("simulate")), yes=True,
-                       start_new=bool(request.get("start_new")), live_hosts=set(request.get("live", [])),
-                       keep=bool(request.get("keep")), project=name, placement=placement,
-                       hold=bool(request.get("hold")))
+        if not engine.store.exists(name) and request.get("join") and placement:
+            _build_empty(engine, name, placement)          # a server new to the project: upgraded from nothing
+        moves = unpack(ctx, name, request.get("moves"))
+        try:
+            plan = upgrade(engine, path, simulate=bool(request.get("simulate")), yes=True,
+                           start_new=bool(request.get("start_new")), live_hosts=set(request.get("live", [])),
+                           keep=bool(request.get("keep")), project=name, placement=placement,
+                           hold=bool(request.get("hold")), moves=moves)
+        finally:
+            discard(ctx, name, moves)
         return {"plan": plan.as_json(), "text": plan.render_text(), "empty": plan.empty}
     finally:
         if os.path.exists(path):
             os.unlink(path)
         if files:
             shutil.rmtree(files, ignore_errors=True)
+
+
+def _build_empty(engine, name: str, placement: dict) -> None:
+    """The project with none of its hosts here yet, for a server that joins it."""
+    path = os.path.join(engine.store.root, f".{name}.empty-{os.getpid()}.mln")
+    try:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(f"global {{\n    project {name}\n}}\n")
+        engine.build(path, placement=placement)
+    finally:
+        os.unlink(path)
 
 
 def _received_files(ctx, name: str, files: dict | None) -> str | None:

@@ -58,13 +58,16 @@ class Journal(_Journal):
 
 def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, yes: bool = False,
             live_hosts: set[str] = frozenset(), keep: bool = False, confirm=None, show=None,
-            project: str | None = None, placement: dict | None = None, hold: bool = False) -> Plan:
+            project: str | None = None, placement: dict | None = None, hold: bool = False,
+            moves: dict | None = None) -> Plan:
     """Plan the upgrade of the stored project named in ``path`` to that file and, unless
     ``simulate``, carry it out. ``show(plan)`` prints the plan; ``confirm(question)`` asks
     (None: no terminal, so nothing is done without ``yes``). ``project``: the project the
     user named (``-p``); an error if the file names another. ``placement``: this server's
     part of a project spread over servers (:mod:`mln_core.remote_upgrade` sends it);
-    ``hold``: stop short of the cleanup, at phase ``ready``, until :func:`settle`."""
+    ``hold``: stop short of the cleanup, at phase ``ready``, until :func:`settle`.
+    ``moves``: hosts moving between servers (:mod:`mln_core.move`): ``{host: {"from",
+    "run", "src", "disk"}}`` for those arriving here, ``{host: {"to"}}`` for those leaving."""
     from .servers import part
     ctx, store = engine.ctx, engine.store
     loaded = load_project(path, ctx)
@@ -90,6 +93,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         respanned = {n for n in new.switches if n in old.switches and
                      (ctx.state.get("switches", {}).get(n) or {}).get("span") != spans.get(n)}
         plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new, respanned)
+        _note_moves(plan, moves or {})
         if show is not None:
             show(plan)
         keys = ("servers", "hosts", "default")      # a part whose hosts stay, of a project that changes servers
@@ -104,9 +108,24 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                                "to confirm it")
             if not confirm("carry out this upgrade?"):
                 raise MlnError("nothing was changed")
-        _Run(engine, old, old_loaded.doc, new, loaded.doc, plan, keep, placement, hold).run()
+        _Run(engine, old, old_loaded.doc, new, loaded.doc, plan, keep, placement, hold, moves).run()
     ctx.log(f"+---> PROJECT {new.name} UPGRADED (version {plan.version + 1})")
     return plan
+
+
+def _note_moves(plan: Plan, moves: dict) -> None:
+    """Hosts arriving from another server get the disk they had there (and start if they
+    ran there); hosts leaving say where to."""
+    for hp in plan.hosts:
+        move = moves.get(hp.name)
+        if move is None:
+            continue
+        if hp.action == "added" and "from" in move:
+            hp.disk, hp.start = "moved", bool(move.get("run"))
+            hp.reasons = [f"moved from server {move['from']}, cold: its disk is copied" +
+                          (" and it is started here" if hp.start else "")]
+        elif hp.action == "removed" and "to" in move:
+            hp.reasons = [f"moves to server {move['to']}: removed here once every server finished"]
 
 
 class _Run:
@@ -116,9 +135,9 @@ class _Run:
     what = "upgrade"
 
     def __init__(self, engine, old: Project, old_doc, new: Project, new_doc, plan: Plan, keep: bool,
-                 placement: dict | None = None, hold: bool = False):
+                 placement: dict | None = None, hold: bool = False, moves: dict | None = None):
         self.e, self.ctx, self.store = engine, engine.ctx, engine.store
-        self.placement, self.hold = placement, hold
+        self.placement, self.hold, self.moves = placement, hold, moves or {}
         self.old, self.new, self.plan, self.keep = old, new, plan, keep
         self.pdir = self.store.project_dir(new.name)
         self.work = os.path.join(self.pdir, WORK)
@@ -213,7 +232,7 @@ class _Run:
             try:
                 for hp in built:
                     self._step(f"build host {hp.name}")
-                    make = self._copy_disk if hp.disk == "copy" else None
+                    make = {"copy": self._copy_disk, "moved": self._moved_disk}.get(hp.disk)
                     self.e._build_host(new.hosts[hp.name], progress, make)
             finally:
                 progress.close()
@@ -233,6 +252,18 @@ class _Run:
             self.ctx.log(f"warning: host {host.name}: its storage cannot copy its disk; it is made afresh "
                          "from its template")
             disk = self.ctx.pm.hook.mln_create_disk(host=host, ctx=self.ctx)
+        return disk
+
+    def _moved_disk(self, host) -> Disk:
+        """The disk the host had on the server it left (unpacked by :func:`mln_core.move.unpack`)."""
+        move = self.moves[host.name]
+        try:
+            recorded = Disk(**move["disk"])
+        except TypeError:
+            raise MlnError("the server it left recorded its disk wrongly") from None
+        disk = self.ctx.pm.hook.mln_import_disk(host=host, disk=recorded, src=move["src"], ctx=self.ctx)
+        if disk is None:
+            raise MlnError(f"no installed storage plugin takes its {recorded.kind} disk")
         return disk
 
     def _reconfigure(self, hp) -> None:

@@ -11,6 +11,7 @@ The client authenticates with its certificate (``daemon_client_cert``,
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import TYPE_CHECKING
@@ -173,6 +174,30 @@ class DaemonTransport:
             last = next(answers)
             if not last.get("ok"):
                 raise MlnError(str(last.get("error", "failed")))
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        """Fetch a file of the server's inbox into ``local_path`` (checked by SHA-256)."""
+        from mln_core.daemon import send_json
+        with self._connect() as tls, tls.makefile("rb") as stream:
+            answers = self._answers(tls, stream)
+            send_json(tls, self._message({"get": remote_path}))
+            first = next(answers)
+            if not first.get("ready"):
+                raise MlnError(str(first.get("error", f"unexpected answer {json.dumps(first)[:200]}")))
+            size, h = int(first["size"]), hashlib.sha256()
+            try:
+                with open(os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                    while size:
+                        block = stream.read(min(size, 1 << 20))
+                        if not block:
+                            raise MlnError(f"{self.where} stopped sending {remote_path}")
+                        h.update(block)
+                        f.write(block)
+                        size -= len(block)
+            except OSError as e:
+                raise self._broken(e) from None
+            if h.hexdigest() != first.get("sha256"):
+                raise MlnError(f"{remote_path} from {self.where} arrived damaged (SHA-256 differs)")
 
     def close(self) -> None:
         pass

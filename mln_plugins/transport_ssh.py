@@ -158,6 +158,10 @@ class SshTransport:
         conn.run(f"mkdir -p {shlex.quote(os.path.dirname(remote_path))}", hide=True)
         conn.put(local_path, remote_path)
 
+    def get(self, remote_path: str, local_path: str) -> None:
+        self._connection().get(remote_path, local_path)
+        os.chmod(local_path, 0o600)
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()

@@ -21,6 +21,9 @@ superclass node {{
     template busybox.ext4
     memory 96M
     startup {{
+        [ -f /root/first ] || cat /proc/sys/kernel/random/uuid > /root/first
+        echo MLN-CHECK-FIRST
+        cat /root/first
         for peer in $peers
         do
             for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30
@@ -155,9 +158,6 @@ def test_three_servers_two_spanning_switches(kit):
 def upgrade_spread_project(kit, path) -> None:
     """``mln upgrade`` from the client: one plan, shown by server; host d added on sh2
     starts there and reaches a on sh1; moving a host to another server is refused."""
-    path.write_text(project().replace("service_host sh1", "service_host sh2", 1))
-    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
-    assert r.returncode == 1 and "moves hosts to other servers: a (sh1 -> sh2)" in r.stderr, r.stderr
     # a part that fails on sh2: sh3, whose part was ready (host e built and started), puts it back
     path.write_text(project() + host("d", 4, "uml", "sh2", [1], "    kernel /nonexistent/linux.uml\n")
                     + host("e", 5, "uml", "sh3", [1]))
@@ -187,6 +187,24 @@ def upgrade_spread_project(kit, path) -> None:
         assert time.monotonic() < end, log.read_text(errors="replace")[-1500:]
         time.sleep(0.5)
     assert "service_host sh2" in (kit.dir("sh1") / "projects" / "spread" / "spread.mln").read_text()
+    # a cold move: a goes from sh1 to sh3 (and sh1 leaves the project); what its guest wrote goes with it
+    first = re.search(r"MLN-CHECK-FIRST\s+(\S+)", console(kit, "a")).group(1)
+    path.write_text((project() + host("d", 4, "uml", "sh2", [1])).replace("service_host sh1", "service_host sh3", 1))
+    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
+    assert r.returncode == 0 and "host a: moved from server sh1, cold: its disk is copied and it is started here" \
+        in r.stdout, r.stdout + r.stderr
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
+    assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+        {("a", "sh3", "up"), ("b", "sh2", "up"), ("c", "sh3", "up"), ("d", "sh2", "up")}
+    log = kit.dir("sh3") / "projects" / "spread" / "hosts" / "a" / "console.log"
+    end = time.monotonic() + 120
+    while not re.search(r"MLN-CHECK-FIRST\s+" + first, log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < end, log.read_text(errors="replace")[-1500:]
+        time.sleep(0.5)
+    assert not (kit.dir("sh1") / "projects" / "spread").exists()        # nothing of it is left there
+    assert not [p for p in processes(kit, "sh1") if "linux.uml" in p or "vde_switch" in p]
 
 
 def test_all_or_nothing_an_unreachable_server_and_a_failed_part(kit):

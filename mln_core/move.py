@@ -1,0 +1,193 @@
+"""Cold moves of hosts between servers (``mln upgrade`` of a host whose ``service_host``
+changed): the disk of the stopped host is packed on the server it leaves (what its
+storage plugin's ``mln_export_disk`` writes, in one compressed archive with its SHA-256),
+fetched by the manager through that server's transport, sent on to the server it goes to,
+checked there and made the host's disk by ``mln_import_disk``. The host is removed from
+the server it left only after every server finished the upgrade
+(:mod:`mln_core.remote_upgrade`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+
+from .errors import MlnError
+from .names import check_name
+
+
+def inbox(ctx) -> str:
+    return os.path.join(ctx.config.templates_dir, ".incoming")
+
+
+def archive_name(project: str, host: str) -> str:
+    return f"{project}.{host}.move.tar.gz"
+
+
+def pack(engine, name: str, host: str) -> dict:
+    """Pack the disk of ``host`` (stopped, not saved) into this server's inbox:
+    ``{"archive", "sha256", "disk"}`` (the disk as recorded here)."""
+    from .export import _export_host, _require_down
+    from .serve import sha256_of
+    ctx = engine.ctx
+    check_name("host", host)
+    with engine.locked(name) as loaded:
+        if host not in loaded.project.hosts:
+            raise MlnError(f"project '{name}' has no host '{host}' on this server")
+        h = loaded.project.hosts[host]
+        _require_down(engine, type(loaded.project)(name=name, hosts={host: h}), False)
+        disk = dict(ctx.state["hosts"][host]["disk"])
+        os.makedirs(inbox(ctx), mode=0o700, exist_ok=True)
+        out = os.path.join(inbox(ctx), archive_name(name, host))
+        work = tempfile.mkdtemp(prefix=f".{name}.{host}.pack-", dir=inbox(ctx))
+        try:
+            members: dict[str, str] = {}
+            _export_host(ctx, h, ctx.project_dir, os.path.join(work, host), members)
+            tmp = out + ".part"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+                for arc, path in members.items():
+                    tar.add(path, arcname=os.path.basename(arc))
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"archive": out, "sha256": sha256_of(out), "disk": disk}
+
+
+def unpack(ctx, name: str, moved: dict) -> dict:
+    """The archives the manager sent (``{host: {"archive", "sha256", ...}}``), checked and
+    unpacked into private directories: ``{host: dict(entry, src=DIRECTORY)}``."""
+    from .serve import sha256_of
+    out = {}
+    for host, entry in (moved or {}).items():
+        check_name("host", host)
+        archive = entry.get("archive")
+        if not archive:                 # a plan (-s): nothing was sent yet
+            out[host] = dict(entry)
+            continue
+        if os.path.dirname(os.path.abspath(archive)) != inbox(ctx) or not os.path.isfile(archive):
+            raise MlnError(f"the disk of a moved host is taken only from {inbox(ctx)}, not {archive}")
+        if sha256_of(archive) != entry.get("sha256"):
+            raise MlnError(f"the disk of host {host} arrived damaged (its SHA-256 differs from the sender's)")
+        dest = tempfile.mkdtemp(prefix=f".{name}.{host}.moved-", dir=ctx.config.projects_dir)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise MlnError(f"the disk of host {host} could not be unpacked: {e}") from None
+        out[host] = dict(entry, src=dest)
+    return out
+
+
+def discard(ctx, name: str, moved: dict) -> None:
+    """Delete what :func:`unpack` made and the archives it read."""
+    for entry in moved.values():
+        if entry.get("src"):
+            shutil.rmtree(entry["src"], ignore_errors=True)
+        if entry.get("archive") and os.path.isfile(entry["archive"]):
+            os.unlink(entry["archive"])
+
+
+def discard_packed(ctx, name: str) -> None:
+    """The archives :func:`pack` left in this server's inbox for ``name`` (once every server
+    settled the upgrade)."""
+    box = inbox(ctx)
+    if os.path.isdir(box):
+        for f in os.listdir(box):
+            if f.startswith(f"{name}.") and f.endswith(".move.tar.gz"):
+                os.unlink(os.path.join(box, f))
+
+
+class Mover:
+    """The manager's side of the cold moves of one upgrade: ``moved`` is ``{host: (the
+    server it leaves, the server it goes to)}``."""
+
+    def __init__(self, engine, fleet, name: str, moved: dict[str, tuple[str, str]]):
+        self.e, self.fleet, self.name, self.moved = engine, fleet, name, moved
+        self.me = fleet.me
+        self.sent: dict[str, dict] = {}
+        self.stopped: list[str] = []
+        rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name} for s in fleet.servers},
+                                            lambda: {"rows": engine.status(name)}).items()}
+        failed = [str(r) for r in rows.values() if isinstance(r, MlnError)]
+        if failed:
+            raise MlnError("not every server of the project answers; nothing was done:\n  " + "\n  ".join(failed))
+        hosts = {(s, r["name"]): r for s, a in rows.items() for r in a["rows"] if r["kind"] == "host"}
+        self.project_runs = any(r["state"] == "up" for r in hosts.values())
+        self.running = {}
+        for h, (src, _dst) in moved.items():
+            row = hosts.get((src, h), {})
+            if "saved" in str(row.get("detail", "")):
+                raise MlnError(f"host {h} was saved with 'mln stop -S' on {src}: a saved guest does not move; "
+                               f"start it (or stop it) first", f"host {h}")
+            self.running[h] = row.get("state") == "up"
+
+    def _on(self, server: str, request: dict, local):
+        return local() if server == self.me else self.fleet.request(server, request)
+
+    def moves(self, server: str) -> dict:
+        """What the upgrade request of ``server`` says of the hosts that leave or reach it."""
+        out = {}
+        for h, (src, dst) in self.moved.items():
+            if src == server:
+                out[h] = {"to": dst}
+            if dst == server:
+                out[h] = dict(self.sent.get(h, {}), **{"from": src, "run": self.running[h]})
+        return out
+
+    def carry(self, tmp: str) -> None:
+        """Stop each moving host that runs, pack its disk where it is, fetch it and send it
+        where it goes (checked by SHA-256 at each step); on any failure the hosts stopped
+        are started again and nothing else has changed."""
+        from .serve import sha256_of
+        e, name, ctx = self.e, self.name, self.e.ctx
+        try:
+            for h, (src, dst) in self.moved.items():
+                if self.running[h]:
+                    self.fleet.say(src, f"+---> {h}: stopping it, to move it to {dst}")
+                    self._on(src, {"verb": "stop", "project": name, "host": h, "wait": 60},
+                             lambda h=h: e.stop(name, h))
+                    self.stopped.append(h)
+                packed = self._on(src, {"verb": "pack", "project": name, "host": h}, lambda h=h: pack(e, name, h))
+                local = packed["archive"]
+                if src != self.me:
+                    local = os.path.join(tmp, archive_name(name, h))
+                    self.fleet.get(src, packed["archive"], local)
+                if sha256_of(local) != packed["sha256"]:
+                    raise MlnError(f"the disk of host {h} arrived damaged from {src} (its SHA-256 differs)")
+                size = os.path.getsize(local)
+                if dst == self.me:
+                    dest = os.path.join(inbox(ctx), archive_name(name, h))
+                    os.makedirs(inbox(ctx), mode=0o700, exist_ok=True)
+                    if local != dest:
+                        shutil.copyfile(local, dest)
+                else:
+                    dest = os.path.join(self.fleet.inboxes[dst], archive_name(name, h))
+                    self.fleet.put(dst, local, dest)
+                self.fleet.say(dst, f"+---> {h}: its disk arrived from {src} ({max(1, size // 2**20)} MB packed)")
+                self.sent[h] = {"archive": dest, "sha256": packed["sha256"], "disk": packed["disk"]}
+        except BaseException:
+            self.back()
+            raise
+
+    def here(self, upgrade):
+        """This server's part: ``upgrade(moves)`` with the disks that reached it unpacked."""
+        moves = unpack(self.e.ctx, self.name, self.moves(self.me))
+        try:
+            return upgrade(moves)
+        finally:
+            discard(self.e.ctx, self.name, moves)
+            discard_packed(self.e.ctx, self.name)
+
+    def back(self) -> None:
+        """Start again, where they were, the hosts stopped to move."""
+        for h in self.stopped:
+            src = self.moved[h][0]
+            try:
+                self._on(src, {"verb": "start", "project": self.name, "host": h},
+                         lambda h=h: self.e.start(self.name, h))
+            except MlnError as e:
+                self.fleet.say(src, f"warning: starting {h} again: {e}")
+        self.stopped = []
