@@ -48,7 +48,7 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError
 from mln_core.machine import local
 
-from . import imagefs, qemu_live, qemu_qmp, tun
+from . import imagefs, qemu_live, qemu_migrate, qemu_qmp, tun
 from .runtime import saved_state_path
 
 NAME = "qemu"
@@ -149,7 +149,7 @@ def mln_console(host, ctx):
     return {"socket": sock} if os.path.exists(sock) else None
 
 
-def command_line(host, ctx, resume: bool = False, memory_mb: int | None = None) -> list[str]:
+def command_line(host, ctx, resume: bool = False, memory_mb: int | None = None, paused: bool = False) -> list[str]:
     """The QEMU command line; ``resume``: wait for the saved state (``-incoming defer``) and
     append to the console log instead of starting it afresh; ``memory_mb``: the RAM size
     instead of the configured one (a resume of a guest whose memory was lowered live)."""
@@ -174,7 +174,7 @@ def command_line(host, ctx, resume: bool = False, memory_mb: int | None = None) 
     argv += qemu_live.nic_args(host, ctx)
     argv += qemu_live.fixed_args(d)
     if resume:
-        argv += ["-incoming", "defer"]
+        argv += ["-incoming", "defer"] + ["-S"] * paused
     return argv
 
 
@@ -224,6 +224,49 @@ def _undo_start(host, ctx) -> None:
         except Exception:   # cleanup must not hide the error being reported
             pass
     mln_host_stopped(host, ctx)
+
+
+# -- live migration between servers (mln upgrade, mln_backends.qemu_migrate) ----------------------------
+
+@hookimpl
+def mln_live_migration(host, ctx):
+    return qemu_migrate.can(host, ctx) if _mine(host) else None
+
+
+@hookimpl
+def mln_migrate_in(host, disk, address, ctx):
+    if not _mine(host):
+        return None
+    m = ctx.on(host)
+    d, qmp_sock, pidfile = _paths(host, ctx, create=True)
+    if m.alive(m.read_pid(pidfile)):
+        raise MlnError("is already running")
+    argv = command_line(host, ctx, resume=True, paused=True)
+    with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
+        f.write(shlex.join(argv) + "\n")
+    r = m.run(argv, what="QEMU did not start", check=False, timeout=60, text=True)
+    try:
+        if r.returncode != 0:
+            raise MlnError(f"QEMU did not start: {(r.stderr or r.stdout).strip()}")
+        return qemu_migrate.incoming(m, qmp_sock, address)
+    except MlnError:
+        _undo_start(host, ctx)
+        raise
+
+
+@hookimpl
+def mln_migrate_out(host, incoming, ctx):
+    if not _mine(host):
+        return None
+    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming)
+
+
+@hookimpl
+def mln_migrate_done(host, ctx):
+    if not _mine(host):
+        return None
+    qemu_migrate.arrived(ctx.on(host), _paths(host, ctx)[1])
+    return True
 
 
 # -- live changes (mln upgrade) -------------------------------------------------------------------------

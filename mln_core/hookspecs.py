@@ -357,6 +357,51 @@ def mln_apply_live(host, old, change, ctx):
 
 
 # ---------------------------------------------------------------------------------------
+# Live migration: a running host moves to another server (mln upgrade, mln_core.move)
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mln_live_migration(host, ctx):
+    """Can the running ``host`` move to another server while it runs?
+
+    Called by ``upgrade`` on the manager for each running host whose server changes. The
+    backend for ``host.hypervisor`` returns a short text saying how (``"QEMU: disk mirrored,
+    then memory"``), which the plan shows; None (the default) means a cold move: the host
+    is stopped, its disk copied, and it is started on the other server.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_migrate_in(host, disk, address, ctx):
+    """Start ``host`` on this server waiting for its running guest to arrive.
+
+    Called on the server the host moves to, after the upgrade there made its disk
+    (``disk``: fresh from the template and not individualized: the guest's own disk
+    arrives with it) and started its switches. ``address`` is this server's address on the
+    underlay between the servers. Return a dict (JSON) that ``mln_migrate_out`` on the
+    other server needs to send the guest (where to connect), or None if not your host.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_migrate_out(host, incoming, ctx):
+    """Send the running ``host`` to the server whose ``mln_migrate_in`` answered ``incoming``.
+
+    Called on the server the host leaves (``ctx`` bound to the project as it was, with the
+    host in it). Copy what the other server lacks (the disk, unless both reach the same
+    storage), then the memory; the guest must keep running here if anything fails (raise
+    MlnError). On success the guest runs there and is paused here (``mln_stop_host`` with
+    ``hard`` ends it later). Return a dict with ``downtime_ms`` and ``total_ms``.
+    """
+
+
+@hookspec(firstresult=True)
+def mln_migrate_done(host, ctx):
+    """The guest arrived (``mln_migrate_out`` succeeded): drop what only the migration
+    needed (a disk export) on the server the host moved to. Return True if yours."""
+
+
+# ---------------------------------------------------------------------------------------
 # Export and import: a project as one archive
 # ---------------------------------------------------------------------------------------
 

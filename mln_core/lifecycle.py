@@ -180,7 +180,8 @@ class Engine:
             entry = self.ctx.state["hosts"][host.name] = {"disk": asdict(disk)}
             step = "configure image"
             progress.step(host.name, step)
-            self.individualize(host, disk)
+            if getattr(make_disk, "individualizes", True):    # a guest's disk on its way here: not
+                self.individualize(host, disk)
             step = f"{host.hypervisor} configuration"
             progress.step(host.name, step)
             data = self.hook.mln_build_host(host=host, disk=disk, ctx=self.ctx)

@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 
 from .errors import MlnError
 from .names import check_name
@@ -100,11 +101,61 @@ def discard_packed(ctx, name: str) -> None:
                 os.unlink(os.path.join(box, f))
 
 
+# -- live moves, server side (the upgrade of each server holds at phase ready meanwhile) ----------
+
+def migrate_in(engine, name: str, host: str, address: str) -> dict:
+    """On the server the host moves to: start it waiting for its guest (``mln_migrate_in``)."""
+    from .upgrade import Journal
+    ctx = engine.ctx
+    with engine.store.lock(name):          # not engine.locked: that would finish the held upgrade
+        loaded = engine.open(name)
+        h = loaded.project.hosts.get(check_name("host", host))
+        if h is None:
+            raise MlnError(f"project '{name}' has no host '{host}' on this server")
+        journal = Journal.read(ctx.project_dir)
+        if journal is not None:             # undone with the upgrade if the move fails
+            journal.add("started", host)
+        answer = ctx.pm.hook.mln_migrate_in(host=h, disk=ctx.disk(h), address=address, ctx=ctx)
+    if answer is None:
+        raise MlnError(f"no installed backend takes a running '{h.hypervisor}' guest", f"host {host}")
+    return answer
+
+
+def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
+    """On the server the host leaves: send its running guest (``mln_migrate_out``); the
+    host is the project's as it was before the held upgrade."""
+    from .project import load_project
+    from .store import Store
+    from .upgrade import WORK
+    ctx = engine.ctx
+    with engine.store.lock(name):
+        pdir = engine.store.require(name)
+        old = os.path.join(pdir, WORK, "old")
+        project = load_project(os.path.join(old, f"{name}.mln"), ctx).project
+        engine._bind(project, pdir, Store.read_state(old))
+        h = ctx.project.hosts.get(check_name("host", host))
+        if h is None:
+            raise MlnError(f"project '{name}' had no host '{host}' on this server")
+        answer = ctx.pm.hook.mln_migrate_out(host=h, incoming=incoming, ctx=ctx)
+    if answer is None:
+        raise MlnError(f"no installed backend sends a running '{h.hypervisor}' guest", f"host {host}")
+    return answer
+
+
+def migrate_done(engine, name: str, host: str) -> dict:
+    with engine.store.lock(name):
+        loaded = engine.open(name)
+        h = loaded.project.hosts.get(check_name("host", host))
+        if h is None or not engine.ctx.pm.hook.mln_migrate_done(host=h, ctx=engine.ctx):
+            raise MlnError(f"host '{host}' did not arrive on this server")
+    return {}
+
+
 class Mover:
     """The manager's side of the cold moves of one upgrade: ``moved`` is ``{host: (the
     server it leaves, the server it goes to)}``."""
 
-    def __init__(self, engine, fleet, name: str, moved: dict[str, tuple[str, str]]):
+    def __init__(self, engine, fleet, name: str, moved: dict[str, tuple[str, str]], project=None):
         self.e, self.fleet, self.name, self.moved = engine, fleet, name, moved
         self.me = fleet.me
         self.sent: dict[str, dict] = {}
@@ -116,13 +167,17 @@ class Mover:
             raise MlnError("not every server of the project answers; nothing was done:\n  " + "\n  ".join(failed))
         hosts = {(s, r["name"]): r for s, a in rows.items() for r in a["rows"] if r["kind"] == "host"}
         self.project_runs = any(r["state"] == "up" for r in hosts.values())
-        self.running = {}
+        self.running, self.live = {}, {}
         for h, (src, _dst) in moved.items():
             row = hosts.get((src, h), {})
             if "saved" in str(row.get("detail", "")):
                 raise MlnError(f"host {h} was saved with 'mln stop -S' on {src}: a saved guest does not move; "
                                f"start it (or stop it) first", f"host {h}")
             self.running[h] = row.get("state") == "up"
+            if self.running[h] and project is not None and h in project.hosts:
+                how = engine.ctx.pm.hook.mln_live_migration(host=project.hosts[h], ctx=engine.ctx)
+                if how:
+                    self.live[h] = how
 
     def _on(self, server: str, request: dict, local):
         return local() if server == self.me else self.fleet.request(server, request)
@@ -131,10 +186,11 @@ class Mover:
         """What the upgrade request of ``server`` says of the hosts that leave or reach it."""
         out = {}
         for h, (src, dst) in self.moved.items():
+            live = {"live": self.live[h]} if h in self.live else {}
             if src == server:
-                out[h] = {"to": dst}
+                out[h] = {"to": dst, **live}
             if dst == server:
-                out[h] = dict(self.sent.get(h, {}), **{"from": src, "run": self.running[h]})
+                out[h] = dict(self.sent.get(h, {}), **{"from": src, "run": self.running[h]}, **live)
         return out
 
     def carry(self, tmp: str) -> None:
@@ -145,6 +201,8 @@ class Mover:
         e, name, ctx = self.e, self.name, self.e.ctx
         try:
             for h, (src, dst) in self.moved.items():
+                if h in self.live:
+                    continue                      # it moves once every server is ready (migrate)
                 if self.running[h]:
                     self.fleet.say(src, f"+---> {h}: stopping it, to move it to {dst}")
                     self._on(src, {"verb": "stop", "project": name, "host": h, "wait": 60},
@@ -180,6 +238,32 @@ class Mover:
         finally:
             discard(self.e.ctx, self.name, moves)
             discard_packed(self.e.ctx, self.name)
+
+    def migrate(self, addresses: dict[str, str]) -> None:
+        """Move the live hosts, two at a time, once every server's part is ready: each
+        waits on its new server, is sent by its old one and runs on its new one; an error
+        (the upgrade is then put back everywhere: the guest runs on where it was)."""
+        from concurrent.futures import ThreadPoolExecutor
+        e, name = self.e, self.name
+
+        def one(h):
+            src, dst = self.moved[h]
+            start = time.monotonic()
+            incoming = self._on(dst, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[dst]},
+                                lambda: migrate_in(e, name, h, addresses[dst]))
+            sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
+                            lambda: migrate_out(e, name, h, incoming))
+            after = time.monotonic()
+            self._on(dst, {"verb": "migrate_done", "project": name, "host": h}, lambda: migrate_done(e, name, h))
+            down = sent["downtime_ms"] + int((time.monotonic() - after) * 1000)
+            self.fleet.say(dst, f"+---> {h}: moved live from {src} in {time.monotonic() - start:.1f} s "
+                                f"(the guest paused {down} ms)")
+            return down
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            downs = list(pool.map(one, sorted(self.live)))
+        if downs:
+            self.fleet.say(self.me, f"+---> {len(downs)} host{'s' * (len(downs) != 1)} moved live; guests paused "
+                                    f"{min(downs)} to {max(downs)} ms")
 
     def back(self) -> None:
         """Start again, where they were, the hosts stopped to move."""

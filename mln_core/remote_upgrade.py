@@ -86,7 +86,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     with Fleet(engine, others) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
-        mover = Mover(engine, fleet, name, moved)
+        mover = Mover(engine, fleet, name, moved, old)
         manager = engine.store.identity()
         parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
         with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
@@ -118,6 +118,11 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
             results = fleet.each(ask, lambda: mover.here(lambda moves: upgrade_here(
                 engine, path, yes=True, placement=parts[me], hold=True, moves=moves, **args)))
         failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
+        if not failed and mover.live:
+            try:
+                mover.migrate(addresses)
+            except MlnError as e:
+                failed["migration"] = e
         _settle(engine, fleet, name, [s for s in results if s not in failed], joining, keep=not failed)
         if failed:
             mover.back()

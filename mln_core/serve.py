@@ -21,6 +21,8 @@ Requests (``verb`` and its fields)::
                                                 -> {"plan": plan JSON, "text": plan text, "empty"}
              (join: this server is new to the project; moves: mln_core.move, mln_core.upgrade)
     pack     project, host                      -> {"archive", "sha256", "disk"} (mln_core.move)
+    migrate_in project, host, address  -> what migrate_out needs; migrate_out project, host,
+             incoming -> {"downtime_ms", "total_ms"}; migrate_done project, host -> {}
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
@@ -44,8 +46,8 @@ from .names import check_name
 from .servers import here
 
 HEARTBEAT = 5          # seconds between the lines that say this server still works
-VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "start", "stop", "status",
-         "remove", "capacity")
+VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "migrate_in", "migrate_out",
+         "migrate_done", "start", "stop", "status", "remove", "capacity")
 
 
 def sha256_of(path: str) -> str:
@@ -122,6 +124,10 @@ def handle(request: dict, engine) -> dict:
     if verb == "pack":
         from .move import pack
         return pack(engine, name, str(request.get("host", "")))
+    if verb in ("migrate_in", "migrate_out", "migrate_done"):
+        from . import move
+        args = {"migrate_in": ("address",), "migrate_out": ("incoming",), "migrate_done": ()}[verb]
+        return getattr(move, verb)(engine, name, str(request.get("host", "")), *(request.get(a) for a in args))
     if verb == "start":
         engine.start(name, request.get("host"), pause=float(request.get("pause") or 0))
     elif verb == "stop":

@@ -113,6 +113,15 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     return plan
 
 
+def _arriving_disk(ctx):
+    """The disk of a host whose running guest arrives from another server: fresh from its
+    template and not individualized (the guest's own disk is copied into it)."""
+    def make(host):
+        return ctx.pm.hook.mln_create_disk(host=host, ctx=ctx)
+    make.individualizes = False
+    return make
+
+
 def _note_moves(plan: Plan, moves: dict) -> None:
     """Hosts arriving from another server get the disk they had there (and start if they
     ran there); hosts leaving say where to."""
@@ -120,12 +129,16 @@ def _note_moves(plan: Plan, moves: dict) -> None:
         move = moves.get(hp.name)
         if move is None:
             continue
-        if hp.action == "added" and "from" in move:
+        if hp.action == "added" and "from" in move and move.get("live"):
+            hp.disk, hp.start = "arriving", False        # it runs here once its guest arrived
+            hp.reasons = [f"moved from server {move['from']}, {move['live']}"]
+        elif hp.action == "added" and "from" in move:
             hp.disk, hp.start = "moved", bool(move.get("run"))
             hp.reasons = [f"moved from server {move['from']}, cold: its disk is copied" +
                           (" and it is started here" if hp.start else "")]
         elif hp.action == "removed" and "to" in move:
-            hp.reasons = [f"moves to server {move['to']}: removed here once every server finished"]
+            hp.reasons = [f"moves to server {move['to']}" + (" while it runs" if move.get("live") else "") +
+                          ": removed here once every server finished"]
 
 
 class _Run:
@@ -232,7 +245,8 @@ class _Run:
             try:
                 for hp in built:
                     self._step(f"build host {hp.name}")
-                    make = {"copy": self._copy_disk, "moved": self._moved_disk}.get(hp.disk)
+                    make = {"copy": self._copy_disk, "moved": self._moved_disk,
+                            "arriving": _arriving_disk(self.ctx)}.get(hp.disk)
                     self.e._build_host(new.hosts[hp.name], progress, make)
             finally:
                 progress.close()
@@ -308,7 +322,8 @@ class _Run:
     def _run_new(self) -> None:
         e, ctx, plan, new = self.e, self.ctx, self.plan, self.new
         self.journal.save(phase="run")
-        removed = [self.old.hosts[h.name] for h in plan.of("removed") if h.running]
+        removed = [self.old.hosts[h.name] for h in plan.of("removed")        # leaving live: they run on
+                   if h.running and not self.moves.get(h.name, {}).get("live")]  # until they arrived
         if removed:
             self.e._bind(self.old, self.pdir)       # their definitions are the old project's
             ctx.state = self.old_state
@@ -319,8 +334,9 @@ class _Run:
             e._bind(new, self.pdir)
         to_start = [new.hosts[h.name] for h in plan.hosts if h.start]
         live = [h for h in plan.hosts if h.action == "reconfigured_live"]
-        if to_start or live:
-            needed = [h for h in to_start] + [new.hosts[h.name] for h in live]
+        arriving = [new.hosts[h.name] for h in plan.hosts if h.disk == "arriving"]
+        if to_start or live or arriving:
+            needed = [h for h in to_start] + [new.hosts[h.name] for h in live] + arriving
             self._step("start switches")
             wanted = {i.switch for h in needed for i in h.interfaces if i.switch in new.switches}
             self.journal.save(switches_started=sorted(n for n in wanted
@@ -459,6 +475,8 @@ def cleanup(engine, journal: Journal) -> None:
         try:
             for h in old.hosts.values():
                 if h.name not in new.hosts:
+                    if engine.host_status(h).startswith("up"):      # paused here after it moved live
+                        engine._stop_hosts([h], hard=True, wait_s=5)
                     _remove_host(engine, h, data.get("keep"), pdir)
             for s in old.switches.values():
                 if s.name not in new.switches:

@@ -205,6 +205,28 @@ def upgrade_spread_project(kit, path) -> None:
         time.sleep(0.5)
     assert not (kit.dir("sh1") / "projects" / "spread").exists()        # nothing of it is left there
     assert not [p for p in processes(kit, "sh1") if "linux.uml" in p or "vde_switch" in p]
+    # a live move: the QEMU guest c goes from sh3 to sh2 while it runs (its disk mirrored, then its memory)
+    end = time.monotonic() + 120                # c restarted when sh1 left (its switches were made again)
+    while not re.search(r"MLN-CHECK-FIRST\s+\S+", console(kit, "c")):
+        assert time.monotonic() < end, console(kit, "c")[-1500:]
+        time.sleep(0.5)
+    c_first = re.search(r"MLN-CHECK-FIRST\s+(\S+)", console(kit, "c")).group(1)
+    text = path.read_text()
+    path.write_text(text.replace("service_host sh3\n    $peers = 10.0.0.1 10.0.0.2", "service_host sh2\n    $peers = 10.0.0.1 10.0.0.2"))
+    assert path.read_text() != text
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "host c: moved from server sh3, live: its disk is mirrored to the other server, then its memory" \
+        in r.stdout, r.stdout
+    assert re.search(r"\[sh2\] \+---> c: moved live from sh3 in [\d.]+ s \(the guest paused \d+ ms\)", r.stderr), r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
+    assert ("c", "sh2", "up") in {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"}, rows
+    assert not [p for p in processes(kit, "sh3") if "qemu-system" in p and "c.spread" in p]
+    assert not (kit.dir("sh3") / "projects" / "spread" / "images" / "c").exists()
+    r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\ncat /root/first\n")
+    assert r.returncode == 0 and c_first in r.stdout, r.stdout + r.stderr        # the same guest, not a new boot
+    log = (kit.dir("sh2") / "projects" / "spread" / "hosts" / "c" / "console.log").read_text(errors="replace")
+    assert "MLN-CHECK-FIRST" not in log, log[-2000:]
 
 
 def test_all_or_nothing_an_unreachable_server_and_a_failed_part(kit):

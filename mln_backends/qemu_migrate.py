@@ -1,0 +1,146 @@
+"""Live migration of QEMU guests between servers (``mln upgrade`` moving a running host);
+a helper module of the ``qemu`` backend, not a plugin.
+
+Without shared storage, as libvirt does it:
+
+* the target starts the guest's QEMU paused, waiting for it (``-incoming defer`` and
+  ``-S``), on a fresh qcow2 overlay over the same template (the servers' templates are the
+  same, checked by SHA-256), exports that disk over NBD on its underlay address and
+  listens for the migration there (:func:`incoming`);
+* the source mirrors its disk's top layer into that export (``drive-mirror``, ``sync:
+  top``) while the guest runs; once the mirror is in step it migrates the memory, and when
+  the migration completed (the guest is paused here) it finishes the mirror
+  (``block-job-cancel`` of a ready mirror: the last writes reach the target) (:func:`send`);
+* the target drops the export and lets the guest run (:func:`arrived`).
+
+If anything fails before the migration completed, the source cancels what it started and
+the guest keeps running there.
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+from mln_core.errors import MlnError
+
+from . import qemu_qmp
+
+TIMEOUT = 600.0            # seconds for the disk mirror and the migration together
+EXPORT = "mln-migration"
+
+
+def can(host, ctx) -> str | None:
+    """How the running host moves live, or None (a cold move): a host whose only disk is the
+    qcow2 overlay of the ``file`` storage (not LVM, NFS or iSCSI; no swap, no extra disks)."""
+    tree = host.tree
+    if host.swap or any(m.fstype != "hostfs" for m in host.mounts) or \
+            (tree is not None and any(tree.has(k) for k in ("lvm", "nfs", "iscsi"))):
+        return None
+    return "live: its disk is mirrored to the other server, then its memory"
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def incoming(m, qmp_sock: str, address: str) -> dict:
+    """On the target, QEMU started paused with ``-incoming defer``: export its root disk
+    over NBD and listen for the migration."""
+    nbd, mig = _free_port(address), _free_port(address)
+
+    async def work(c):
+        node = next((b["inserted"]["node-name"] for b in await c.execute("query-block")
+                     if b.get("device") == "drive0" and b.get("inserted")), None)
+        if node is None:
+            raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
+        await c.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
+                                                                              "port": str(nbd)}}})
+        await c.execute("block-export-add", {"type": "nbd", "id": EXPORT, "node-name": node,
+                                             "name": "drive0", "writable": True})
+        await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
+    try:
+        qemu_qmp.run(m, qmp_sock, work, timeout=10)
+    except Exception as e:
+        raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
+    return {"migration": f"tcp:{address}:{mig}", "disk": f"nbd://{address}:{nbd}/drive0"}
+
+
+def send(m, qmp_sock: str, to: dict) -> dict:
+    """On the source: mirror the disk, migrate, finish the mirror. The guest keeps running
+    here if anything fails."""
+    import asyncio
+
+    async def until(c, check, what: str, end: float):
+        while True:
+            done = await check(c)
+            if done:
+                return done
+            if time.monotonic() > end:
+                raise qemu_qmp.QmpFailure(f"{what} did not finish in {TIMEOUT:g} s")
+            await asyncio.sleep(0.05)
+
+    async def mirror_ready(c):
+        jobs = {j["device"]: j for j in await c.execute("query-block-jobs")}
+        job = jobs.get("mln-mirror")
+        if job is None:
+            raise qemu_qmp.QmpFailure("the disk mirror stopped (the other server's disk export went away?)")
+        return job.get("ready")
+
+    async def migrated(c):
+        info = await c.execute("query-migrate")
+        status = info.get("status")
+        if status in ("failed", "cancelled"):
+            raise qemu_qmp.QmpFailure(f"the migration {status}: {info.get('error-desc', 'no reason given')}")
+        return info if status == "completed" else None
+
+    async def work(c):
+        start = time.monotonic()
+        end = start + TIMEOUT
+        try:
+            await c.execute("drive-mirror", {"device": "drive0", "job-id": "mln-mirror", "target": to["disk"],
+                                             "format": "raw", "sync": "top", "mode": "existing"})
+            await until(c, mirror_ready, "the disk mirror", end)
+            await c.execute("migrate", {"uri": to["migration"]})
+            info = await until(c, migrated, "the migration", end)
+        except BaseException:
+            for cmd, args in (("migrate_cancel", {}), ("block-job-cancel", {"device": "mln-mirror",
+                                                                            "force": True})):
+                try:
+                    await c.execute(cmd, args)
+                except Exception:
+                    pass
+            try:
+                if (await c.execute("query-status"))["status"] != "running":
+                    await c.execute("cont")
+            except Exception:
+                pass
+            raise
+        await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
+        await until(c, lambda c: _no_jobs(c), "finishing the disk mirror", end + 60)
+        return {"downtime_ms": int(info.get("downtime", 0)), "total_ms": int((time.monotonic() - start) * 1000)}
+    try:
+        return qemu_qmp.run(m, qmp_sock, work, timeout=TIMEOUT + 120)
+    except Exception as e:
+        raise MlnError(f"live migration failed, the guest runs on here: {qemu_qmp.describe(e)}") from None
+
+
+async def _no_jobs(c) -> bool:
+    return not await c.execute("query-block-jobs")
+
+
+def arrived(m, qmp_sock: str) -> None:
+    """On the target, once the source finished: drop the export, let the guest run."""
+    async def work(c):
+        for cmd, args in (("block-export-del", {"id": EXPORT}), ("nbd-server-stop", {})):
+            try:
+                await c.execute(cmd, args)
+            except Exception:
+                pass
+        if (await c.execute("query-status"))["status"] != "running":
+            await c.execute("cont")
+    try:
+        qemu_qmp.run(m, qmp_sock, work, timeout=10)
+    except Exception as e:
+        raise MlnError(f"the guest arrived but does not run: {qemu_qmp.describe(e)}") from None
