@@ -159,10 +159,10 @@ def find_linux(path: str | os.PathLike) -> tuple[Partition | None, list[Partitio
 
 
 def _has_etc(path, part: Partition) -> bool:
-    import subprocess
-    r = subprocess.run(["debugfs", "-c", "-R", "stat /etc", f"{os.fspath(path)}?offset={part.start}"],
-                       capture_output=True, text=True)
-    return "Type: directory" in r.stdout
+    from mln_core.machine import local
+    r = local().run(["debugfs", "-c", "-R", "stat /etc", f"{os.fspath(path)}?offset={part.start}"],
+                    check=False, text=True)
+    return "Type: directory" in (r.stdout or "")
 
 
 def root_suffix(host, ctx) -> str:

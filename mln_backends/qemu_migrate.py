@@ -18,7 +18,6 @@ the guest keeps running there.
 """
 from __future__ import annotations
 
-import socket
 import time
 
 from mln_core.errors import MlnError
@@ -39,16 +38,12 @@ def can(host, ctx) -> str | None:
     return "live: its disk is mirrored to the other server, then its memory"
 
 
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
 def incoming(m, qmp_sock: str, address: str) -> dict:
     """On the target, QEMU started paused with ``-incoming defer``: export its root disk
     over NBD and listen for the migration."""
-    nbd, mig = _free_port(address), _free_port(address)
+    nbd = mig = m.free_port(address)
+    while mig == nbd:
+        mig = m.free_port(address)
 
     async def work(c):
         node = next((b["inserted"]["node-name"] for b in await c.execute("query-block")

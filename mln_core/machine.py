@@ -257,6 +257,13 @@ class Machine:
         return os.path.exists(f"/sys/class/net/{name}")
 
     @staticmethod
+    def free_port(address: str) -> int:
+        """A TCP port nothing listens on at ``address`` now (for a server about to listen)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+            return s.getsockname()[1]
+
+    @staticmethod
     def net_device_alias(name: str) -> str | None:
         """The device's alias ("" if it has none), None if there is no such device."""
         try:
