@@ -258,7 +258,7 @@ def mln_migrate_in(host, disk, address, ctx):
 def mln_migrate_out(host, incoming, ctx):
     if not _mine(host):
         return None
-    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming)
+    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname)
 
 
 @hookimpl

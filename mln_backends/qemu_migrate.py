@@ -62,7 +62,7 @@ def incoming(m, qmp_sock: str, address: str) -> dict:
     return {"migration": f"tcp:{address}:{mig}", "disk": f"nbd://{address}:{nbd}/drive0"}
 
 
-def send(m, qmp_sock: str, to: dict) -> dict:
+def send(m, qmp_sock: str, to: dict, name: str) -> dict:
     """On the source: mirror the disk, migrate, finish the mirror. The guest keeps running
     here if anything fails."""
     import asyncio
@@ -97,6 +97,7 @@ def send(m, qmp_sock: str, to: dict) -> dict:
             await c.execute("drive-mirror", {"device": "drive0", "job-id": "mln-mirror", "target": to["disk"],
                                              "format": "raw", "sync": "top", "mode": "existing"})
             await until(c, mirror_ready, "the disk mirror", end)
+            m.step(f"migrate: memory of {name}")          # where MLN_FAULTS can break a migration
             await c.execute("migrate", {"uri": to["migration"]})
             info = await until(c, migrated, "the migration", end)
         except BaseException:

@@ -259,6 +259,7 @@ class Machine:
     @staticmethod
     def free_port(address: str) -> int:
         """A TCP port nothing listens on at ``address`` now (for a server about to listen)."""
+        import socket
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((address, 0))
             return s.getsockname()[1]

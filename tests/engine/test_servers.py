@@ -214,6 +214,24 @@ def upgrade_spread_project(kit, path) -> None:
     text = path.read_text()
     path.write_text(text.replace("service_host sh3\n    $peers = 10.0.0.1 10.0.0.2", "service_host sh2\n    $peers = 10.0.0.1 10.0.0.2"))
     assert path.read_text() != text
+    # first a failure in the middle of it (the disk mirrored, the memory not yet sent): put back everywhere
+    faulty = kit.dir("sh3") / "faulty-mln"
+    faulty.write_text('#!/bin/sh\nMLN_FAULTS="fail@migrate: memory of c.spread" exec mln "$@"\n')
+    faulty.chmod(0o755)
+    conf = kit.client_conf.read_text()
+    line = f"server sh3 ssh {kit.address('sh3')}\n"
+    kit.client_conf.write_text(conf.replace(line, line.replace("\n", f" mln={faulty}\n")))
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    kit.client_conf.write_text(conf)
+    assert r.returncode == 1 and "server sh3: live migration failed, the guest runs on here" in r.stderr \
+        and "it is as it was on all of them" in r.stderr, r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
+    assert ("c", "sh3", "up") in {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"}, rows
+    assert not [p for p in processes(kit, "sh2") if "qemu-system" in p and "c.spread" in p]
+    assert not (kit.dir("sh2") / "projects" / "spread" / "hosts" / "c").exists()
+    r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\ncat /root/first\n")
+    assert r.returncode == 0 and c_first in r.stdout, r.stdout + r.stderr        # still the same guest there
+    # then the move itself
     r = kit.mln("client", "upgrade", "-r", "-f", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "host c: moved from server sh3, live: its disk is mirrored to the other server, then its memory" \
