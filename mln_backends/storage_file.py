@@ -8,7 +8,7 @@
 * ``swap SIZE`` adds a swap disk ``images/swap_<host>``.
 
 It is the default storage: it handles every host that no other storage plugin takes
-(hosts with ``lvm`` are left to the LVM plugin).
+(hosts with ``lvm``, ``nfs`` or ``iscsi`` are left to those plugins).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from mln_core.private import protect_disk
 
 from . import imagefs
 
-OTHER_STORAGE = ("lvm", "iscsi")
+OTHER_STORAGE = ("lvm", "iscsi", "nfs")
 
 
 _BASE_LOCK = threading.Lock()

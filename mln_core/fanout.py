@@ -42,7 +42,7 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _SECRET_COLUMN = re.compile(r"pass|secret|token|key", re.I)
 MAX_TABLE = 10 * 2**20
 #: the OUI each backend puts before the hash of project, host and interface (mln_backends.runtime)
-MAC_OUI = {"uml": "fe:fd:00", "qemu": "52:54:00", "xen": "00:16:3e"}
+MAC_OUI = {"uml": "fe:fd:00", "qemu": "52:54:00", "xen": "00:16:3e", "libvirt": "52:54:00"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ apt_packages=(
   e2fsprogs e2tools fuse3 busybox-static kmod xz-utils cpio
   iproute2 iputils-ping openssl procps psmisc lvm2 debootstrap openssh-client openssh-server
   xen-utils-4.17 patchelf graphviz
+  qemu-block-extra nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils tgt
+  libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu python3-libvirt
 )
 missing=()
 for p in "${apt_packages[@]}"; do

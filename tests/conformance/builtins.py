@@ -1,7 +1,8 @@
 """The built-in backends and storages, described for the conformance suite.
 
-uml and qemu boot real guests (the busybox test template ``mln_env`` registers); xen and
-vmware cannot run here and are driven through the fakes their own tests use (``FakeXl``
+uml, qemu and libvirt (on a private libvirtd) boot real guests (the busybox test template
+``mln_env`` registers); xen and vmware cannot run here and are driven through the fakes
+their own tests use (``FakeXl``
 of tests/xen/conftest.py with the templates of ``xen_templates``; ``VM`` of
 tests/vmware/test_vmware.py, the fake ``vmrun``). ``lvm`` is a volume group on a loop
 device (``test_vg`` of tests/lvm/conftest.py).
@@ -60,6 +61,24 @@ def vmware_leftovers(env) -> list:
             + [f"device {x}" for x in sorted(os.listdir(vm.dev))])
 
 
+# -- libvirt: a private libvirtd (``libvirtd`` of tests/libvirt/conftest.py) ------------------------
+
+def setup_libvirt(env, request) -> None:
+    env.libvirtd = request.getfixturevalue("libvirtd")
+    with open(env.config, "a") as f:
+        f.write(f"libvirt_uri {env.libvirtd.uri}\n")
+
+
+def libvirt_running(env, project: str, host: str) -> bool:
+    """``virsh list`` shows the host's domain (``<host>.<project>-<hash>``) running."""
+    return any(d.startswith(f"{host}.{project}-") for d in env.libvirtd.running())
+
+
+def libvirt_leftovers(env) -> list:
+    lv = env.libvirtd
+    return [f"domain {d}" for d in lv.domains()] + [f"managed save image {x}" for x in lv.saved_images()]
+
+
 # -- lvm: a volume group on a loop device --------------------------------------------------------
 
 def lvm_disks(env, project: str, vg) -> dict:
@@ -78,6 +97,42 @@ LVM = Storage(
     fail_at="lvcreate#2",              # the second host's volume cannot be made
 )
 
+# -- nfs and iscsi: nfs-ganesha and tgtd in a namespace (tests/storage/conftest.py) ----------------
+# Not in STORAGES: tests/storage/test_conformance_network.py runs the lifecycle scenario on
+# qemu over each of them (the whole suite over them would cost a minute more of CI).
+
+def nfs_disks(env, project: str, nfs) -> dict:
+    """The project's disk files on the export (by inode: a rebuilt one is new) and its image files."""
+    out = {}
+    for name in nfs.files():
+        if name.endswith(f".{project}.qcow2") or f".{project}+mln-new" in name:
+            st = os.stat(os.path.join(nfs.export, name))
+            out[f"nfs:{name}"] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return {**out, **image_files(env, project)}
+
+
+NFS = Storage(
+    "nfs", fixture="nfs_server",
+    host_lines=lambda nfs: f"nfs {nfs.spec}",
+    disks=nfs_disks,
+    leftovers=lambda env, nfs: [f"file {x} on the export" for x in nfs.files()],
+)
+
+
+def iscsi_disks(env, project: str, target) -> dict:
+    """LUN 1 while it holds a filesystem (by its UUID: a rebuild writes a new one)."""
+    from mln_backends.netdisk import ext_uuid
+    fs = ext_uuid(target.head(1, 65536))
+    return {**({"iscsi:lun1": (fs,)} if fs else {}), **image_files(env, project)}
+
+
+ISCSI = Storage(
+    "iscsi", fixture="iscsi_target",
+    host_lines=lambda t: f"iscsi {t.url(1)}",
+    disks=iscsi_disks,
+    leftovers=lambda env, t: ["LUN 1 is not blank"] if t.head(1, 1 << 20).strip(b"\0") else [],
+)
+
 UML = Backend("uml", storages=("file", "lvm"), boot_log=PROMPT, running=guest_process)
 QEMU = Backend("qemu", storages=("file", "lvm"), can_save=True, boot_log=PROMPT, running=guest_process)
 # xen runs through a named fake (xl cannot run here), so over lvm it would only repeat what
@@ -88,5 +143,9 @@ VMWARE = Backend("vmware", storages=("file",), switch_lines="vmware", can_save=T
                  running=vmware_running, leftovers=vmware_leftovers, setup=setup_vmware,
                  fail_at="qemu-img convert#2")          # the second host's VMDK cannot be made
 
-BACKENDS = (UML, QEMU, XEN, VMWARE)
+# libvirt's QEMU runs the same guests as qemu: over file only (lvm would repeat qemu's checks)
+LIBVIRT = Backend("libvirt", storages=("file",), can_save=True, boot_log=PROMPT, running=libvirt_running,
+                  leftovers=libvirt_leftovers, setup=setup_libvirt)
+
+BACKENDS = (UML, QEMU, XEN, VMWARE, LIBVIRT)
 STORAGES = (FILE, LVM)
