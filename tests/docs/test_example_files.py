@@ -13,7 +13,7 @@ from mln_core.testing import machine_config
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # the tutorial pages: every ```mln block in them is a file included with --8<--
-TUTORIALS = ("quickstart.md", "classes.md", "servers.md")
+TUTORIALS = ("quickstart.md", "classes.md", "servers.md", "migration.md")
 # the servers the examples over several servers name, as the mln.conf of the machine
 # the user types on would
 SERVERS = "".join(f"server sh{n} ssh 10.0.0.{10 + n}\n" for n in (1, 2, 3))
@@ -37,6 +37,7 @@ PROJECT_FILES = sorted(p for p in INCLUDED if p.endswith(".mln"))
 def test_the_tutorial_shows_its_projects_from_files():
     assert "contrib/quickstart/quickstart.mln" in INCLUDED
     assert "docs/examples/spread.mln" in INCLUDED
+    assert "docs/examples/move.mln" in INCLUDED
 
 
 def test_every_included_file_exists():
