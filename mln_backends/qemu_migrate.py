@@ -129,6 +129,8 @@ async def _no_jobs(c) -> bool:
 def arrived(m, qmp_sock: str) -> None:
     """On the target, once the source finished: drop the export, let the guest run."""
     async def work(c):
+        if (await c.execute("query-status"))["status"] == "inmigrate":     # (cont would only set autostart)
+            raise qemu_qmp.QmpFailure("its guest has not arrived")
         for cmd, args in (("block-export-del", {"id": EXPORT}), ("nbd-server-stop", {})):
             try:
                 await c.execute(cmd, args)

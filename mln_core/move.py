@@ -137,9 +137,19 @@ def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
         if h is None:
             raise MlnError(f"project '{name}' had no host '{host}' on this server")
         answer = ctx.pm.hook.mln_migrate_out(host=h, incoming=incoming, ctx=ctx)
+        if answer is not None:
+            _record_migrated(pdir, host)
     if answer is None:
         raise MlnError(f"no installed backend sends a running '{h.hypervisor}' guest", f"host {host}")
     return answer
+
+
+def _record_migrated(pdir: str, host: str) -> None:
+    """The held upgrade's journal: this guest is where it goes (mln_core.upgrade.recover)."""
+    from .upgrade import Journal
+    journal = Journal.read(pdir)
+    if journal is not None:
+        journal.add("migrated", host)
 
 
 def migrate_done(engine, name: str, host: str) -> dict:
@@ -148,6 +158,7 @@ def migrate_done(engine, name: str, host: str) -> dict:
         h = loaded.project.hosts.get(check_name("host", host))
         if h is None or not engine.ctx.pm.hook.mln_migrate_done(host=h, ctx=engine.ctx):
             raise MlnError(f"host '{host}' did not arrive on this server")
+        _record_migrated(engine.ctx.project_dir, host)
     return {}
 
 
@@ -155,8 +166,13 @@ class Mover:
     """The manager's side of the cold moves of one upgrade: ``moved`` is ``{host: (the
     server it leaves, the server it goes to)}``."""
 
-    def __init__(self, engine, fleet, name: str, moved: dict[str, tuple[str, str]], project=None):
-        self.e, self.fleet, self.name, self.moved = engine, fleet, name, moved
+    def __init__(self, engine, fleet, name: str, was: dict[str, str], now: dict[str, str], project=None,
+                 only_moving=frozenset()):
+        """``was``: where the stored project has each host; ``now``: where the file puts it;
+        ``only_moving``: the hosts of which nothing else changes (those may move live).
+        Every server is asked what it has (which also lets each finish or undo an upgrade
+        that was interrupted there): a host is moved from where it is."""
+        self.e, self.fleet, self.name = engine, fleet, name
         self.me = fleet.me
         self.sent: dict[str, dict] = {}
         self.stopped: list[str] = []
@@ -167,6 +183,12 @@ class Mover:
             raise MlnError("not every server of the project answers; nothing was done:\n  " + "\n  ".join(failed))
         hosts = {(s, r["name"]): r for s, a in rows.items() for r in a["rows"] if r["kind"] == "host"}
         self.project_runs = any(r["state"] == "up" for r in hosts.values())
+        where = {}
+        for (s, h), r in hosts.items():
+            if h not in where or r["state"] == "up":
+                where[h] = s
+        self.moved = moved = {h: (where.get(h, was.get(h)), dst) for h, dst in now.items()
+                              if where.get(h, was.get(h)) not in (None, dst)}
         self.running, self.live = {}, {}
         for h, (src, _dst) in moved.items():
             row = hosts.get((src, h), {})
@@ -174,7 +196,7 @@ class Mover:
                 raise MlnError(f"host {h} was saved with 'mln stop -S' on {src}: a saved guest does not move; "
                                f"start it (or stop it) first", f"host {h}")
             self.running[h] = row.get("state") == "up"
-            if self.running[h] and project is not None and h in project.hosts:
+            if self.running[h] and project is not None and h in project.hosts and h in only_moving:
                 how = engine.ctx.pm.hook.mln_live_migration(host=project.hosts[h], ctx=engine.ctx)
                 if how:
                     self.live[h] = how
@@ -251,6 +273,7 @@ class Mover:
             start = time.monotonic()
             incoming = self._on(dst, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[dst]},
                                 lambda: migrate_in(e, name, h, addresses[dst]))
+            e.ctx.on().step(f"move {h}: send")        # where MLN_FAULTS can kill the manager mid-move
             sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
                             lambda: migrate_out(e, name, h, incoming))
             after = time.monotonic()

@@ -77,8 +77,6 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     old_lay = layout(old, placement["default"], placement.get("aliases"), placement.get("hosts"))
     placed = resolve(engine, new, me, configured(ctx.config), aliases_of(ctx.config), placement.get("hosts"))
     lay = check_servers(new, ctx.config, placed)
-    moved = {h: (old_lay.hosts[h], lay.hosts[h]) for h in lay.hosts
-             if h in old_lay.hosts and old_lay.hosts[h] != lay.hosts[h]}
     joining = [s for s in lay.servers if s not in old_lay.servers and s != me]
     leaving = [s for s in old_lay.servers if s not in lay.servers and s != me]
     others = [s for s in dict.fromkeys(lay.servers + old_lay.servers) if s != me]
@@ -86,7 +84,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     with Fleet(engine, others) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
-        mover = Mover(engine, fleet, name, moved, old)
+        mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
         manager = engine.store.identity()
         parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
         with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
@@ -133,6 +131,16 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
     ctx.log(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
     return plan
+
+
+def _only_moving(ctx, old, new) -> set[str]:
+    """The hosts whose server is all that changes (the others cannot move live: spec 6.6)."""
+    from .plan import host_changes
+    default_switch = ctx.config.get("default_switch", "vde")
+    flags = set(ctx.pm.keywords.hypervisor_flags())
+    return {n for n, h in new.hosts.items() if n in old.hosts and
+            all(c.kind == "service_host" for c in host_changes(old.hosts[n], h, old.switches, new.switches,
+                                                              default_switch, flags))}
 
 
 def _spread(engine, name: str) -> bool:

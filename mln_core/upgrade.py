@@ -169,7 +169,8 @@ class _Run:
         write_file(os.path.join(self.work, "new.mln"), self.new_text)
         self.journal.save(pid=os.getpid(), phase="stop", project=self.new.name, version=plan.version + 1,
                           keep=self.keep, was_running=[h.name for h in plan.hosts if h.running],
-                          stopped=[], moves=[], started=[], live=[], staging=None)
+                          stopped=[], moves=[], started=[], live=[], staging=None,
+                          live_moves=sorted(h for h, m in self.moves.items() if m.get("live")), migrated=[])
         try:
             self._stop_changed()
             self._prepare()
@@ -532,13 +533,36 @@ def recover(engine, name: str) -> None:
     journal = Journal.read(pdir)
     if journal is None or journal.data.get("pid") == os.getpid():
         return
-    engine.ctx.log(f"+---> project {name}: an upgrade was interrupted "
-                   f"({'finishing' if journal.data.get('phase') == 'done' else 'undoing'} it)")
-    if journal.data.get("phase") in ("done", "ready"):     # ready: the manager's word never came
+    finish = journal.data.get("phase") == "done" or \
+        (journal.data.get("phase") == "ready" and _moved_live(engine, name, journal))
+    engine.ctx.log(f"+---> project {name}: an upgrade was interrupted ({'finishing' if finish else 'undoing'} it)")
+    if finish:                      # ready: the manager's word never came, and no guest is on its way
         engine.open(name)
         cleanup(engine, journal)
     else:
         undo(engine, name, journal)
+
+
+def _moved_live(engine, name: str, journal: Journal) -> bool:
+    """Has every guest this part was moving live arrived? A guest that left here without
+    a record of its arrival, or that waits here and has not arrived (its backend cannot
+    let it run), means no: the upgrade is undone, so the guest runs where it was."""
+    data = journal.data
+    pending = [h for h in data.get("live_moves", []) if h not in data.get("migrated", [])]
+    if not pending:
+        return True
+    loaded = engine.open(name)
+    for h in pending:
+        host = loaded.project.hosts.get(h)
+        if host is None:            # it was leaving this server, and did not record that it left
+            return False
+        try:
+            if not engine.ctx.pm.hook.mln_migrate_done(host=host, ctx=engine.ctx):
+                return False
+        except MlnError:
+            return False            # it waits here and never arrived
+        journal.add("migrated", h)
+    return True
 
 
 def settle(engine, name: str, keep: bool) -> bool:

@@ -231,6 +231,9 @@ def upgrade_spread_project(kit, path) -> None:
     assert not (kit.dir("sh2") / "projects" / "spread" / "hosts" / "c").exists()
     r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\ncat /root/first\n")
     assert r.returncode == 0 and c_first in r.stdout, r.stdout + r.stderr        # still the same guest there
+    # the manager killed in the middle of it (c waits on sh2, nothing sent yet); the same command again
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path), env={"MLN_FAULTS": "kill@move c: send"})
+    assert r.returncode != 0 and "PROJECT spread UPGRADED on" not in r.stderr, r.stderr
     # then the move itself
     r = kit.mln("client", "upgrade", "-r", "-f", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -240,6 +243,7 @@ def upgrade_spread_project(kit, path) -> None:
     rows = json.loads(kit.mln("client", "status", "-p", "spread", "--format", "json").stdout)
     assert ("c", "sh2", "up") in {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"}, rows
     assert not [p for p in processes(kit, "sh3") if "qemu-system" in p and "c.spread" in p]
+    assert len([p for p in processes(kit, "sh2") if "qemu-system" in p and "c.spread" in p]) == 1
     assert not (kit.dir("sh3") / "projects" / "spread" / "images" / "c").exists()
     r = kit.mln("client", "console", "-p", "spread", "-h", "c", input="\ncat /root/first\n")
     assert r.returncode == 0 and c_first in r.stdout, r.stdout + r.stderr        # the same guest, not a new boot
