@@ -41,6 +41,11 @@ def can(host, ctx) -> str | None:
 def incoming(m, qmp_sock: str, address: str) -> dict:
     """On the target, QEMU started paused with ``-incoming defer``: export its root disk
     over NBD and listen for the migration."""
+    import ipaddress
+    try:
+        address = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        raise MlnError(f"not an IPv4 address to wait for the guest on: {address!r}") from None
     nbd = mig = m.free_port(address)
     while mig == nbd:
         mig = m.free_port(address)
@@ -66,6 +71,10 @@ def send(m, qmp_sock: str, to: dict, name: str) -> dict:
     """On the source: mirror the disk, migrate, finish the mirror. The guest keeps running
     here if anything fails."""
     import asyncio
+    import re
+    if not (isinstance(to, dict) and re.fullmatch(r"tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}", str(to.get("migration")))
+            and re.fullmatch(r"nbd://\d{1,3}(\.\d{1,3}){3}:\d{1,5}/drive0", str(to.get("disk")))):
+        raise MlnError(f"not a place to send a guest to: {to!r}")
 
     async def until(c, check, what: str, end: float):
         while True:

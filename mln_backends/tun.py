@@ -44,7 +44,11 @@ def up(m, host, iface) -> str:
     owner = m.net_device_alias(tap)
     if owner is None:
         m.run(["ip", "tuntap", "add", tap, "mode", "tap"], what=what)
-        m.run(["ip", "link", "set", tap, "alias", mark(host)], what=what)
+        try:
+            m.run(["ip", "link", "set", tap, "alias", mark(host)], what=what)
+        except MlnError:                 # unmarked, it would never be taken or removed again
+            m.run(["ip", "link", "del", tap], what=what, check=False)
+            raise
     elif owner != mark(host):
         whose = f"it belongs to {owner[4:]}" if owner.startswith("mln:") else "mln did not make it"
         raise MlnError(f"{iface.name}: tun_iface {tap}: a network device {tap} already exists on this "

@@ -61,11 +61,12 @@ def unpack(ctx, name: str, moved: dict) -> dict:
     unpacked into private directories: ``{host: dict(entry, src=DIRECTORY)}``."""
     from .serve import sha256_of
     out = {}
-    for host, entry in (moved or {}).items():
+    for host, given in (moved or {}).items():
         check_name("host", host)
+        entry = {k: given[k] for k in KEYS if k in given}       # never a path of the request's own
         archive = entry.get("archive")
-        if not archive:                 # a plan (-s): nothing was sent yet
-            out[host] = dict(entry)
+        if not archive:                 # a plan (-s), a live move: nothing was sent
+            out[host] = entry
             continue
         if os.path.dirname(os.path.abspath(archive)) != inbox(ctx) or not os.path.isfile(archive):
             raise MlnError(f"the disk of a moved host is taken only from {inbox(ctx)}, not {archive}")
@@ -80,6 +81,10 @@ def unpack(ctx, name: str, moved: dict) -> dict:
             raise MlnError(f"the disk of host {host} could not be unpacked: {e}") from None
         out[host] = dict(entry, src=dest)
     return out
+
+
+#: what a move of an upgrade request may say (mln_core.upgrade._note_moves)
+KEYS = ("from", "to", "run", "live", "disk", "archive", "sha256")
 
 
 def discard(ctx, name: str, moved: dict) -> None:
@@ -97,7 +102,8 @@ def discard_packed(ctx, name: str) -> None:
     box = inbox(ctx)
     if os.path.isdir(box):
         for f in os.listdir(box):
-            if f.startswith(f"{name}.") and f.endswith(".move.tar.gz"):
+            if f.startswith(f"{name}.") and f.endswith(".move.tar.gz") and \
+                    "." not in f[len(name) + 1:-len(".move.tar.gz")]:      # not project NAME.x's
                 os.unlink(os.path.join(box, f))
 
 
@@ -137,29 +143,9 @@ def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
         if h is None:
             raise MlnError(f"project '{name}' had no host '{host}' on this server")
         answer = ctx.pm.hook.mln_migrate_out(host=h, incoming=incoming, ctx=ctx)
-        if answer is not None:
-            _record_migrated(pdir, host)
     if answer is None:
         raise MlnError(f"no installed backend sends a running '{h.hypervisor}' guest", f"host {host}")
     return answer
-
-
-def _record_migrated(pdir: str, host: str) -> None:
-    """The held upgrade's journal: this guest is where it goes (mln_core.upgrade.recover)."""
-    from .upgrade import Journal
-    journal = Journal.read(pdir)
-    if journal is not None:
-        journal.add("migrated", host)
-
-
-def migrate_done(engine, name: str, host: str) -> dict:
-    with engine.store.lock(name):
-        loaded = engine.open(name)
-        h = loaded.project.hosts.get(check_name("host", host))
-        if h is None or not engine.ctx.pm.hook.mln_migrate_done(host=h, ctx=engine.ctx):
-            raise MlnError(f"host '{host}' did not arrive on this server")
-        _record_migrated(engine.ctx.project_dir, host)
-    return {}
 
 
 class Mover:
@@ -261,14 +247,14 @@ class Mover:
             discard(self.e.ctx, self.name, moves)
             discard_packed(self.e.ctx, self.name)
 
-    def migrate(self, addresses: dict[str, str]) -> None:
-        """Move the live hosts, two at a time, once every server's part is ready: each
-        waits on its new server, is sent by its old one and runs on its new one; an error
-        (the upgrade is then put back everywhere: the guest runs on where it was)."""
-        from concurrent.futures import ThreadPoolExecutor
-        e, name = self.e, self.name
-
-        def one(h):
+    def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float]]:
+        """Send the live hosts, one after the other, once every server's part is ready: each
+        waits paused on its new server and is sent by its old one (disk, then memory); it
+        runs there when the manager settles the upgrade. {host: (QEMU's downtime in ms, the
+        time its send ended)}; an error puts the upgrade back everywhere (the guests run on
+        where they were)."""
+        e, name, out = self.e, self.name, {}
+        for h in sorted(self.live):
             src, dst = self.moved[h]
             start = time.monotonic()
             incoming = self._on(dst, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[dst]},
@@ -276,17 +262,22 @@ class Mover:
             e.ctx.on().step(f"move {h}: send")        # where MLN_FAULTS can kill the manager mid-move
             sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
                             lambda: migrate_out(e, name, h, incoming))
-            after = time.monotonic()
-            self._on(dst, {"verb": "migrate_done", "project": name, "host": h}, lambda: migrate_done(e, name, h))
-            down = sent["downtime_ms"] + int((time.monotonic() - after) * 1000)
-            self.fleet.say(dst, f"+---> {h}: moved live from {src} in {time.monotonic() - start:.1f} s "
-                                f"(the guest paused {down} ms)")
-            return down
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            downs = list(pool.map(one, sorted(self.live)))
+            out[h] = (int(sent.get("downtime_ms", 0)), time.monotonic())
+            self.fleet.say(dst, f"+---> {h}: its disk and memory arrived from {src} in "
+                                f"{time.monotonic() - start:.1f} s")
+        return out
+
+    def report(self, sent: dict[str, tuple[int, float]]) -> None:
+        """Each live host's pause: QEMU's downtime, and from the end of its send until it
+        runs on its new server (after the settle)."""
+        now = time.monotonic()
+        downs = {h: down + int((now - ended) * 1000) for h, (down, ended) in sent.items()}
+        for h, down in sorted(downs.items()):
+            self.fleet.say(self.moved[h][1], f"+---> {h}: moved live from {self.moved[h][0]} "
+                                             f"(the guest paused {down} ms)")
         if downs:
             self.fleet.say(self.me, f"+---> {len(downs)} host{'s' * (len(downs) != 1)} moved live; guests paused "
-                                    f"{min(downs)} to {max(downs)} ms")
+                                    f"{min(downs.values())} to {max(downs.values())} ms")
 
     def back(self) -> None:
         """Start again, where they were, the hosts stopped to move."""

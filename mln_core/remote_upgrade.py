@@ -21,12 +21,16 @@ host to another server (migration) is refused before anything is asked of a serv
 """
 from __future__ import annotations
 
+import os
 import tempfile
 
 from .errors import MlnError
 from .move import Mover
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
+
+
+DECISION = "spread.decision"     # in the manager's project directory: the word to finish, being given
 
 
 class SpreadPlan:
@@ -84,6 +88,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     with Fleet(engine, others) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
+        resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
         manager = engine.store.identity()
         parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
@@ -113,19 +118,26 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
             mover.carry(tmp)                      # disks packed, fetched and sent: nothing changed yet
             for s in others:
                 ask[s].update(simulate=False, hold=True, files=files.get(s), moves=mover.moves(s))
-            results = fleet.each(ask, lambda: mover.here(lambda moves: upgrade_here(
-                engine, path, yes=True, placement=parts[me], hold=True, moves=moves, **args)))
-        failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
-        if not failed and mover.live:
+            failed: dict = {}
             try:
-                mover.migrate(addresses)
-            except MlnError as e:
-                failed["migration"] = e
-        _settle(engine, fleet, name, [s for s in results if s not in failed], joining, keep=not failed)
-        if failed:
-            mover.back()
-            raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of them:"
-                           "\n  " + "\n  ".join(str(r) for r in failed.values()))
+                results = fleet.each(ask, lambda: mover.here(lambda moves: upgrade_here(
+                    engine, path, yes=True, placement=parts[me], hold=True, moves=moves, **args)))
+                failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
+                sent = mover.migrate(addresses) if not failed and mover.live else {}
+            except BaseException as e:            # Ctrl-C, a migration that failed: put back everywhere
+                failed = failed or {"upgrade": e if isinstance(e, MlnError) else MlnError(f"interrupted ({e!r})")}
+                _settle(engine, fleet, name, [*others, me], joining, keep=False)
+                mover.back()
+                if not isinstance(e, MlnError):
+                    raise
+            else:
+                _settle(engine, fleet, name, [*others, me], joining, keep=not failed)
+                if failed:
+                    mover.back()
+            if failed:
+                raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of "
+                               "them:\n  " + "\n  ".join(str(r) for r in failed.values()))
+            mover.report(sent)
         for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():
             if isinstance(r, MlnError):
                 fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
@@ -155,19 +167,42 @@ def _raise_failed(name: str, what: str, results: dict, said: str) -> None:
         raise MlnError(f"project '{name}' could not be {what} on every server; {said}:\n  " + "\n  ".join(failed))
 
 
-def _settle(engine, fleet, name: str, ready: list[str], joining: list[str], keep: bool) -> None:
-    """Tell every server whose part is ready to finish it (``keep``) or to put it back;
-    a server that joined the project with this upgrade has its part removed instead."""
+def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], keep: bool) -> None:
+    """Give every server the word on its held part: finish it (``keep``) or put it back (a
+    server that joined the project with this upgrade then has its part removed). The word
+    to finish is written down first (``spread.decision`` in this server's project): if this
+    command is killed before every server has it, the next upgrade gives it again
+    (:func:`resolve_held`); without it, held parts are put back."""
+    from .private import write_file
     from .upgrade import settle
     me = here(engine.ctx.config)
-    word = {s: {"verb": "settle", "project": name, "keep": keep} for s in ready if s != me and s not in joining}
-    results = fleet.each(word, (lambda: settle(engine, name, keep)) if me in ready else None)
+    decision = os.path.join(engine.store.project_dir(name), DECISION)
+    if keep:
+        write_file(decision, "keep\n", sync=True)
+    word = {s: {"verb": "settle", "project": name, "keep": keep} for s in servers if s != me}
+    results = fleet.each(word, (lambda: settle(engine, name, keep)) if me in servers else None)
     if not keep:
         for s in joining:
-            if s in ready:
-                fleet.request(s, {"verb": "stop", "project": name, "hard": True, "wait": 10})
-        results.update(fleet.each({s: {"verb": "remove", "project": name} for s in joining if s in ready}))
-    for s, r in results.items():
-        if isinstance(r, MlnError):
-            fleet.say(s, f"warning: {'finishing' if keep else 'putting back'} its part: {r}"
-                      + ("" if keep else " (run the upgrade again once it answers)"))
+            for req in ({"verb": "stop", "project": name, "hard": True, "wait": 10},
+                        {"verb": "remove", "project": name}):
+                try:
+                    fleet.request(s, req)
+                except MlnError as e:
+                    results[s] = e
+                    break
+    failed = {s: r for s, r in results.items() if isinstance(r, MlnError)}
+    for s, r in failed.items():
+        fleet.say(s, f"warning: {'finishing' if keep else 'putting back'} its part: {r} (run the upgrade again "
+                     "once it answers: it gives the same word)")
+    if keep and not failed and os.path.exists(decision):
+        os.unlink(decision)
+
+
+def resolve_held(engine, fleet, name: str) -> None:
+    """Parts an earlier upgrade left held (it was killed, or a server did not answer): the
+    word it wrote down (finish), else put them back, on every server, before anything else."""
+    decision = os.path.join(engine.store.project_dir(name), DECISION)
+    keep = os.path.exists(decision)
+    _settle(engine, fleet, name, [*fleet.servers, here(engine.ctx.config)], [], keep)
+
+

@@ -22,7 +22,7 @@ Requests (``verb`` and its fields)::
              (join: this server is new to the project; moves: mln_core.move, mln_core.upgrade)
     pack     project, host                      -> {"archive", "sha256", "disk"} (mln_core.move)
     migrate_in project, host, address  -> what migrate_out needs; migrate_out project, host,
-             incoming -> {"downtime_ms", "total_ms"}; migrate_done project, host -> {}
+             incoming -> {"downtime_ms", "total_ms"} (the guest runs there at the settle)
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
@@ -47,7 +47,7 @@ from .servers import here
 
 HEARTBEAT = 5          # seconds between the lines that say this server still works
 VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "migrate_in", "migrate_out",
-         "migrate_done", "start", "stop", "status", "remove", "capacity")
+         "start", "stop", "status", "remove", "capacity")
 
 
 def sha256_of(path: str) -> str:
@@ -124,9 +124,9 @@ def handle(request: dict, engine) -> dict:
     if verb == "pack":
         from .move import pack
         return pack(engine, name, str(request.get("host", "")))
-    if verb in ("migrate_in", "migrate_out", "migrate_done"):
+    if verb in ("migrate_in", "migrate_out"):
         from . import move
-        args = {"migrate_in": ("address",), "migrate_out": ("incoming",), "migrate_done": ()}[verb]
+        args = {"migrate_in": ("address",), "migrate_out": ("incoming",)}[verb]
         return getattr(move, verb)(engine, name, str(request.get("host", "")), *(request.get(a) for a in args))
     if verb == "start":
         engine.start(name, request.get("host"), pause=float(request.get("pause") or 0))

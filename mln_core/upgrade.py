@@ -84,6 +84,10 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         raise MlnError(f"-l names hosts that are not in the file: {', '.join(unknown)}")
     with engine.locked(new.name) as old_loaded:
         old = old_loaded.project
+        if held(engine, new.name) is not None:
+            raise MlnError(f"an upgrade of project '{new.name}' is held on this server, waiting for the word of "
+                           f"its manager ({(ctx.state.get('placement') or {}).get('default', '?')}): run the "
+                           "upgrade there again")
         had = ctx.state.get("placement") or {}
         if placement is None and len(had.get("servers", [])) > 1:
             raise MlnError(f"project '{new.name}' is spread over servers and managed from "
@@ -91,7 +95,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         status = {h.name: engine.host_status(h) for h in old.hosts.values()}
         spans = (placement or {}).get("spans") or {}
         respanned = {n for n in new.switches if n in old.switches and
-                     (ctx.state.get("switches", {}).get(n) or {}).get("span") != spans.get(n)}
+                     _span_key((ctx.state.get("switches", {}).get(n) or {}).get("span")) != _span_key(spans.get(n))}
         plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new, respanned)
         _note_moves(plan, moves or {})
         if show is not None:
@@ -111,6 +115,11 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         _Run(engine, old, old_loaded.doc, new, loaded.doc, plan, keep, placement, hold, moves).run()
     ctx.log(f"+---> PROJECT {new.name} UPGRADED (version {plan.version + 1})")
     return plan
+
+
+def _span_key(span: dict | None):
+    """What matters of a switch's span over servers (not the order of the other servers)."""
+    return span and (span.get("vni"), span.get("local"), sorted(span.get("remotes", [])), span.get("mtu"))
 
 
 def _arriving_disk(ctx):
@@ -170,7 +179,7 @@ class _Run:
         self.journal.save(pid=os.getpid(), phase="stop", project=self.new.name, version=plan.version + 1,
                           keep=self.keep, was_running=[h.name for h in plan.hosts if h.running],
                           stopped=[], moves=[], started=[], live=[], staging=None,
-                          live_moves=sorted(h for h, m in self.moves.items() if m.get("live")), migrated=[])
+                          live_moves=sorted(h for h, m in self.moves.items() if m.get("live")))
         try:
             self._stop_changed()
             self._prepare()
@@ -528,61 +537,65 @@ def _remove_host(engine, h, keep: bool, pdir: str) -> None:
 
 
 def recover(engine, name: str) -> None:
-    """Finish or undo an upgrade of ``name`` that was killed (called with the lock held)."""
+    """Finish or undo an upgrade of ``name`` that was killed (called with the lock held).
+    A part held at ``ready`` is left alone: only its manager decides (``settle``)."""
     pdir = engine.store.project_dir(name)
     journal = Journal.read(pdir)
     if journal is None or journal.data.get("pid") == os.getpid():
         return
-    finish = journal.data.get("phase") == "done" or \
-        (journal.data.get("phase") == "ready" and _moved_live(engine, name, journal))
+    if journal.data.get("phase") == "ready":
+        return
+    finish = journal.data.get("phase") == "done"
     engine.ctx.log(f"+---> project {name}: an upgrade was interrupted ({'finishing' if finish else 'undoing'} it)")
-    if finish:                      # ready: the manager's word never came, and no guest is on its way
+    if finish:
         engine.open(name)
         cleanup(engine, journal)
     else:
         undo(engine, name, journal)
 
 
-def _moved_live(engine, name: str, journal: Journal) -> bool:
-    """Has every guest this part was moving live arrived? A guest that left here without
-    a record of its arrival, or that waits here and has not arrived (its backend cannot
-    let it run), means no: the upgrade is undone, so the guest runs where it was."""
-    data = journal.data
-    pending = [h for h in data.get("live_moves", []) if h not in data.get("migrated", [])]
-    if not pending:
-        return True
-    loaded = engine.open(name)
-    for h in pending:
-        host = loaded.project.hosts.get(h)
-        if host is None:            # it was leaving this server, and did not record that it left
-            return False
-        try:
-            if not engine.ctx.pm.hook.mln_migrate_done(host=host, ctx=engine.ctx):
-                return False
-        except MlnError:
-            return False            # it waits here and never arrived
-        journal.add("migrated", h)
-    return True
+def held(engine, name: str) -> dict | None:
+    """The journal of an upgrade of ``name`` held here at ``ready`` (a part of a project
+    spread over servers, waiting for its manager's word), or None."""
+    journal = Journal.read(engine.store.project_dir(name)) if engine.store.exists(name) else None
+    return journal.data if journal is not None and journal.data.get("phase") == "ready" else None
 
 
 def settle(engine, name: str, keep: bool) -> bool:
     """An upgrade held at ``ready`` (a part of a project spread over servers): finished
-    (``keep``: cleanup) or undone, as the manager says once every server is ready; False if
-    no upgrade of ``name`` is held here."""
+    (``keep``: the guests that arrived live run, then the cleanup) or undone (the guests
+    that were leaving live run on here), as the manager says; False if none is held."""
     if not engine.store.exists(name):
         return False
     with engine.store.lock(name), engine.store.private_tmp():
         journal = Journal.read(engine.store.project_dir(name))
         if journal is None or journal.data.get("phase") != "ready":
             return False
+        live = journal.data.get("live_moves", [])
         if keep:
             journal.save(phase="done")
-            engine.open(name)
+            loaded = engine.open(name)
+            _let_run(engine, [loaded.project.hosts[h] for h in live if h in loaded.project.hosts])
             cleanup(engine, journal)
         else:
             engine.ctx.log(f"+---> project {name}: putting it back as it was (another server's part failed)")
             undo(engine, name, journal)
+            if live and engine.store.exists(name):
+                loaded = engine.open(name)
+                _let_run(engine, [loaded.project.hosts[h] for h in live if h in loaded.project.hosts])
     return True
+
+
+def _let_run(engine, hosts) -> None:
+    """Guests a live move left paused here (arrived, or back after a move that did not
+    happen) run again (``mln_migrate_done``); one that cannot is named, the rest go on."""
+    for h in hosts:
+        if not engine.host_status(h).startswith("up"):
+            continue
+        try:
+            engine.ctx.pm.hook.mln_migrate_done(host=h, ctx=engine.ctx)
+        except MlnError as e:
+            engine.ctx.log(f"warning: host {h.name}: {e.message}")
 
 
 def _load(path: str, ctx) -> Project | None:
