@@ -94,8 +94,21 @@ def connect(u: str):
         except lv.libvirtError as e:
             raise MlnError(f"cannot connect to libvirt at {u}: {message(e)} (is libvirtd running? "
                            "libvirt_uri in mln.conf names another connection)") from None
+        if not _conns:                     # closed before the interpreter tears libvirt's module down
+            import atexit
+            atexit.register(_close_all)
         _conns[u] = conn
         return conn
+
+
+def _close_all() -> None:
+    with _lock:
+        for conn in _conns.values():
+            try:
+                conn.close()
+            except Exception:
+                pass
+        _conns.clear()
 
 
 def message(e) -> str:
