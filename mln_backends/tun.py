@@ -62,8 +62,8 @@ def up(m, host, iface) -> str:
 
 
 def down(m, host) -> None:
-    """Delete the taps :func:`up` made for ``host`` (the ones still marked as its own)."""
-    for iface in host.interfaces:
-        tap = name(iface)
-        if tap and m.net_device_alias(tap) == mark(host):
-            m.run(["ip", "link", "del", tap], what=f"host {host.name} {iface.name}", check=False)
+    """Delete the taps :func:`up` made for ``host``: every device still marked as its own
+    (also one of a ``tun_iface`` since renamed, or of an interface since removed)."""
+    for tap in m.net_devices():
+        if m.net_device_alias(tap) == mark(host):
+            m.run(["ip", "link", "del", tap], what=f"host {host.name}", check=False)

@@ -297,7 +297,11 @@ def mln_start_host(host, ctx):
             raise MlnError("is already running")
         _cleanup(host, ctx)
     from . import umlprobe      # imported when used: mln check needs no probe
-    argv = umlprobe.fixed_layout(m) + command_line(host, ctx)
+    try:
+        argv = umlprobe.fixed_layout(m) + command_line(host, ctx)
+    except MlnError:
+        _undo_start(host, ctx)          # the taps command_line made for tun_iface go again
+        raise
     nice = host.tree.get("nice") if host.tree is not None else None
     if nice:
         argv = ["nice", "-n", nice] + argv
@@ -335,6 +339,10 @@ def _undo_start(host, ctx) -> None:
             ctx.detach(host, i)
         except Exception:   # cleanup must not hide the error being reported
             pass
+    try:
+        tun.down(ctx.on(host), host)
+    except Exception:       # the same
+        pass
     shutil.rmtree(_paths(host, ctx)[0], ignore_errors=True)
 
 

@@ -5,7 +5,7 @@ are asked about (``mln_plan_live``, ``mln_apply_live``).
 Kinds, in the order a plan lists them:
 
 =====================  ===================================================================
-``service_host``       the host moves to another server (refused until service hosts land)
+``service_host``       the host's server changes (mln_core.remote_upgrade moves it between servers)
 ``hypervisor``         another hypervisor: rebuilt, restarted
 ``template``           another template: the disk is made afresh from it
 ``disk_grown``         a larger ``size``/``free_space``: the disk is grown

@@ -265,6 +265,14 @@ class Machine:
             return s.getsockname()[1]
 
     @staticmethod
+    def net_devices() -> list[str]:
+        """The names of this machine's network devices (of mln's network namespace)."""
+        try:
+            return sorted(os.listdir("/sys/class/net"))
+        except OSError:
+            return []
+
+    @staticmethod
     def net_device_alias(name: str) -> str | None:
         """The device's alias ("" if it has none), None if there is no such device."""
         try:

@@ -202,7 +202,9 @@ def make_plan(old: Project, new: Project, status: dict[str, str], version: int, 
             plan.hosts.append(hp)
             continue
         up = status.get(name, "down").startswith("up")
-        changes = host_changes(o, h, old.switches, new.switches, default_switch, flags, respanned)
+        changes = [c for c in host_changes(o, h, old.switches, new.switches, default_switch, flags, respanned)
+                   if c.kind != "service_host"]    # a host here in both: another name of this server
+                                                   # (moves between servers: mln_core.remote_upgrade)
         if changes and status.get(name, "").partition(":")[2].strip().startswith("saved"):
             raise MlnError(f"it was saved with 'mln stop -S' and a saved guest cannot take changes; start "
                            f"it first (mln start -p {new.name} -h {name}), then upgrade", f"host {name}")
@@ -221,8 +223,6 @@ def _host_plan(name: str, old: Host, new: Host, changes: list[Change], up: bool,
     if not changes:
         return hp
     for c in changes:
-        if c.kind == "service_host":
-            raise MlnError(f"{c.reason}: moving hosts between servers is not supported yet", f"host {name}")
         if c.kind == "disk_shrunk":
             raise MlnError(f"{c.reason}: mln never shrinks a disk (give the old size, or remove the host "
                            "and add it again)", f"host {name}")

@@ -93,7 +93,6 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         manager = engine.store.identity()
         parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
         with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
-            files = fleet.send_files(new, lay, tmp)
             ask = {s: {"verb": "upgrade", "project": name, "text": text, "placement": parts[s], "simulate": True,
                        "start_new": start_new or (s in joining and mover.project_runs), "live": sorted(live_hosts),
                        "keep": keep, "join": s in joining, "moves": mover.moves(s)} for s in others}
@@ -115,6 +114,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                                    "to confirm it")
                 if not confirm("carry out this upgrade on every server?"):
                     raise MlnError("nothing was changed")
+            files = fleet.send_files(new, lay, tmp)   # (not for a plan only: it would stay in the inboxes)
             mover.carry(tmp)                      # disks packed, fetched and sent: nothing changed yet
             for s in others:
                 ask[s].update(simulate=False, hold=True, files=files.get(s), moves=mover.moves(s))
