@@ -83,7 +83,7 @@ def unpack(ctx, name: str, moved: dict) -> dict:
     return out
 
 
-#: what a move of an upgrade request may say (mln_core.upgrade._note_moves)
+#: what a move of an upgrade request may say (note_moves)
 KEYS = ("from", "to", "run", "live", "disk", "archive", "sha256")
 
 
@@ -146,6 +146,36 @@ def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
     if answer is None:
         raise MlnError(f"no installed backend sends a running '{h.hypervisor}' guest", f"host {host}")
     return answer
+
+
+# -- the plan of a server a host leaves or reaches (mln_core.upgrade) -------------------------
+
+def arriving_disk(ctx):
+    """The disk of a host whose running guest arrives from another server: fresh from its
+    template and not individualized (the guest's own disk is copied into it)."""
+    def make(host):
+        return ctx.pm.hook.mln_create_disk(host=host, ctx=ctx)
+    make.individualizes = False
+    return make
+
+
+def note_moves(plan, moves: dict) -> None:
+    """Hosts arriving from another server get the disk they had there (and start if they
+    ran there); hosts leaving say where to."""
+    for hp in plan.hosts:
+        move = moves.get(hp.name)
+        if move is None:
+            continue
+        if hp.action == "added" and "from" in move and move.get("live"):
+            hp.disk, hp.start = "arriving", False        # it runs here once its guest arrived
+            hp.reasons = [f"moved from server {move['from']}, {move['live']}"]
+        elif hp.action == "added" and "from" in move:
+            hp.disk, hp.start = "moved", bool(move.get("run"))
+            hp.reasons = [f"moved from server {move['from']}, cold: its disk is copied" +
+                          (" and it is started here" if hp.start else "")]
+        elif hp.action == "removed" and "to" in move:
+            hp.reasons = [f"moves to server {move['to']}" + (" while it runs" if move.get("live") else "") +
+                          ": removed here once every server finished"]
 
 
 class Mover:

@@ -160,13 +160,14 @@ def _with_text(engine, name: str, request: dict, placement: dict | None) -> dict
             engine.build(path, replace=bool(request.get("replace")), placement=placement)
             return {}
         from .move import discard, unpack
-        from .upgrade import _note_moves, upgrade
+        from .move import note_moves
+        from .upgrade import upgrade
         if not engine.store.exists(name) and request.get("simulate") and placement:
             from .model import Project          # a server new to the project: all of its part is added
             from .plan import make_plan
             plan = make_plan(Project(name=name), engine.build(path, simulate=True, placement=placement), {}, 0,
                              ctx, start_new=bool(request.get("start_new")))
-            _note_moves(plan, request.get("moves") or {})
+            note_moves(plan, request.get("moves") or {})
             return {"plan": plan.as_json(), "text": plan.render_text(), "empty": plan.empty}
         if not engine.store.exists(name) and request.get("join") and placement:
             _build_empty(engine, name, placement)          # a server new to the project: upgraded from nothing

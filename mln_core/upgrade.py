@@ -32,6 +32,7 @@ from .journal import Journal as _Journal
 from .lang.writer import write_tree
 from .lifecycle import recorded_disk
 from .model import Disk, Project
+from .move import arriving_disk, note_moves
 from .plan import Plan, make_plan
 from .private import make_dir, tighten, write_file
 from .progress import Progress, parallel
@@ -97,7 +98,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         respanned = {n for n in new.switches if n in old.switches and
                      _span_key((ctx.state.get("switches", {}).get(n) or {}).get("span")) != _span_key(spans.get(n))}
         plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new, respanned)
-        _note_moves(plan, moves or {})
+        note_moves(plan, moves or {})
         if show is not None:
             show(plan)
         keys = ("servers", "hosts", "default")      # a part whose hosts stay, of a project that changes servers
@@ -120,34 +121,6 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
 def _span_key(span: dict | None):
     """What matters of a switch's span over servers (not the order of the other servers)."""
     return span and (span.get("vni"), span.get("local"), sorted(span.get("remotes", [])), span.get("mtu"))
-
-
-def _arriving_disk(ctx):
-    """The disk of a host whose running guest arrives from another server: fresh from its
-    template and not individualized (the guest's own disk is copied into it)."""
-    def make(host):
-        return ctx.pm.hook.mln_create_disk(host=host, ctx=ctx)
-    make.individualizes = False
-    return make
-
-
-def _note_moves(plan: Plan, moves: dict) -> None:
-    """Hosts arriving from another server get the disk they had there (and start if they
-    ran there); hosts leaving say where to."""
-    for hp in plan.hosts:
-        move = moves.get(hp.name)
-        if move is None:
-            continue
-        if hp.action == "added" and "from" in move and move.get("live"):
-            hp.disk, hp.start = "arriving", False        # it runs here once its guest arrived
-            hp.reasons = [f"moved from server {move['from']}, {move['live']}"]
-        elif hp.action == "added" and "from" in move:
-            hp.disk, hp.start = "moved", bool(move.get("run"))
-            hp.reasons = [f"moved from server {move['from']}, cold: its disk is copied" +
-                          (" and it is started here" if hp.start else "")]
-        elif hp.action == "removed" and "to" in move:
-            hp.reasons = [f"moves to server {move['to']}" + (" while it runs" if move.get("live") else "") +
-                          ": removed here once every server finished"]
 
 
 class _Run:
@@ -256,7 +229,7 @@ class _Run:
                 for hp in built:
                     self._step(f"build host {hp.name}")
                     make = {"copy": self._copy_disk, "moved": self._moved_disk,
-                            "arriving": _arriving_disk(self.ctx)}.get(hp.disk)
+                            "arriving": arriving_disk(self.ctx)}.get(hp.disk)
                     self.e._build_host(new.hosts[hp.name], progress, make)
             finally:
                 progress.close()
