@@ -49,6 +49,15 @@ for key, path in (("outside", "/tmp/evil"), ("dotdot", inbox + "/../evil"), ("de
 t.put("blob", inbox + "/good.img")
 out["good"] = hashlib.sha256(open(os.path.join(inbox, "good.img"), "rb").read()).hexdigest() == \
     hashlib.sha256(data).hexdigest()
+# a get (a host's disk packed for a move): the file back, checked; nothing outside the inbox
+t.get(inbox + "/good.img", "fetched")
+out["get"] = open("fetched", "rb").read() == data
+for key, path in (("get_outside", "/etc/hostname"), ("get_dotdot", inbox + "/../mln.conf")):
+    try:
+        t.get(path, "fetched2")
+        out[key] = "sent"
+    except MlnError as e:
+        out[key] = str(e)
 # a wrong checksum: refused, nothing left in the inbox
 import mln_plugins.transport_daemon as td
 td.sha256_of = lambda p: "0" * 64
@@ -213,6 +222,8 @@ def test_the_daemon_admits_only_allowed_and_authenticated_clients(tmp_path):
             assert "are taken only into" in out[key], out
         assert "hidden" in out and out["hidden"] != "accepted", out
         assert out["good"] is True and "SHA-256" in out["badsum"], out
+        assert out["get"] is True and "files are sent only from" in out["get_outside"] and \
+            "files are sent only from" in out["get_dotdot"], out
         assert sorted(p.name for p in inbox.iterdir()) == ["good.img"]
         assert not Path("/tmp/evil").exists() and not (inbox.parent / "evil").exists()
 
