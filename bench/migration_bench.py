@@ -8,11 +8,11 @@ plus sh3 and the client). *mln*: a project of HOSTS QEMU guests on one switch, a
 ``service_host sh1``, built and started from the client; once every guest booted (its
 startup block printed a line on its console), the project file says ``service_host sh2``
 for all of them and ``mln upgrade -r -f FILE`` runs on the client: it moves them live,
-one after the other, and prints how long each guest paused. *bare*: the same number of guests,
+two at a time, and prints how long each guest paused. *bare*: the same number of guests,
 plain QEMU processes started by hand in sh1's namespace (mln's command line, without
 mln's switch: their NICs have no backend), each target started paused in sh2's namespace
 on a fresh qcow2 overlay over the same template, and mln's QMP sequence driven from here
-with qemu.qmp, one after the other (as mln): ``nbd-server-start`` + ``block-export-add`` +
+with qemu.qmp, two at a time (as mln): ``nbd-server-start`` + ``block-export-add`` +
 ``migrate-incoming`` on the target; ``drive-mirror`` until ready, ``migrate`` until
 completed, ``block-job-cancel`` on the source; ``block-export-del``, ``nbd-server-stop``
 and ``cont`` on the target, then ``quit`` of the source. A bare guest's pause is QEMU's
@@ -385,7 +385,7 @@ class Bare:
         watch = Watch([f for pair in logs for f in pair])
         try:
             t = time.monotonic()
-            with ThreadPoolExecutor(max_workers=1) as pool:       # as mln: one after the other
+            with ThreadPoolExecutor(max_workers=2) as pool:       # as mln: two at a time
                 out = list(pool.map(self.move, range(1, self.n + 1)))
             total = time.monotonic() - t
             time.sleep(1)                 # the guests' first lines on their new consoles
@@ -461,7 +461,7 @@ def main() -> int:
         finally:
             bare.stop()
         print(f"live move of {a.hosts} running QEMU guests ({a.memory} MB, TCG) from sh1 to sh2, "
-              f"one after the other")
+              f"two at a time")
         print(f"{'':5} {'paused median':>14} {'paused max':>11} {'per guest':>10} {'total':>8}")
         rows = [("bare", [x["down"] for x in b], b_total, [x["each"] for x in b])]
         if m["error"] is None:

@@ -267,6 +267,24 @@ def zero_head(machine: Machine, url: str, n: int = 1 << 20) -> None:
         raise MlnError(f"clearing the start of {url}: {_short(said)}")
 
 
+EXPORTED = "disk.qcow2"      # what mln_export_disk writes for an nfs or iscsi disk
+
+
+def export_qcow2(host, disk, dest: str, ctx, kind: str, fmt: str) -> dict:
+    """``mln_export_disk`` of a disk reached by its URL: one compressed qcow2 file."""
+    ctx.on(host).run(["qemu-img", "convert", "-q", "-c", "-f", fmt, "-O", "qcow2", disk.extra["url"],
+                      os.path.join(dest, EXPORTED)], what=f"exporting {disk.extra['url']}", timeout=None)
+    return {"storage": kind, "format": fmt, "file": EXPORTED}
+
+
+def exported_image(host, src: str) -> str:
+    """The file ``export_qcow2`` wrote, in an unpacked archive (an error if it is not there)."""
+    image = os.path.join(src, EXPORTED)
+    if not os.path.isfile(image):
+        raise MlnError(f"the archive holds no disks/{host.name}/{EXPORTED}")
+    return image
+
+
 def ext_uuid(head: bytes) -> str | None:
     """The UUID of the ext2/3/4 filesystem whose first bytes are ``head``, or None."""
     if len(head) < 2048 or int.from_bytes(head[1024 + 56:1024 + 58], "little") != 0xEF53:

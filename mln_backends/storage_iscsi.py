@@ -207,18 +207,10 @@ def mln_doctor(ctx):
             tool("qemu-io", "clears the start of a removed host's LUN", "qemu-utils")]
 
 
-EXPORTED = "disk.qcow2"
-
-
 @hookimpl
 def mln_export_disk(host, disk, dest, ctx):
     """The whole LUN as one compressed qcow2 file (zeros take no room)."""
-    if disk.kind != KIND:
-        return None
-    import os
-    ctx.on(host).run(["qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", disk.extra["url"],
-                      os.path.join(dest, EXPORTED)], what=f"exporting {disk.extra['url']}", timeout=None)
-    return {"storage": KIND, "format": "raw", "file": EXPORTED}
+    return netdisk.export_qcow2(host, disk, dest, ctx, KIND, "raw") if disk.kind == KIND else None
 
 
 @hookimpl
@@ -228,11 +220,8 @@ def mln_import_disk(host, disk, src, ctx):
     lun = lun_of(host, ctx)
     if lun is None:
         return None
-    import os
     storage_net.check_usable(host, KEY)
-    image = os.path.join(src, EXPORTED)
-    if not os.path.isfile(image):
-        raise MlnError(f"the archive holds no disks/{host.name}/{EXPORTED}")
+    image = netdisk.exported_image(host, src)
     m = ctx.on(host)
     netdisk.plain_qcow2(image, m)
     size = netdisk.qemu_size(m, image, "qcow2")

@@ -207,18 +207,10 @@ def mln_doctor(ctx):
             tool("python3", "deletes and renames disks on NFS exports through libnfs", "python3")]
 
 
-EXPORTED = "disk.qcow2"
-
-
 @hookimpl
 def mln_export_disk(host, disk, dest, ctx):
     """The disk as one compressed qcow2 file (read over NFS)."""
-    if disk.kind != KIND:
-        return None
-    import os
-    ctx.on(host).run(["qemu-img", "convert", "-q", "-c", "-f", "qcow2", "-O", "qcow2", disk.extra["url"],
-                      os.path.join(dest, EXPORTED)], what=f"exporting {disk.extra['url']}", timeout=None)
-    return {"storage": KIND, "format": "qcow2", "file": EXPORTED}
+    return netdisk.export_qcow2(host, disk, dest, ctx, KIND, "qcow2") if disk.kind == KIND else None
 
 
 @hookimpl
@@ -227,11 +219,8 @@ def mln_import_disk(host, disk, src, ctx):
     d = nfs_dir(host, ctx)
     if d is None:
         return None
-    import os
     storage_net.check_usable(host, KEY)
-    image = os.path.join(src, EXPORTED)
-    if not os.path.isfile(image):
-        raise MlnError(f"the archive holds no disks/{host.name}/{EXPORTED}")
+    image = netdisk.exported_image(host, src)
     m = ctx.on(host)
     netdisk.plain_qcow2(image, m)
     name, final = _names(host, d, ctx, m)

@@ -62,8 +62,11 @@ def up(m, host, iface) -> str:
 
 
 def down(m, host) -> None:
-    """Delete the taps :func:`up` made for ``host``: every device still marked as its own
-    (also one of a ``tun_iface`` since renamed, or of an interface since removed)."""
+    """Delete the taps :func:`up` made for ``host`` (one with a ``tun_iface``): every device
+    still marked as its own (also one of a ``tun_iface`` since renamed)."""
+    if not any(name(i) for i in host.interfaces):
+        return
+    mine = mark(host)
     for tap in m.net_devices():
-        if m.net_device_alias(tap) == mark(host):
+        if m.net_device_alias(tap) == mine:
             m.run(["ip", "link", "del", tap], what=f"host {host.name}", check=False)

@@ -83,6 +83,8 @@ def unpack(ctx, name: str, moved: dict) -> dict:
     return out
 
 
+#: live moves at once (those of the manager's own part: one after the other)
+AT_ONCE = 2
 #: what a move of an upgrade request may say (note_moves)
 KEYS = ("from", "to", "run", "live", "disk", "archive", "sha256")
 
@@ -109,11 +111,27 @@ def discard_packed(ctx, name: str) -> None:
 
 # -- live moves, server side (the upgrade of each server holds at phase ready meanwhile) ----------
 
+def _lock(engine, name: str, wait: float = 60):
+    """The project's lock, waited for (another guest's move may hold it for a moment)."""
+    import contextlib
+    from .store import ProjectBusy
+    end = time.monotonic() + wait
+    while True:
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(engine.store.lock(name))
+            return held
+        except ProjectBusy:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
 def migrate_in(engine, name: str, host: str, address: str) -> dict:
     """On the server the host moves to: start it waiting for its guest (``mln_migrate_in``)."""
     from .upgrade import Journal
     ctx = engine.ctx
-    with engine.store.lock(name):          # not engine.locked: that would finish the held upgrade
+    with _lock(engine, name):              # not engine.locked: no recovery of the held upgrade
         loaded = engine.open(name)
         h = loaded.project.hosts.get(check_name("host", host))
         if h is None:
@@ -134,7 +152,7 @@ def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
     from .store import Store
     from .upgrade import WORK
     ctx = engine.ctx
-    with engine.store.lock(name):
+    with _lock(engine, name):
         pdir = engine.store.require(name)
         old = os.path.join(pdir, WORK, "old")
         project = load_project(os.path.join(old, f"{name}.mln"), ctx).project
@@ -142,7 +160,9 @@ def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
         h = ctx.project.hosts.get(check_name("host", host))
         if h is None:
             raise MlnError(f"project '{name}' had no host '{host}' on this server")
-        answer = ctx.pm.hook.mln_migrate_out(host=h, incoming=incoming, ctx=ctx)
+    # the transfer itself without the lock: the held upgrade changes nothing meanwhile, and
+    # another guest of the project may be sent or received at the same time
+    answer = ctx.pm.hook.mln_migrate_out(host=h, incoming=incoming, ctx=ctx)
     if answer is None:
         raise MlnError(f"no installed backend sends a running '{h.hypervisor}' guest", f"host {host}")
     return answer
@@ -278,13 +298,15 @@ class Mover:
             discard_packed(self.e.ctx, self.name)
 
     def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float]]:
-        """Send the live hosts, one after the other, once every server's part is ready: each
+        """Send the live hosts, two at a time, once every server's part is ready: each
         waits paused on its new server and is sent by its old one (disk, then memory); it
         runs there when the manager settles the upgrade. {host: (QEMU's downtime in ms, the
         time its send ended)}; an error puts the upgrade back everywhere (the guests run on
         where they were)."""
+        from concurrent.futures import ThreadPoolExecutor
         e, name, out = self.e, self.name, {}
-        for h in sorted(self.live):
+
+        def one(h):
             src, dst = self.moved[h]
             start = time.monotonic()
             incoming = self._on(dst, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[dst]},
@@ -295,6 +317,12 @@ class Mover:
             out[h] = (int(sent.get("downtime_ms", 0)), time.monotonic())
             self.fleet.say(dst, f"+---> {h}: its disk and memory arrived from {src} in "
                                 f"{time.monotonic() - start:.1f} s")
+        mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine
+        for h in mine:
+            one(h)
+        with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+            for f in [pool.submit(one, h) for h in sorted(set(self.live) - set(mine))]:
+                f.result()
         return out
 
     def report(self, sent: dict[str, tuple[int, float]]) -> None:
