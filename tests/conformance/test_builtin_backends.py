@@ -1,5 +1,5 @@
 """Every built-in hypervisor backend over every storage it supports passes the conformance
-suite: uml and qemu (real guests) over file and lvm, xen (fake xl) over file,
+suite: uml (real guests) over file, qemu (real guests) over file and lvm, xen (fake xl) over file,
 vmware (fake vmrun) over file, libvirt (real guests on a private libvirtd) over file.
 See tests/conformance/builtins.py."""
 from __future__ import annotations
