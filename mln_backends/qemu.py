@@ -229,8 +229,8 @@ def _undo_start(host, ctx) -> None:
 # -- live migration between servers (mln upgrade, mln_backends.qemu_migrate) ----------------------------
 
 @hookimpl
-def mln_live_migration(host, ctx):
-    return qemu_migrate.can(host, ctx) if _mine(host) else None
+def mln_live_migration(host, shared, ctx):
+    return qemu_migrate.can(host, shared, ctx) if _mine(host) else None
 
 
 @hookimpl
@@ -248,7 +248,7 @@ def mln_migrate_in(host, disk, address, ctx):
     try:
         if r.returncode != 0:
             raise MlnError(f"QEMU did not start: {(r.stderr or r.stdout).strip()}")
-        return qemu_migrate.incoming(m, qmp_sock, address)
+        return qemu_migrate.incoming(m, qmp_sock, address, bool((disk.extra or {}).get("shared")))
     except MlnError:
         _undo_start(host, ctx)
         raise

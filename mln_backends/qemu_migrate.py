@@ -13,6 +13,11 @@ Without shared storage, as libvirt does it:
   (``block-job-cancel`` of a ready mirror: the last writes reach the target) (:func:`send`);
 * the target drops the export and lets the guest run (:func:`arrived`).
 
+On shared storage (an ``nfs`` or ``iscsi`` disk, or one that ``san_path`` in mln.conf
+names: :mod:`mln_core.sanpath`) both servers open the same disk: the target's QEMU waits
+with it inactive, the source migrates the memory alone (it flushes the disk before the
+target takes it over), and nothing is exported or mirrored.
+
 If anything fails before the migration completed, the source cancels what it started and
 the guest keeps running there.
 """
@@ -28,19 +33,24 @@ TIMEOUT = 600.0            # seconds for the disk mirror and the migration toget
 EXPORT = "mln-migration"
 
 
-def can(host, ctx) -> str | None:
-    """How the running host moves live, or None (a cold move): a host whose only disk is the
-    qcow2 overlay of the ``file`` storage (not LVM, NFS or iSCSI; no swap, no extra disks)."""
+def can(host, shared: bool, ctx) -> str | None:
+    """How the running host moves live, or None (a cold move): a host whose only disk is on
+    shared storage, or is the qcow2 overlay of the ``file`` storage (no swap, no extra
+    disks)."""
     tree = host.tree
-    if host.swap or any(m.fstype != "hostfs" for m in host.mounts) or \
-            (tree is not None and any(tree.has(k) for k in ("lvm", "nfs", "iscsi"))):
+    if host.swap or any(m.fstype != "hostfs" for m in host.mounts):
+        return None
+    if shared:
+        return "live: its disk is on shared storage, its memory is sent"
+    if tree is not None and any(tree.has(k) for k in ("lvm", "nfs", "iscsi")):
         return None
     return "live: its disk is mirrored to the other server, then its memory"
 
 
-def incoming(m, qmp_sock: str, address: str) -> dict:
+def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
     """On the target, QEMU started paused with ``-incoming defer``: export its root disk
-    over NBD and listen for the migration."""
+    over NBD (unless ``shared``: the source writes the same disk) and listen for the
+    migration."""
     import ipaddress
     try:
         address = str(ipaddress.IPv4Address(address))
@@ -55,6 +65,9 @@ def incoming(m, qmp_sock: str, address: str) -> dict:
                      if b.get("device") == "drive0" and b.get("inserted")), None)
         if node is None:
             raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
+        if shared:
+            await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
+            return
         await c.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
                                                                               "port": str(nbd)}}})
         await c.execute("block-export-add", {"type": "nbd", "id": EXPORT, "node-name": node,
@@ -64,6 +77,8 @@ def incoming(m, qmp_sock: str, address: str) -> dict:
         qemu_qmp.run(m, qmp_sock, work, timeout=10)
     except Exception as e:
         raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
+    if shared:
+        return {"migration": f"tcp:{address}:{mig}"}
     return {"migration": f"tcp:{address}:{mig}", "disk": f"nbd://{address}:{nbd}/drive0"}
 
 
@@ -73,8 +88,10 @@ def send(m, qmp_sock: str, to: dict, name: str) -> dict:
     import asyncio
     import re
     if not (isinstance(to, dict) and re.fullmatch(r"tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}", str(to.get("migration")))
-            and re.fullmatch(r"nbd://\d{1,3}(\.\d{1,3}){3}:\d{1,5}/drive0", str(to.get("disk")))):
+            and (to.get("disk") is None or
+                 re.fullmatch(r"nbd://\d{1,3}(\.\d{1,3}){3}:\d{1,5}/drive0", str(to.get("disk"))))):
         raise MlnError(f"not a place to send a guest to: {to!r}")
+    mirror = to.get("disk") is not None         # else both reach the same disk (shared storage)
 
     async def until(c, check, what: str, end: float):
         while True:
@@ -103,9 +120,10 @@ def send(m, qmp_sock: str, to: dict, name: str) -> dict:
         start = time.monotonic()
         end = start + TIMEOUT
         try:
-            await c.execute("drive-mirror", {"device": "drive0", "job-id": "mln-mirror", "target": to["disk"],
-                                             "format": "raw", "sync": "top", "mode": "existing"})
-            await until(c, mirror_ready, "the disk mirror", end)
+            if mirror:
+                await c.execute("drive-mirror", {"device": "drive0", "job-id": "mln-mirror", "target": to["disk"],
+                                                 "format": "raw", "sync": "top", "mode": "existing"})
+                await until(c, mirror_ready, "the disk mirror", end)
             m.step(f"migrate: memory of {name}")          # where MLN_FAULTS can break a migration
             await c.execute("migrate", {"uri": to["migration"]})
             info = await until(c, migrated, "the migration", end)
@@ -122,8 +140,9 @@ def send(m, qmp_sock: str, to: dict, name: str) -> dict:
             except Exception:
                 pass
             raise
-        await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
-        await until(c, lambda c: _no_jobs(c), "finishing the disk mirror", end + 60)
+        if mirror:
+            await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
+            await until(c, lambda c: _no_jobs(c), "finishing the disk mirror", end + 60)
         return {"downtime_ms": int(info.get("downtime", 0)), "total_ms": int((time.monotonic() - start) * 1000)}
     try:
         return qemu_qmp.run(m, qmp_sock, work, timeout=TIMEOUT + 120)
@@ -144,7 +163,7 @@ def arrived(m, qmp_sock: str) -> None:
             try:
                 await c.execute(cmd, args)
             except Exception:
-                pass
+                pass                                  # (none on shared storage)
         if (await c.execute("query-status"))["status"] != "running":
             await c.execute("cont")
     try:

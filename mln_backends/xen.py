@@ -14,8 +14,9 @@ drivers), ``mln stop -S`` runs ``xl save <host>.<project>
 succeeded (``save``), ``mln status`` asks ``xl list <host>.<project>`` (exit 0: up; paused,
 crashed, shutting down and dying domains are "up" with that detail; a host that is down
 with a saved state is "down: saved"). Every command goes through the host's machine
-(``ctx.on(host).run``). ``migrate(host, target, ctx)`` (``xl migrate``) is a helper for a
-command that does not exist yet.
+(``ctx.on(host).run``). ``mln upgrade`` moves a running host whose disk is on shared
+storage (``san_path``) to another server live, with ``xl migrate`` (the helper module
+``xen_migrate``: preconditions, the command, what is returned); any other moves cold.
 
 Decisions (see also docs and the golden files in ``tests/xen/golden``):
 
@@ -82,7 +83,7 @@ from mln_core.doctor import tool
 from mln_core.errors import MlnError, Problem
 from mln_core.limits import whole_number
 
-from . import bridges
+from . import bridges, xen_migrate
 from .runtime import IFNAMSIZ, saved_state_path
 from .xen_config import (HVM_DISKS, boot_dir, cfg_name, disk_mounts, dom0_kernel, guest_devices, host_value, is_hvm,
                          pv_kernel_source, render, vnc_password)
@@ -368,12 +369,36 @@ def save(host, ctx) -> str:
     return ram
 
 
-def migrate(host, target: str, ctx, ssh: str | None = None) -> None:
-    """Move a running guest to the dom0 ``target`` (``xl migrate``: live, over ssh by default;
-    ``ssh`` replaces the ssh command). The disks must be shared (LVM on a SAN, NFS)."""
+# -- live migration between servers (mln upgrade, mln_backends.xen_migrate) ----------------
+
+@hookimpl
+def mln_live_migration(host, shared, ctx):
+    return xen_migrate.can(host, shared, ctx) if _mine(host) else None
+
+
+@hookimpl
+def mln_migrate_in(host, disk, address, ctx):
+    if not _mine(host):
+        return None
     _need_xl()
-    argv = [XL, "migrate"] + (["-s", ssh] if ssh else []) + [host.fqname, target]
-    ctx.on(host).run(argv, what=_what(host, f"migrate to {target}"), timeout=3600)
+    cfg = ctx.host_state(host).get("backend", {}).get("cfg") or cfg_name(host)
+    return xen_migrate.incoming(host, disk, address, ctx, cfg, domain_state)
+
+
+@hookimpl
+def mln_migrate_out(host, incoming, ctx):
+    if not _mine(host):
+        return None
+    _need_xl()
+    return xen_migrate.send(host, incoming, ctx, domain_state)
+
+
+@hookimpl
+def mln_migrate_done(host, ctx):
+    if not _mine(host):
+        return None
+    xen_migrate.arrived(host, ctx, domain_state, saved_state_path(host, ctx))
+    return True
 
 
 def is_xen_kernel(machine) -> bool:

@@ -361,13 +361,16 @@ def mln_apply_live(host, old, change, ctx):
 # ---------------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def mln_live_migration(host, ctx):
+def mln_live_migration(host, shared, ctx):
     """Can the running ``host`` move to another server while it runs?
 
-    Called by ``upgrade`` on the manager for each running host whose server changes. The
-    backend for ``host.hypervisor`` returns a short text saying how (``"QEMU: disk mirrored,
-    then memory"``), which the plan shows; None (the default) means a cold move: the host
-    is stopped, its disk copied, and it is started on the other server.
+    Called by ``upgrade`` on the manager for each running host whose server changes.
+    ``shared``: its disk is on shared storage (the server it leaves says so by
+    :mod:`mln_core.sanpath`): the server it goes to reaches the same disk, which is then
+    neither copied nor made there. The backend for ``host.hypervisor`` returns a short
+    text saying how (``"QEMU: disk mirrored, then memory"``), which the plan shows; None
+    (the default) means a cold move: the host is stopped, its disk copied (or, shared,
+    left where it is), and it is started on the other server.
     """
 
 
@@ -377,7 +380,8 @@ def mln_migrate_in(host, disk, address, ctx):
 
     Called on the server the host moves to, after the upgrade there made its disk
     (``disk``: fresh from the template and not individualized: the guest's own disk
-    arrives with it) and started its switches. ``address`` is this server's address on the
+    arrives with it; or, on shared storage, the very disk the guest runs on, whose
+    ``extra["shared"]`` is then true) and started its switches. ``address`` is this server's address on the
     underlay between the servers. Return a dict (JSON) that ``mln_migrate_out`` on the
     other server needs to send the guest (where to connect), or None if not your host.
     """

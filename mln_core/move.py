@@ -16,6 +16,7 @@ import time
 
 from .errors import MlnError
 from .names import check_name
+from .private import write_file
 
 
 def inbox(ctx) -> str:
@@ -86,7 +87,23 @@ def unpack(ctx, name: str, moved: dict) -> dict:
 #: live moves at once (those of the manager's own part: one after the other)
 AT_ONCE = 2
 #: what a move of an upgrade request may say (note_moves)
-KEYS = ("from", "to", "run", "live", "disk", "archive", "sha256")
+KEYS = ("from", "to", "run", "live", "shared", "disk", "archive", "sha256")
+
+
+def shared_disks(engine, name: str) -> dict[str, dict]:
+    """The recorded disks of this server's hosts of ``name`` that are on shared storage
+    (:mod:`mln_core.sanpath`), marked ``extra["shared"]``: the server a host moves to
+    takes such a disk as it is."""
+    from .sanpath import is_on_san
+    if not engine.store.exists(name):
+        return {}
+    pdir = engine.store.project_dir(name)
+    out = {}
+    for h, entry in (engine.store.read_state(pdir).get("hosts") or {}).items():
+        disk = entry.get("disk") or {}
+        if disk and is_on_san(disk, config=engine.ctx.config, project_dir=pdir):
+            out[h] = dict(disk, extra=dict(disk.get("extra") or {}, shared=True))
+    return out
 
 
 def discard(ctx, name: str, moved: dict) -> None:
@@ -129,6 +146,7 @@ def _lock(engine, name: str, wait: float = 60):
 
 def migrate_in(engine, name: str, host: str, address: str) -> dict:
     """On the server the host moves to: start it waiting for its guest (``mln_migrate_in``)."""
+    from .lifecycle import _attached
     from .upgrade import Journal
     ctx = engine.ctx
     with _lock(engine, name):              # not engine.locked: no recovery of the held upgrade
@@ -139,7 +157,15 @@ def migrate_in(engine, name: str, host: str, address: str) -> dict:
         journal = Journal.read(ctx.project_dir)
         if journal is not None:             # undone with the upgrade if the move fails
             journal.add("started", host)
-        answer = ctx.pm.hook.mln_migrate_in(host=h, disk=ctx.disk(h), address=address, ctx=ctx)
+        engine._detach_disk(h)
+        path = ctx.pm.hook.mln_attach_disk(host=h, disk=ctx.disk(h), ctx=ctx)    # as a start does
+        if path:
+            write_file(_attached(ctx, h), path + "\n")
+        try:
+            answer = ctx.pm.hook.mln_migrate_in(host=h, disk=ctx.disk(h), address=address, ctx=ctx)
+        except BaseException:
+            engine._detach_disk(h)
+            raise
     if answer is None:
         raise MlnError(f"no installed backend takes a running '{h.hypervisor}' guest", f"host {host}")
     return answer
@@ -170,10 +196,19 @@ def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
 
 # -- the plan of a server a host leaves or reaches (mln_core.upgrade) -------------------------
 
-def arriving_disk(ctx):
-    """The disk of a host whose running guest arrives from another server: fresh from its
-    template and not individualized (the guest's own disk is copied into it)."""
+def arriving_disk(ctx, moves: dict):
+    """The disk of a host whose running guest arrives from another server: the one it runs
+    on if that is on shared storage, else fresh from its template; not individualized
+    (the guest's own disk is copied into it)."""
+    from .model import Disk
+
     def make(host):
+        move = moves.get(host.name) or {}
+        if move.get("shared"):
+            try:
+                return Disk(**move["disk"])
+            except (KeyError, TypeError):
+                raise MlnError("the server it leaves recorded its shared disk wrongly") from None
         return ctx.pm.hook.mln_create_disk(host=host, ctx=ctx)
     make.individualizes = False
     return make
@@ -189,13 +224,18 @@ def note_moves(plan, moves: dict) -> None:
         if hp.action == "added" and "from" in move and move.get("live"):
             hp.disk, hp.start = "arriving", False        # it runs here once its guest arrived
             hp.reasons = [f"moved from server {move['from']}, {move['live']}"]
+        elif hp.action == "added" and "from" in move and move.get("shared"):
+            hp.disk, hp.start = "arriving", bool(move.get("run"))
+            hp.reasons = [f"moved from server {move['from']}, cold: it keeps its disk on shared storage" +
+                          (" and it is started here" if hp.start else "")]
         elif hp.action == "added" and "from" in move:
             hp.disk, hp.start = "moved", bool(move.get("run"))
             hp.reasons = [f"moved from server {move['from']}, cold: its disk is copied" +
                           (" and it is started here" if hp.start else "")]
         elif hp.action == "removed" and "to" in move:
             hp.reasons = [f"moves to server {move['to']}" + (" while it runs" if move.get("live") else "") +
-                          ": removed here once every server finished"]
+                          ": removed here once every server finished" +
+                          (" (its disk stays on shared storage)" if move.get("shared") else "")]
 
 
 class Mover:
@@ -212,8 +252,10 @@ class Mover:
         self.me = fleet.me
         self.sent: dict[str, dict] = {}
         self.stopped: list[str] = []
-        rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name} for s in fleet.servers},
-                                            lambda: {"rows": engine.status(name)}).items()}
+        rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name, "disks": True}
+                                             for s in fleet.servers},
+                                            lambda: {"rows": engine.status(name),
+                                                     "disks": shared_disks(engine, name)}).items()}
         failed = [str(r) for r in rows.values() if isinstance(r, MlnError)]
         if failed:
             raise MlnError("not every server of the project answers; nothing was done:\n  " + "\n  ".join(failed))
@@ -226,6 +268,8 @@ class Mover:
         self.moved = moved = {h: (where.get(h, was.get(h)), dst) for h, dst in now.items()
                               if where.get(h, was.get(h)) not in (None, dst)}
         self.running, self.live = {}, {}
+        self.shared = {h: rows[src]["disks"][h] for h, (src, _dst) in moved.items()
+                       if isinstance((rows[src].get("disks") or {}).get(h), dict)}
         for h, (src, _dst) in moved.items():
             row = hosts.get((src, h), {})
             if "saved" in str(row.get("detail", "")):
@@ -233,7 +277,8 @@ class Mover:
                                f"start it (or stop it) first", f"host {h}")
             self.running[h] = row.get("state") == "up"
             if self.running[h] and project is not None and h in project.hosts and h in only_moving:
-                how = engine.ctx.pm.hook.mln_live_migration(host=project.hosts[h], ctx=engine.ctx)
+                how = engine.ctx.pm.hook.mln_live_migration(host=project.hosts[h], shared=h in self.shared,
+                                                            ctx=engine.ctx)
                 if how:
                     self.live[h] = how
 
@@ -245,10 +290,13 @@ class Mover:
         out = {}
         for h, (src, dst) in self.moved.items():
             live = {"live": self.live[h]} if h in self.live else {}
+            if h in self.shared:
+                live["shared"] = True
             if src == server:
                 out[h] = {"to": dst, **live}
             if dst == server:
-                out[h] = dict(self.sent.get(h, {}), **{"from": src, "run": self.running[h]}, **live)
+                out[h] = dict(self.sent.get(h, {}), **{"from": src, "run": self.running[h]}, **live,
+                              **({"disk": self.shared[h]} if h in self.shared else {}))
         return out
 
     def carry(self, tmp: str) -> None:
@@ -261,6 +309,13 @@ class Mover:
             for h, (src, dst) in self.moved.items():
                 if h in self.live:
                     continue                      # it moves once every server is ready (migrate)
+                if h in self.shared:              # stopped; the other server takes the disk as it is
+                    if self.running[h]:
+                        self.fleet.say(src, f"+---> {h}: stopping it, to move it to {dst}")
+                        self._on(src, {"verb": "stop", "project": name, "host": h, "wait": 60},
+                                 lambda h=h: e.stop(name, h))
+                        self.stopped.append(h)
+                    continue
                 if self.running[h]:
                     self.fleet.say(src, f"+---> {h}: stopping it, to move it to {dst}")
                     self._on(src, {"verb": "stop", "project": name, "host": h, "wait": 60},
@@ -315,6 +370,7 @@ class Mover:
             sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
                             lambda: migrate_out(e, name, h, incoming))
             out[h] = (int(sent.get("downtime_ms", 0)), time.monotonic())
+            e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word
             self.fleet.say(dst, f"+---> {h}: its disk and memory arrived from {src} in "
                                 f"{time.monotonic() - start:.1f} s")
         mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine

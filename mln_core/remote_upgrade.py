@@ -179,6 +179,7 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
     decision = os.path.join(engine.store.project_dir(name), DECISION)
     if keep:
         write_file(decision, "keep\n", sync=True)
+        engine.ctx.on().step("upgrade: decided")    # where MLN_FAULTS can kill it before any server heard
     word = {s: {"verb": "settle", "project": name, "keep": keep} for s in servers if s != me}
     results = fleet.each(word, (lambda: settle(engine, name, keep)) if me in servers else None)
     if not keep:

@@ -136,7 +136,11 @@ def handle(request: dict, engine) -> dict:
                     wait_s=math.inf if wait is None else float(wait), save=bool(request.get("save")),
                     pause=float(request.get("pause") or 0))
     elif verb == "status":
-        return {"rows": engine.status(name) if engine.store.exists(name) else []}
+        out = {"rows": engine.status(name) if engine.store.exists(name) else []}
+        if request.get("disks"):                # a move's status round (mln_core.move.Mover)
+            from .move import shared_disks
+            out["disks"] = shared_disks(engine, name)
+        return out
     elif verb == "remove":
         if engine.store.exists(name):
             engine.remove(name)

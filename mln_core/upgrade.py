@@ -152,7 +152,8 @@ class _Run:
         self.journal.save(pid=os.getpid(), phase="stop", project=self.new.name, version=plan.version + 1,
                           keep=self.keep, was_running=[h.name for h in plan.hosts if h.running],
                           stopped=[], moves=[], started=[], live=[], staging=None,
-                          live_moves=sorted(h for h, m in self.moves.items() if m.get("live")))
+                          live_moves=sorted(h for h, m in self.moves.items() if m.get("live")),
+                          shared_away=sorted(h for h, m in self.moves.items() if m.get("shared") and "to" in m))
         try:
             self._stop_changed()
             self._prepare()
@@ -229,7 +230,7 @@ class _Run:
                 for hp in built:
                     self._step(f"build host {hp.name}")
                     make = {"copy": self._copy_disk, "moved": self._moved_disk,
-                            "arriving": arriving_disk(self.ctx)}.get(hp.disk)
+                            "arriving": arriving_disk(self.ctx, self.moves)}.get(hp.disk)
                     self.e._build_host(new.hosts[hp.name], progress, make)
             finally:
                 progress.close()
@@ -460,6 +461,8 @@ def cleanup(engine, journal: Journal) -> None:
                 if h.name not in new.hosts:
                     if engine.host_status(h).startswith("up"):      # paused here after it moved live
                         engine._stop_hosts([h], hard=True, wait_s=5)
+                    if h.name in data.get("shared_away", []) and h.name in (ctx.state.get("hosts") or {}):
+                        ctx.state["hosts"][h.name]["disk"] = {"kind": "moved", "path": ""}  # it went along
                     _remove_host(engine, h, data.get("keep"), pdir)
             for s in old.switches.values():
                 if s.name not in new.switches:

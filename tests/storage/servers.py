@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -74,29 +73,34 @@ def storage_net():
         net.exec("ip", "link", "set", "lo", "up")
         yield net
     finally:
-        for pidfile in net.pidfiles:              # daemons under a shell: the shell reaps them
-            with contextlib.suppress(OSError, ValueError):
-                with open(pidfile) as f:
-                    pid = int(f.read().split()[0])
-                if pid in net.pids():
-                    os.kill(pid, signal.SIGTERM)
-        for p in net.procs:                       # ours, politely
-            if p.poll() is None and p not in net.shells:
-                p.terminate()
-        end = time.monotonic() + 5
-        for p in net.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.1, end - time.monotonic()))
-        for pid in net.pids():                    # whatever else runs in our namespace
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for p in net.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.kill()
-                p.wait(5)
+        stop_daemons(net)
         _run("ip", "link", "del", f"{veth}a", check=False)
         _run("ip", "netns", "del", ns, check=False)
         shutil.rmtree(net.root, ignore_errors=True)
+
+
+def stop_daemons(net: Net, sweep: bool = True) -> None:
+    """End the daemons started in ``net`` (``sweep``: and every other process in its namespace)."""
+    for pidfile in net.pidfiles:              # daemons under a shell: the shell reaps them
+        with contextlib.suppress(OSError, ValueError):
+            with open(pidfile) as f:
+                pid = int(f.read().split()[0])
+            if pid in net.pids():
+                os.kill(pid, signal.SIGTERM)
+    for p in net.procs:                       # ours, politely
+        if p.poll() is None and p not in net.shells:
+            p.terminate()
+    end = time.monotonic() + 5
+    for p in net.procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.1, end - time.monotonic()))
+    for pid in net.pids() if sweep else ():  # whatever else runs in our namespace
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for p in net.procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.kill()
+            p.wait(5)
 
 
 # -- NFS: nfs-ganesha (VFS backend), NFSv3 with rpcbind -------------------------------------------
@@ -176,16 +180,11 @@ def start_nfs(net: Net) -> Nfs:
     net.procs.append(p)
     net.shells.append(p)
 
-    def up() -> bool:
+    def up() -> bool:          # (it answers once ganesha has registered with rpcbind: try a client)
         if p.poll() is not None:
             raise RuntimeError(f"ganesha.nfsd exited: {_tail(log)} {_tail(os.path.join(d, 'start.err'))}")
-        with socket.socket() as c:
-            c.settimeout(0.5)
-            return c.connect_ex((net.server, 2049)) == 0
-    _wait(up, 20, "nfs-ganesha to listen")
-    # the export answers only once ganesha has registered with rpcbind: try a client
-    _wait(lambda: _run("nfs-ls", f"nfs://{net.server}{export}", check=False).returncode == 0, 20,
-          "the NFS export to answer")
+        return net.exec("nfs-ls", f"nfs://{net.server}{export}", check=False).returncode == 0
+    _wait(up, 30, "the NFS export to answer")
     return Nfs(net.server, export, log)
 
 

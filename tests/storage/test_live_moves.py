@@ -1,0 +1,189 @@
+"""Running QEMU guests move live between two namespace servers with one ``mln upgrade``:
+one whose disk is on NFS (nfs-ganesha), one on an iSCSI LUN (tgtd), one on neither (its
+disk is mirrored to the other server). Both storage servers run in the client's namespace,
+which both servers reach. Each guest counts and pings the next one all along; the counters
+go on where they were (no guest starts again) and few pings are lost."""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mln_core.nsservers import NamespaceServers
+from tests.conftest import TEMPLATE_DIR
+
+from .conftest import _need
+from .servers import Net, start_iscsi, start_nfs, stop_daemons
+
+pytestmark = pytest.mark.guests
+
+NODE = r"""global { project lm }
+superclass node {
+    kvm
+    template busybox.ext4
+    memory 96M
+    startup {
+        echo MLN-BOOTED
+        ( i=0; lost=0
+          while true
+          do
+              i=\$((i+1))
+              ping -c 1 -W 1 $peer > /dev/null || lost=\$((lost+1))
+              echo "MLN-COUNT \$i lost \$lost"
+              sleep 0.2
+          done ) &
+    }
+}
+switch lan { type bridge }
+"""
+
+
+def host(name: str, n: int, server: str, peer: int, disk: str) -> str:
+    return (f"host {name} {{ superclass node\n    service_host {server}\n    $peer = 10.0.0.{peer}\n{disk}"
+            f"    network eth0 {{ switch lan\n        address 10.0.0.{n}\n        netmask 255.255.255.0 }}\n}}\n")
+
+
+@pytest.fixture
+def kit(tmp_path, test_template):
+    _need("ganesha.nfsd", "rpcbind", "tgtd", "tgtadm", "qemu-storage-daemon")
+    with NamespaceServers(tmp_path / "servers", names=("sh1", "sh2")) as kit:
+        net = Net(kit.netns("client"), kit.address("client"), "", tempfile.mkdtemp(prefix="mln-storage-"))
+        iscsi = None
+        try:
+            kit.nfs = start_nfs(net)
+            kit.iscsi = iscsi = start_iscsi(net, luns=1)
+            r = kit.mln("client", "register_template", "-t", str(TEMPLATE_DIR / "busybox.ext4"),
+                        "--kernel", str(TEMPLATE_DIR / "vmlinux"), "--initrd", str(TEMPLATE_DIR / "initrd.gz"))
+            assert r.returncode == 0, r.stderr
+            yield kit
+        finally:
+            for name in ("sh1", "sh2"):
+                kit.mln(name, "stop", "-a", "-H")
+            if iscsi is not None:
+                iscsi.stop()
+            stop_daemons(net, sweep=False)
+            subprocess.run(["rm", "-rf", net.root])
+
+
+WHERE = {"a": "sh1", "b": "sh1", "c": "sh2"}
+MOVED = {"a": "sh2", "b": "sh2", "c": "sh1"}
+
+
+def project(kit, where: dict[str, str]) -> str:
+    disks = {"a": f"    nfs {kit.nfs.spec}\n", "b": f"    iscsi {kit.iscsi.url(1)}\n", "c": ""}
+    return NODE + "".join(host(h, n, where[h], n % 3 + 1, disks[h]) for n, h in enumerate("abc", 1))
+
+
+def log(kit, server: str, h: str) -> str:
+    p = kit.dir(server) / "projects" / "lm" / "hosts" / h / "console.log"
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+def counts(text: str) -> list[tuple[int, int]]:
+    return [(int(i), int(lost)) for i, lost in re.findall(r"MLN-COUNT (\d+) lost (\d+)", text)]
+
+
+def wait_counting(kit, where: dict[str, str], above: dict[str, int], timeout: float = 120) -> dict[str, tuple]:
+    """Wait until each guest counted past ``above`` with its last ping answered; its last count."""
+    end = time.monotonic() + timeout
+    while True:
+        last = {h: (counts(log(kit, s, h)) or [(0, 0)])[-1] for h, s in where.items()}
+        if all(last[h][0] > above.get(h, 0) for h in where) and \
+                all(len(counts(log(kit, s, h))) > 1 and counts(log(kit, s, h))[-2][1] == last[h][1]
+                    for h, s in where.items()):
+            return last
+        assert time.monotonic() < end, {h: log(kit, s, h)[-800:] for h, s in where.items()}
+        time.sleep(0.3)
+
+
+def qemus(kit, server: str) -> list[str]:
+    out = []
+    pids = subprocess.run(["ip", "netns", "pids", kit.netns(server)], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(OSError):
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            out += [h for h in "abc" if "qemu-system" in line and f"{h}.lm" in line]
+    return sorted(out)
+
+
+def test_three_guests_move_live_on_nfs_on_iscsi_and_without_shared_storage(kit):
+    path = kit.client_dir / "lm.mln"
+    path.write_text(project(kit, WHERE))
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    r = kit.mln("client", "start", "-p", "lm")
+    assert r.returncode == 0, r.stderr
+    before = wait_counting(kit, WHERE, {h: 5 for h in WHERE})
+    nfs_files = kit.nfs.files()
+    assert nfs_files == ["a.lm.qcow2"], nfs_files
+    path.write_text(project(kit, MOVED))
+    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "host a: moved from server sh1, live: its disk is on shared storage, its memory is sent" in r.stdout \
+        and "host b: moved from server sh1, live: its disk is on shared storage" in r.stdout \
+        and "host c: moved from server sh2, live: its disk is mirrored to the other server" in r.stdout, r.stdout
+    assert "(its disk stays on shared storage)" in r.stdout, r.stdout
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for h, to in MOVED.items():
+        assert re.search(rf"\[{to}\] \+---> {h}: moved live from {WHERE[h]} \(the guest paused \d+ ms\)",
+                         r.stderr), r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "lm", "--format", "json").stdout)
+    assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+        {(h, s, "up") for h, s in MOVED.items()}
+    assert qemus(kit, "sh1") == ["c"] and qemus(kit, "sh2") == ["a", "b"], (qemus(kit, "sh1"), qemus(kit, "sh2"))
+    # the same guests: they count on from where they were, without booting again
+    after = wait_counting(kit, MOVED, {h: before[h][0] + 10 for h in MOVED})
+    for h, s in MOVED.items():
+        text = log(kit, s, h)
+        seen = counts(text)
+        assert "MLN-BOOTED" not in text and seen[0][0] > before[h][0] - 5, (h, text[:800])
+        assert all(b[0] == a[0] + 1 for a, b in zip(seen, seen[1:])), (h, text[-1500:])   # no count missed
+        assert after[h][1] - before[h][1] <= 5, (h, before[h], after[h])     # few pings lost
+    # the shared disks stay where they were (not deleted by the server the hosts left)
+    assert kit.nfs.files() == ["a.lm.qcow2"], kit.nfs.files()
+    assert kit.iscsi.head(1).strip(b"\0"), "the iSCSI LUN was wiped"
+    assert not (kit.dir("sh1") / "projects" / "lm" / "hosts" / "a").exists()
+    assert not (kit.dir("sh2") / "projects" / "lm" / "images" / "c").exists()
+    # mln upgrade killed (-9) at each step of the moves in turn, then run again: every guest runs
+    # exactly once, on one server, and counts on
+    where, last = MOVED, after
+    for step in ("move a: sent", "upgrade: decided"):     # ("move c: send": tests/engine/test_servers.py)
+        to = WHERE if where is MOVED else MOVED
+        path.write_text(project(kit, to))
+        r = kit.mln("client", "upgrade", "-r", "-f", str(path), env={"MLN_FAULTS": f"kill@{step}"})
+        assert r.returncode != 0 and "UPGRADED on" not in r.stderr, (step, r.stderr)
+        r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+        assert r.returncode == 0, (step, r.stdout + r.stderr)
+        where = to
+        rows = json.loads(kit.mln("client", "status", "-p", "lm", "--format", "json").stdout)
+        assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+            {(h, s, "up") for h, s in where.items()}, (step, rows)
+        assert qemus(kit, "sh1") == sorted(h for h, s in where.items() if s == "sh1") and \
+            qemus(kit, "sh2") == sorted(h for h, s in where.items() if s == "sh2"), step
+        last = wait_counting(kit, where, {h: last[h][0] + 5 for h in where})
+        assert not [h for h, s in where.items() if "MLN-BOOTED" in log(kit, s, h)], step
+    # a stopped host on shared storage moves cold: nothing is copied, its disk is the same file
+    r = kit.mln("client", "stop", "-p", "lm", "-h", "a")
+    assert r.returncode == 0, r.stderr
+    disk = Path(kit.nfs.export) / "a.lm.qcow2"
+    inode = disk.stat().st_ino
+    to = dict(where, a=({"sh1", "sh2"} - {where["a"]}).pop())
+    path.write_text(project(kit, to))
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    assert r.returncode == 0 and f"host a: moved from server {where['a']}, cold: it keeps its disk on shared " \
+        "storage" in r.stdout and "disk arrived" not in r.stderr, r.stdout + r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "lm", "--format", "json").stdout)
+    assert ("a", to["a"], "down") in {(x["name"], x["server"], x["state"]) for x in rows}, rows
+    assert disk.stat().st_ino == inode and kit.nfs.files() == ["a.lm.qcow2"]
+    r = kit.mln("client", "stop", "-p", "lm")
+    assert r.returncode == 0, r.stderr
+    r = kit.mln("client", "remove", "-f", "-p", "lm")
+    assert r.returncode == 0, r.stderr
+    assert kit.nfs.files() == [] and qemus(kit, "sh1") == qemus(kit, "sh2") == []
