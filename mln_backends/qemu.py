@@ -258,7 +258,9 @@ def mln_migrate_in(host, disk, address, ctx):
 def mln_migrate_out(host, incoming, ctx):
     if not _mine(host):
         return None
-    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname)
+    from mln_core.move import shared_disk
+    shared = shared_disk(ctx.host_state(host).get("disk") or {}, ctx.config, ctx.project_dir) is not None
+    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname, shared)
 
 
 @hookimpl

@@ -65,7 +65,9 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
                      if b.get("device") == "drive0" and b.get("inserted")), None)
         if node is None:
             raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
-        if shared:
+        if shared:                  # the disk is taken over only once the guest runs here (cont)
+            await c.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "late-block-activate", "state": True}]})
             await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
             return
         await c.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
@@ -82,16 +84,19 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
     return {"migration": f"tcp:{address}:{mig}", "disk": f"nbd://{address}:{nbd}/drive0"}
 
 
-def send(m, qmp_sock: str, to: dict, name: str) -> dict:
-    """On the source: mirror the disk, migrate, finish the mirror. The guest keeps running
-    here if anything fails."""
+def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False) -> dict:
+    """On the source: mirror the disk (unless ``shared``), migrate, finish the mirror. The
+    guest keeps running here if anything fails."""
     import asyncio
     import re
     if not (isinstance(to, dict) and re.fullmatch(r"tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}", str(to.get("migration")))
             and (to.get("disk") is None or
                  re.fullmatch(r"nbd://\d{1,3}(\.\d{1,3}){3}:\d{1,5}/drive0", str(to.get("disk"))))):
         raise MlnError(f"not a place to send a guest to: {to!r}")
-    mirror = to.get("disk") is not None         # else both reach the same disk (shared storage)
+    mirror = not shared                          # else both reach the same disk
+    if mirror != (to.get("disk") is not None):
+        raise MlnError("the other server waits for the guest as if its disk were " +
+                       ("not " if mirror else "") + "on shared storage, and it is" + (" not" if mirror else ""))
 
     async def until(c, check, what: str, end: float):
         while True:

@@ -90,20 +90,26 @@ AT_ONCE = 2
 KEYS = ("from", "to", "run", "live", "shared", "disk", "archive", "sha256")
 
 
-def shared_disks(engine, name: str) -> dict[str, dict]:
-    """The recorded disks of this server's hosts of ``name`` that are on shared storage
-    (:mod:`mln_core.sanpath`), marked ``extra["shared"]``: the server a host moves to
-    takes such a disk as it is."""
+def shared_disk(disk: dict, config, pdir: str) -> dict | None:
+    """A recorded disk on shared storage (:mod:`mln_core.sanpath`) marked ``extra["shared"]``,
+    else None: the server a host moves to takes such a disk as it is. (One in the project
+    directory, or with a swap disk beside it there, moves by copy.)"""
     from .sanpath import is_on_san
+    path = str(disk.get("path") or "")
+    if disk and (os.path.isabs(path) or "://" in path) and not (disk.get("extra") or {}).get("swap") \
+            and is_on_san(disk, config=config, project_dir=pdir):
+        return dict(disk, extra=dict(disk.get("extra") or {}, shared=True))
+    return None
+
+
+def shared_disks(engine, name: str) -> dict[str, dict]:
+    """:func:`shared_disk` of each host of ``name`` on this server that has one."""
     if not engine.store.exists(name):
         return {}
     pdir = engine.store.project_dir(name)
-    out = {}
-    for h, entry in (engine.store.read_state(pdir).get("hosts") or {}).items():
-        disk = entry.get("disk") or {}
-        if disk and is_on_san(disk, config=engine.ctx.config, project_dir=pdir):
-            out[h] = dict(disk, extra=dict(disk.get("extra") or {}, shared=True))
-    return out
+    hosts = engine.store.read_state(pdir).get("hosts") or {}
+    found = {h: shared_disk(entry.get("disk") or {}, engine.ctx.config, pdir) for h, entry in hosts.items()}
+    return {h: d for h, d in found.items() if d}
 
 
 def discard(ctx, name: str, moved: dict) -> None:
@@ -206,12 +212,33 @@ def arriving_disk(ctx, moves: dict):
         move = moves.get(host.name) or {}
         if move.get("shared"):
             try:
-                return Disk(**move["disk"])
+                disk = Disk(**move["disk"])
             except (KeyError, TypeError):
                 raise MlnError("the server it leaves recorded its shared disk wrongly") from None
+            return _reachable(ctx, host, disk)
         return ctx.pm.hook.mln_create_disk(host=host, ctx=ctx)
     make.individualizes = False
     return make
+
+
+def _reachable(ctx, host, disk):
+    """The shared disk the server a host leaves names, if this server counts it as shared
+    by its own rules (``san_path``; for ``nfs``/``iscsi``, the storage the host names)."""
+    from .sanpath import is_on_san
+    extra = {k: v for k, v in (disk.extra or {}).items() if k != "shared"}
+    tree, path = host.tree, str(disk.path)
+    if disk.kind in ("nfs", "iscsi"):
+        ok = tree is not None and tree.has(disk.kind) and path == extra.get("url") and \
+            path.startswith(f"{disk.kind}://") and \
+            (disk.kind == "iscsi" or os.path.basename(path).startswith(f"{host.fqname}.") or
+             os.path.basename(path).startswith(f"{host.fqname}+"))
+    else:
+        ok = os.path.isabs(path) and is_on_san({"kind": disk.kind, "path": path, "extra": extra},
+                                               config=ctx.config)
+    if not ok:
+        raise MlnError(f"its disk {path} is not on storage this server shares (san_path, nfs, iscsi)")
+    disk.extra = dict(extra, shared=True)
+    return disk
 
 
 def note_moves(plan, moves: dict) -> None:
@@ -270,6 +297,9 @@ class Mover:
         self.running, self.live = {}, {}
         self.shared = {h: rows[src]["disks"][h] for h, (src, _dst) in moved.items()
                        if isinstance((rows[src].get("disks") or {}).get(h), dict)}
+        for h in set(self.shared) - set(only_moving):
+            raise MlnError(f"host {h}: its disk is on shared storage, so it moves only if nothing but its "
+                           "service_host changes; move it first, then change the rest", f"host {h}")
         for h, (src, _dst) in moved.items():
             row = hosts.get((src, h), {})
             if "saved" in str(row.get("detail", "")):
@@ -393,10 +423,19 @@ class Mover:
             self.fleet.say(self.me, f"+---> {len(downs)} host{'s' * (len(downs) != 1)} moved live; guests paused "
                                     f"{min(downs.values())} to {max(downs.values())} ms")
 
-    def back(self) -> None:
-        """Start again, where they were, the hosts stopped to move."""
+    def arriving(self) -> set[str]:
+        """The servers that hosts reach with their guests (live) or their shared disks."""
+        return {self.moved[h][1] for h in set(self.live) | set(self.shared)}
+
+    def back(self, unsure=()) -> None:
+        """Start again, where they were, the hosts stopped to move (not one on shared storage
+        whose new server did not answer: it may run there)."""
         for h in self.stopped:
-            src = self.moved[h][0]
+            src, dst = self.moved[h]
+            if h in self.shared and dst in unsure:
+                self.fleet.say(src, f"warning: {h} is not started again here: {dst} did not say it stopped it "
+                                    "there (run the upgrade again)")
+                continue
             try:
                 self._on(src, {"verb": "start", "project": self.name, "host": h},
                          lambda h=h: self.e.start(self.name, h))

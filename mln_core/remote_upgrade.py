@@ -126,14 +126,14 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 sent = mover.migrate(addresses) if not failed and mover.live else {}
             except BaseException as e:            # Ctrl-C, a migration that failed: put back everywhere
                 failed = failed or {"upgrade": e if isinstance(e, MlnError) else MlnError(f"interrupted ({e!r})")}
-                _settle(engine, fleet, name, [*others, me], joining, keep=False)
-                mover.back()
+                mover.back(_settle(engine, fleet, name, [*others, me], joining, keep=False, first=mover.arriving()))
                 if not isinstance(e, MlnError):
                     raise
             else:
-                _settle(engine, fleet, name, [*others, me], joining, keep=not failed)
+                unsure = _settle(engine, fleet, name, [*others, me], joining, keep=not failed,
+                                 first=mover.arriving())
                 if failed:
-                    mover.back()
+                    mover.back(unsure)
             if failed:
                 raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of "
                                "them:\n  " + "\n  ".join(str(r) for r in failed.values()))
@@ -167,12 +167,14 @@ def _raise_failed(name: str, what: str, results: dict, said: str) -> None:
         raise MlnError(f"project '{name}' could not be {what} on every server; {said}:\n  " + "\n  ".join(failed))
 
 
-def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], keep: bool) -> None:
+def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], keep: bool, first=()) -> dict:
     """Give every server the word on its held part: finish it (``keep``) or put it back (a
     server that joined the project with this upgrade then has its part removed). The word
     to finish is written down first (``spread.decision`` in this server's project): if this
     command is killed before every server has it, the next upgrade gives it again
-    (:func:`resolve_held`); without it, held parts are put back."""
+    (:func:`resolve_held`); without it, held parts are put back: the servers in ``first``
+    (where guests arrived live) before the others, so that no guest runs on two servers at
+    once. The servers that did not take the word, with their errors."""
     from .private import write_file
     from .upgrade import settle
     me = here(engine.ctx.config)
@@ -180,8 +182,11 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
     if keep:
         write_file(decision, "keep\n", sync=True)
         engine.ctx.on().step("upgrade: decided")    # where MLN_FAULTS can kill it before any server heard
-    word = {s: {"verb": "settle", "project": name, "keep": keep} for s in servers if s != me}
-    results = fleet.each(word, (lambda: settle(engine, name, keep)) if me in servers else None)
+    results: dict = {}
+    for group in ([s for s in servers if s in first], [s for s in servers if s not in first]):
+        word = {s: {"verb": "settle", "project": name, "keep": keep} for s in group if s != me}
+        if group:
+            results.update(fleet.each(word, (lambda: settle(engine, name, keep)) if me in group else None))
     if not keep:
         for s in joining:
             for req in ({"verb": "stop", "project": name, "hard": True, "wait": 10},
@@ -197,6 +202,7 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
                      "once it answers: it gives the same word)")
     if keep and not failed and os.path.exists(decision):
         os.unlink(decision)
+    return failed
 
 
 def resolve_held(engine, fleet, name: str) -> None:
