@@ -63,6 +63,17 @@ def mln_start_switch(switch, ctx):
 
 
 @hookimpl
+def mln_respan_switch(switch, old, new, apply, ctx):
+    """A bridge takes or drops its VXLAN device, or changes the other servers, while it runs."""
+    br = _mine(switch, ctx)
+    if br is None:
+        return None
+    if apply:
+        vxlan.respan(ctx.on(switch), switch, old, new, br)
+    return True
+
+
+@hookimpl
 def mln_stop_switch(switch, ctx):
     br = _mine(switch, ctx)
     if br is None:

@@ -57,15 +57,7 @@ def mln_start_switch(switch, ctx):
     m = ctx.on(switch)
     span = ctx.span(switch)
     if span:            # its hosts sit on several servers: a tap on a bridge with the VXLAN device
-        dev, what = vxlan.names(switch), f"switch {switch.name}"
-        if not m.net_device_exists(dev["bridge"]):
-            m.run(["ip", "link", "add", dev["bridge"], "type", "bridge"], what=what)
-        if not m.net_device_exists(dev["tap"]):
-            m.run(["ip", "tuntap", "add", dev["tap"], "mode", "tap"], what=what)
-        m.run(["ip", "link", "set", dev["tap"], "mtu", str(span["mtu"]), "master", dev["bridge"], "up"], what=what)
-        m.run(["ip", "link", "set", dev["bridge"], "up"], what=what)
-        vxlan.join(m, switch, span, dev["bridge"])
-        argv += ["-t", dev["tap"]]
+        argv += ["-t", _span_devices(m, switch, span)]
     m.run(argv, what=f"switch {switch.name}")
     for _ in range(100):
         if m.alive(m.read_pid(pidfile)) and os.path.exists(os.path.join(ctl, "ctl")):
@@ -75,11 +67,43 @@ def mln_start_switch(switch, ctx):
 
 
 @hookimpl
+def mln_respan_switch(switch, old, new, apply, ctx):
+    """While it runs, a switch can change the servers it spans, or stop spanning (its tap
+    stays until it stops); one that did not span gets its tap through ``vde_plug2tap``."""
+    if not _mine(switch, ctx):
+        return None
+    if apply and not old and new:
+        m = ctx.on(switch)
+        d, ctl, _pidfile = _paths(switch, ctx)
+        m.run(["vde_plug2tap", "-d", "-P", os.path.join(d, "plug.pid"), "-s", ctl,
+               _span_devices(m, switch, new)], what=f"switch {switch.name}")
+    elif apply:
+        vxlan.respan(ctx.on(switch), switch, old, new, vxlan.names(switch)["bridge"])
+    return True
+
+
+def _span_devices(m, switch, span: dict) -> str:
+    """The tap (returned) on a bridge with the VXLAN device of ``span``, made here."""
+    dev, what = vxlan.names(switch), f"switch {switch.name}"
+    if not m.net_device_exists(dev["bridge"]):
+        m.run(["ip", "link", "add", dev["bridge"], "type", "bridge"], what=what)
+    if not m.net_device_exists(dev["tap"]):
+        m.run(["ip", "tuntap", "add", dev["tap"], "mode", "tap"], what=what)
+    m.run(["ip", "link", "set", dev["tap"], "mtu", str(span["mtu"]), "master", dev["bridge"], "up"], what=what)
+    m.run(["ip", "link", "set", dev["bridge"], "up"], what=what)
+    vxlan.join(m, switch, span, dev["bridge"])
+    return dev["tap"]
+
+
+@hookimpl
 def mln_stop_switch(switch, ctx):
     if not _mine(switch, ctx):
         return None
     m = ctx.on(switch)
     d, ctl, pidfile = _paths(switch, ctx)
+    plug = m.read_pid(os.path.join(d, "plug.pid"))          # (respanned while it ran)
+    if plug and any(w.endswith("vde_plug2tap") for w in m.cmdline(plug) or []):
+        m.kill_and_wait(plug)
     m.kill_and_wait(m.read_pid(pidfile))
     shutil.rmtree(d, ignore_errors=True)
     vxlan.leave(m, switch)

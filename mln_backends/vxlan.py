@@ -67,3 +67,26 @@ def leave(machine, switch) -> None:
     for dev in names(switch).values():
         if machine.net_device_exists(dev):
             machine.run(["ip", "link", "del", dev], what=f"switch {switch.name}", check=False)
+
+
+def same_network(old: dict | None, new: dict | None) -> bool:
+    """Do two spans differ only in the other servers (one VXLAN device serves both)?"""
+    return bool(old and new) and all(old.get(k) == new.get(k) for k in ("vni", "local", "mtu"))
+
+
+def respan(machine, switch, old: dict | None, new: dict | None, bridge: str) -> None:
+    """Change the span of a running switch from ``old`` to ``new`` (either may be None: not
+    spanning) without touching its guests' taps: the forwarding entries of the other
+    servers change, or the VXLAN device comes or goes on ``bridge``."""
+    vx, what = names(switch)["vxlan"], f"switch {switch.name}"
+    if same_network(old, new) and machine.net_device_exists(vx):
+        for remote in [r for r in new["remotes"] if r not in old["remotes"]]:
+            machine.run(["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", remote], what=what)
+        for remote in [r for r in old["remotes"] if r not in new["remotes"]]:
+            machine.run(["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", vx, "dst", remote], what=what,
+                        check=False)
+        return
+    if machine.net_device_exists(vx):
+        machine.run(["ip", "link", "del", vx], what=what, check=False)
+    if new:
+        join(machine, switch, new, bridge)

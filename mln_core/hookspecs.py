@@ -356,6 +356,18 @@ def mln_apply_live(host, old, change, ctx):
     """
 
 
+@hookspec(firstresult=True)
+def mln_respan_switch(switch, old, new, apply, ctx):
+    """Can ``switch`` change the servers it spans while it runs, without its guests noticing?
+
+    Called by ``upgrade`` of a project spread over servers for a switch whose span changes
+    (``old``, ``new``: the spans as :meth:`mln_core.context.Context.span` gives them, None
+    for a switch on this server only). Return True if the switch plugin can (and, with
+    ``apply``, did: the switch runs), False if the switch must be made again (its hosts
+    restart), None if it is not yours. With ``apply`` False nothing may change.
+    """
+
+
 # ---------------------------------------------------------------------------------------
 # Live migration: a running host moves to another server (mln upgrade, mln_core.move)
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .errors import MlnError
 from .move import Mover
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
+from .upgrade import held
 
 
 DECISION = "spread.decision"     # in the manager's project directory: the word to finish, being given
@@ -67,6 +68,9 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     new, name, me = loaded.project, loaded.project.name, here(ctx.config)
     args = dict(start_new=start_new, live_hosts=set(live_hosts), keep=keep, project=project)
     placement = placement_of(engine, name) if engine.store.exists(name) else None
+    if placement is not None and held(engine, name):     # an earlier upgrade was killed: its word first,
+        _resolve_first(engine, name, placement)          # then the project as that leaves it
+        placement = placement_of(engine, name)
     check_servers(new, ctx.config)                 # every server it names is known
     if placement is None:
         if engine.store.exists(name) and not _spread(engine, name):
@@ -82,16 +86,19 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     placed = resolve(engine, new, me, configured(ctx.config), aliases_of(ctx.config), placement.get("hosts"))
     lay = check_servers(new, ctx.config, placed)
     joining = [s for s in lay.servers if s not in old_lay.servers and s != me]
-    leaving = [s for s in old_lay.servers if s not in lay.servers and s != me]
     others = [s for s in dict.fromkeys(lay.servers + old_lay.servers) if s != me]
+    followed = [s for s in placement.get("servers") or []       # only switches that followed moved hosts
+                if s not in others and s != me]                  # are left there: removed
+    leaving = [s for s in old_lay.servers if s not in lay.servers and s != me] + followed
     text = write_tree(loaded.doc.root)
-    with Fleet(engine, others) as fleet:
+    with Fleet(engine, others + followed) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
         resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
         manager = engine.store.identity()
-        parts = {s: dict(lay.placement(name, s, addresses), manager=manager) for s in [*others, me]}
+        during = _during(new, lay, old_lay, mover.live)
+        parts = {s: dict(during.placement(name, s, addresses), manager=manager) for s in [*others, me]}
         with tempfile.TemporaryDirectory(prefix="mln-files-") as tmp:
             ask = {s: {"verb": "upgrade", "project": name, "text": text, "placement": parts[s], "simulate": True,
                        "start_new": start_new or (s in joining and mover.project_runs), "live": sorted(live_hosts),
@@ -99,7 +106,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
             plans = fleet.each(ask, lambda: _local(upgrade_here(engine, path, simulate=True, placement=parts[me],
                                                                 moves=mover.moves(me), **args)))
             _raise_failed(name, "planned", plans, "nothing was changed")
-            shown = [s for s in lay.servers if s != me] + leaving + \
+            shown = [s for s in lay.servers if s != me] + [s for s in leaving if s in plans] + \
                 [me] * (me in lay.servers or not plans[me]["empty"])
             plan = SpreadPlan(name, {s: plans[s] for s in shown})
             if show is not None:
@@ -138,11 +145,26 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of "
                                "them:\n  " + "\n  ".join(str(r) for r in failed.values()))
             mover.report(sent)
-        for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():
+        fleet.each({s: {"verb": "stop", "project": name, "hard": True, "wait": 10} for s in leaving})  # (its
+        for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():  # switches)
             if isinstance(r, MlnError):
                 fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
     ctx.log(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
+    if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
+        ctx.log(f"+---> switches {', '.join(s for s in lay.switches if during.switches[s] != lay.switches[s])}: "
+                "now only where their hosts are")
+        upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project)
     return plan
+
+
+def _during(new, lay, old_lay, live: dict):
+    """The layout while hosts move live: a switch one of them is on spans the servers it
+    spanned before too, so that its guests keep reaching each other until all arrived."""
+    import dataclasses
+    moving = {i.switch for h in live if h in new.hosts for i in new.hosts[h].interfaces if i.switch}
+    switches = {s: list(dict.fromkeys(on + (old_lay.switches.get(s, []) if s in moving else [])))
+                for s, on in lay.switches.items()}
+    return dataclasses.replace(lay, switches=switches)
 
 
 def _only_moving(ctx, old, new) -> set[str]:
@@ -203,6 +225,22 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
     if keep and not failed and os.path.exists(decision):
         os.unlink(decision)
     return failed
+
+
+def _resolve_first(engine, name: str, placement: dict) -> None:
+    """:func:`resolve_held` over the servers of the held upgrade and of the one before it."""
+    from .store import Store
+    from .upgrade import WORK
+    try:
+        before = Store.read_state(os.path.join(engine.store.project_dir(name), WORK, "old")).get("placement") or {}
+    except MlnError:
+        before = {}
+    me = here(engine.ctx.config)
+    servers = [s for s in dict.fromkeys((placement.get("servers") or []) + (before.get("servers") or []) +
+                                        list((placement.get("hosts") or {}).values()) +
+                                        list((before.get("hosts") or {}).values())) if s != me]
+    with Fleet(engine, servers) as fleet:
+        resolve_held(engine, fleet, name)
 
 
 def resolve_held(engine, fleet, name: str) -> None:

@@ -116,7 +116,7 @@ class Layout:
 
 
 #: what each server of a project spread over servers records of the whole, in its state
-PLACEMENT_KEYS = ("here", "default", "servers", "aliases", "manager", "hosts")
+PLACEMENT_KEYS = ("here", "default", "servers", "aliases", "manager", "hosts", "spans")
 
 
 def layout(project, default: str, aliases: dict[str, str] | None = None,
@@ -156,7 +156,8 @@ def part(project, placement: dict | None):
     lay = layout(project, placement["default"], placement.get("aliases"), placement.get("hosts"))
     me = placement["here"]
     hosts = {n: h for n, h in project.hosts.items() if lay.hosts[n] == me}
-    switches = {n: s for n, s in project.switches.items() if me in lay.switches[n]}
+    switches = {n: s for n, s in project.switches.items()       # (or its manager spans it here: moves)
+                if me in lay.switches[n] or n in (placement.get("spans") or {})}
     return dataclasses.replace(project, hosts=hosts, switches=switches)
 
 

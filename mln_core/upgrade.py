@@ -26,6 +26,7 @@ import copy
 import os
 import shutil
 
+from . import respan
 from .change import DISK_KINDS, Change
 from .errors import MlnError
 from .journal import Journal as _Journal
@@ -37,6 +38,7 @@ from .plan import Plan, make_plan
 from .private import make_dir, tighten, write_file
 from .progress import Progress, parallel
 from .project import load_project
+from .servers import part
 from .store import OutsideFiles, Store, record_helper
 
 JOURNAL = "upgrade.journal"
@@ -69,7 +71,6 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     ``hold``: stop short of the cleanup, at phase ``ready``, until :func:`settle`.
     ``moves``: hosts moving between servers (:mod:`mln_core.move`): ``{host: {"from",
     "run", "src", "disk"}}`` for those arriving here, ``{host: {"to"}}`` for those leaving."""
-    from .servers import part
     ctx, store = engine.ctx, engine.store
     loaded = load_project(path, ctx)
     new = loaded.project = part(loaded.project, placement)
@@ -97,7 +98,10 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         spans = (placement or {}).get("spans") or {}
         respanned = {n for n in new.switches if n in old.switches and
                      _span_key((ctx.state.get("switches", {}).get(n) or {}).get("span")) != _span_key(spans.get(n))}
-        plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new, respanned)
+        changing = respan.live(ctx, old, respanned, spans)         # (the others are made again)
+        plan = make_plan(old, new, status, store.version(new.name), ctx, set(live_hosts), start_new,
+                         respanned - set(changing))
+        respan.note(plan, changing)
         note_moves(plan, moves or {})
         if show is not None:
             show(plan)
@@ -234,6 +238,7 @@ class _Run:
                     self.e._build_host(new.hosts[hp.name], progress, make)
             finally:
                 progress.close()
+            respan.record(state, self.journal, getattr(plan, "respans", {}))
             for hp in plan.hosts:
                 if hp.action in ("restarted", "reconfigured_live", "rebuilt") and not hp.disk:
                     self._step(f"configure host {hp.name}")
@@ -316,6 +321,7 @@ class _Run:
                 self.journal.add("stopped", h.name)
             e._stop_hosts(removed, hard=False, wait_s=60)
             e._bind(new, self.pdir)
+        respan.apply(e, new, getattr(plan, "respans", {}))
         to_start = [new.hosts[h.name] for h in plan.hosts if h.start]
         live = [h for h in plan.hosts if h.action == "reconfigured_live"]
         arriving = [new.hosts[h.name] for h in plan.hosts if h.disk == "arriving"]
@@ -406,6 +412,7 @@ def undo(engine, name: str, journal: Journal) -> None:
         finally:
             ctx.project, ctx.state = saved
     if old is not None:
+        respan.undo(engine, old.project, data.get("respans"))
         for n in data.get("switches_stopped", []):
             sw = old.project.switches.get(n)
             if sw is not None and engine.switch_status(sw) != "up":
@@ -453,6 +460,8 @@ def cleanup(engine, journal: Journal) -> None:
     except MlnError:
         old_state = None
     old = _load(os.path.join(work, "old", f"{data['project']}.mln"), ctx)
+    if old is not None:                          # this server's part of it
+        old = part(old, (old_state or {}).get("placement"))
     if old is not None and new is not None:
         saved = ctx.project, ctx.state
         ctx.project, ctx.state = old, old_state or {}
