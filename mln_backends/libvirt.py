@@ -20,6 +20,9 @@
   console``), logged to ``hosts/<host>/console.log`` by virtlogd.
 * ``mln stop``: an ACPI shutdown; the core destroys the domain when the wait is over.
   ``mln stop -S``: ``managedSave``; the next start resumes it.
+* ``mln upgrade`` moving a running host to another server: libvirt's own peer-to-peer
+  live migration (``libvirt_migrate``; mln.conf ``libvirt_migrate_uri`` on the server it
+  goes to).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import shutil
 from mln_core import hookimpl
 from mln_core.errors import MlnError, Problem
 
-from . import bridges, libvirt_domain as dom_xml
+from . import bridges, libvirt_domain as dom_xml, libvirt_migrate
 from .runtime import runtime_dir
 
 NAME = "libvirt"
@@ -350,6 +353,59 @@ def mln_remove_host(host, ctx):
     for f in (_record_path(host, ctx), ctx.path("hosts", host.name, "domain.xml")):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f)
+
+
+# -- live migration between servers (mln upgrade, mln_backends.libvirt_migrate) ----------------------
+
+@hookimpl
+def mln_live_migration(host, shared, ctx):
+    return libvirt_migrate.can(host, shared, ctx) if _mine(host) else None
+
+
+@hookimpl
+def mln_migrate_in(host, disk, address, ctx):
+    """The domain as it must be here (made the taps), recorded as this server's."""
+    if not _mine(host):
+        return None
+    u, name = dom_xml.uri(ctx), dom_xml.domain_name(host, ctx)
+    log = ctx.path("hosts", host.name, "console.log")
+    try:
+        _runtime(host, ctx, create=True)
+        xml = dom_xml.domain_xml(host, ctx, name, ctx.host_state(host).get("backend", {}),
+                                 _console_socket(host, ctx), log)
+        with open(ctx.path("hosts", host.name, "domain.xml"), "w") as f:
+            f.write(xml)
+        with open(_record_path(host, ctx), "w") as f:
+            json.dump({"uri": u, "domain": name}, f)
+            f.write("\n")
+        with open(log, "w"):
+            pass
+        return libvirt_migrate.incoming(ctx, address, name, xml, bool((disk.extra or {}).get("shared")))
+    except (MlnError, OSError):
+        _undo_start(host, ctx)
+        raise
+
+
+@hookimpl
+def mln_migrate_out(host, incoming, ctx):
+    if not _mine(host):
+        return None
+    lv, conn, dom = _lookup(host, ctx)
+    if dom is None or not dom.isActive():
+        raise MlnError("cannot move it live: its domain is not running", f"host {host.name}")
+    from mln_core.move import shared_disk
+    shared = shared_disk(ctx.host_state(host).get("disk") or {}, ctx.config, ctx.project_dir) is not None
+    return libvirt_migrate.send(ctx.on(host), dom, incoming, host.fqname, shared)
+
+
+@hookimpl
+def mln_migrate_done(host, ctx):
+    if not _mine(host):
+        return None
+    lv, conn, dom = _lookup(host, ctx)
+    if dom is not None:
+        libvirt_migrate.arrived(lv, dom)
+    return True
 
 
 # -- mln doctor ------------------------------------------------------------------------------------

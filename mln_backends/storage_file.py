@@ -70,6 +70,7 @@ def _owned_elsewhere(host, directory: str, ctx) -> str | None:
     """Why the host's ``filepath`` disk cannot be built: its file is another project's
     (or no project's) disk (mln_core.owners); read only, for ``mln check``."""
     from mln_core.owners import problem, recorded_paths
+    from mln_core.sanpath import is_on_san
     from mln_core.store import Store
     projects = getattr(getattr(ctx, "config", None), "projects_dir", None)
     if not projects:
@@ -80,7 +81,8 @@ def _owned_elsewhere(host, directory: str, ctx) -> str | None:
     except MlnError:
         mine = set()
     for suffix in ("", ".qcow2"):
-        why = problem(os.path.join(directory, host.fqname + suffix), pdir, host.name, mine)
+        path = os.path.join(directory, host.fqname + suffix)
+        why = problem(path, pdir, host.name, mine, is_on_san({"kind": "file", "path": path}, config=ctx.config))
         if why:
             return why
     return None

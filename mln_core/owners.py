@@ -44,18 +44,22 @@ def claim(path: str, project_dir: str, host: str | None) -> None:
 
 
 def release(path: str, project_dir: str) -> None:
-    """Delete the mark of ``path`` once the file is gone, if it names ``project_dir``."""
+    """Delete the mark of ``path`` once the file is gone, if it names ``project_dir`` (or
+    the same project on another server, which moved the disk here on shared storage)."""
     o = owner(path)
-    if o is not None and o[0] == os.path.abspath(project_dir) and not os.path.lexists(path):
+    if o is not None and os.path.basename(o[0]) == os.path.basename(os.path.abspath(project_dir)) and \
+            not os.path.lexists(path):
         try:
             os.unlink(mark_path(path))
         except FileNotFoundError:
             pass
 
 
-def problem(path: str, project_dir: str, host: str | None, mine=frozenset()) -> str | None:
+def problem(path: str, project_dir: str, host: str | None, mine=frozenset(), shared: bool = False) -> str | None:
     """Why ``path`` cannot become the disk of ``host`` of the project in ``project_dir``
-    (None: it can). ``mine``: the absolute paths the project's recorded state names."""
+    (None: it can). ``mine``: the absolute paths the project's recorded state names;
+    ``shared``: the file is on shared storage (``san_path``), where the same host of the
+    same project on another server (which moves it here) owns it too."""
     path = os.path.abspath(path)
     pdir = os.path.abspath(project_dir)
     project = os.path.basename(pdir)
@@ -63,6 +67,8 @@ def problem(path: str, project_dir: str, host: str | None, mine=frozenset()) -> 
     if o is not None:
         opdir, ohost = o
         if opdir == pdir and (not host or not ohost or ohost == host):
+            return None
+        if shared and host and ohost == host and os.path.basename(opdir) == project:
             return None
         if opdir == pdir:
             return (f"the disk {path} of host {host} is already the disk of host {ohost} of this "

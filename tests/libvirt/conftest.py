@@ -32,11 +32,19 @@ DIRS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
 
 
 class Libvirtd:
-    def __init__(self, root: Path):
+    """``enter``: the command that runs the daemons' ``unshare`` in another namespace (a
+    server of the ``mln_servers`` kit: ``nsenter -t PID -n -m -u --``); ``listen``: an
+    address on which libvirtd also listens on TCP without authentication (for peer-to-peer
+    migrations: tests only); ``host_uuid``: its own, so that two of them on one machine
+    are two hosts to libvirt."""
+
+    def __init__(self, root: Path, enter: list[str] | None = None, listen: str | None = None,
+                 host_uuid: str | None = None):
         self.root = root
         self.sock = root / "sock" / "libvirt-sock"
         self.uri = f"qemu:///system?socket={self.sock}"
         self.made_run = False
+        self.enter, self.listen, self.host_uuid = list(enter or []), listen, host_uuid
 
     def prepare(self) -> None:
         r = self.root
@@ -49,6 +57,10 @@ class Libvirtd:
         with open(r / "etc/libvirtd.conf", "a") as f:
             f.write(f'\nunix_sock_dir = "{r}/sock"\nunix_sock_rw_perms = "0700"\n'
                     f'log_outputs = "3:file:{r}/log/libvirtd.log"\n')
+            if self.host_uuid:
+                f.write(f'host_uuid = "{self.host_uuid}"\n')
+            if self.listen:
+                f.write(f'listen_tls = 0\nlisten_tcp = 1\nauth_tcp = "none"\nlisten_addr = "{self.listen}"\n')
         with open(r / "etc/qemu.conf", "a") as f:
             f.write('\nuser = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n'
                     'security_driver = "none"\nnamespaces = [ ]\ncgroup_controllers = [ ]\n')
@@ -60,9 +72,10 @@ class Libvirtd:
         r = self.root
         binds = "; ".join(f"mount --bind {r / d} {target}" for d, target in DIRS.items())
         script = (f"set -e; mount --make-rprivate /; {binds}; "
-                  f"virtlogd -d -p {r}/virtlogd.pid; libvirtd -d -p {r}/libvirtd.pid")
-        p = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
-                           timeout=60)
+                  f"virtlogd -d -p {r}/virtlogd.pid; libvirtd -d {'-l ' if self.listen else ''}"
+                  f"-p {r}/libvirtd.pid")
+        p = subprocess.run([*self.enter, "unshare", "--mount", "sh", "-c", script], capture_output=True,
+                           text=True, timeout=60)
         assert p.returncode == 0, f"libvirtd did not start: {p.stdout}{p.stderr}"
         end = time.monotonic() + 20
         while not self.sock.exists() and time.monotonic() < end:
@@ -147,9 +160,8 @@ def _is(pid: int, name: str) -> bool:
     return comm == name and state != "Z"
 
 
-@pytest.fixture(scope="session")
-def libvirtd():
-    """A private libvirtd (see the module's doc): its ``uri`` for mln.conf's libvirt_uri."""
+def require_libvirt() -> None:
+    """Skip the test unless root with libvirt's daemons, virsh and its Python binding."""
     if os.geteuid() != 0:
         pytest.skip("libvirtd tests need root")
     if not (shutil.which("libvirtd") and shutil.which("virtlogd") and shutil.which("virsh")):
@@ -159,6 +171,12 @@ def libvirtd():
         libvirt_domain.binding()
     except Exception as e:
         pytest.skip(f"no libvirt binding: {e}")
+
+
+@pytest.fixture(scope="session")
+def libvirtd():
+    """A private libvirtd (see the module's doc): its ``uri`` for mln.conf's libvirt_uri."""
+    require_libvirt()
     d = Libvirtd(Path(tempfile.mkdtemp(prefix="mln-libvirtd-")))
     os.chmod(d.root, 0o755)
     try:
