@@ -72,14 +72,26 @@ def mln_respan_switch(switch, old, new, apply, ctx):
     stays until it stops); one that did not span gets its tap through ``vde_plug2tap``."""
     if not _mine(switch, ctx):
         return None
-    if apply and not old and new:
-        m = ctx.on(switch)
-        d, ctl, _pidfile = _paths(switch, ctx)
+    if not apply:
+        return True
+    m = ctx.on(switch)
+    d, ctl, _pidfile = _paths(switch, ctx)
+    plug = _plug(m, d)
+    if not old and new:
         m.run(["vde_plug2tap", "-d", "-P", os.path.join(d, "plug.pid"), "-s", ctl,
                _span_devices(m, switch, new)], what=f"switch {switch.name}")
-    elif apply:
-        vxlan.respan(ctx.on(switch), switch, old, new, vxlan.names(switch)["bridge"])
+    elif plug and not new:                  # the tap came with vde_plug2tap: it goes with it
+        m.kill_and_wait(plug)
+        vxlan.leave(m, switch)
+    else:
+        vxlan.respan(m, switch, old, new, vxlan.names(switch)["bridge"])
     return True
+
+
+def _plug(m, d: str) -> int | None:
+    """The ``vde_plug2tap`` of a switch that came to span servers while it ran."""
+    pid = m.read_pid(os.path.join(d, "plug.pid"))
+    return pid if pid and any(w.endswith("vde_plug2tap") for w in m.cmdline(pid) or []) else None
 
 
 def _span_devices(m, switch, span: dict) -> str:
@@ -101,8 +113,8 @@ def mln_stop_switch(switch, ctx):
         return None
     m = ctx.on(switch)
     d, ctl, pidfile = _paths(switch, ctx)
-    plug = m.read_pid(os.path.join(d, "plug.pid"))          # (respanned while it ran)
-    if plug and any(w.endswith("vde_plug2tap") for w in m.cmdline(plug) or []):
+    plug = _plug(m, d)                          # (it came to span servers while it ran)
+    if plug:
         m.kill_and_wait(plug)
     m.kill_and_wait(m.read_pid(pidfile))
     shutil.rmtree(d, ignore_errors=True)

@@ -281,6 +281,8 @@ def serve_stdin(engine) -> int:
         emit({"ok": False, "error": str(e)})
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         emit({"ok": False, "error": f"a malformed request: {type(e).__name__}: {e}"})
+    except OSError as e:            # this server's disk full, a file it cannot write: said plainly
+        emit({"ok": False, "error": f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")})
     except Exception as e:          # an internal error: said plainly, secrets never in it
         from .private import redact
         emit({"ok": False, "error": redact(f"internal error: {type(e).__name__}: {e}")})

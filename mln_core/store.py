@@ -82,7 +82,8 @@ class ProjectLock:
             self.fd = None
             return self.__enter__()
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):          # (who holds it, for the message above: not on a full disk)
+            os.pwrite(self.fd, f"pid {os.getpid()}\n".encode(), 0)
         return self
 
     def unlink(self) -> None:

@@ -37,7 +37,7 @@ PROJECT = r"""global {
 }
 switch lan {
 }
-host g {
+superclass node {
     hypervisor libvirt
     template busybox.ext4
     memory 96M
@@ -51,9 +51,21 @@ host g {
         sleep 0.2
         done &
     }
+}
+host g {
+    superclass node
     network eth0 {
         switch lan
         address 10.0.0.1
+        netmask 255.255.255.0
+    }
+}
+host s {
+    superclass node
+    filepath SAN
+    network eth0 {
+        switch lan
+        address 10.0.0.2
         netmask 255.255.255.0
     }
 }
@@ -103,8 +115,8 @@ def lv_servers(tmp_path, test_template):
             shutil.rmtree(root, ignore_errors=True)
 
 
-def console(kit, server: str) -> str:
-    p = kit.dir(server) / "projects" / "lvmove" / "hosts" / "g" / "console.log"
+def console(kit, server: str, host: str = "g") -> str:
+    p = kit.dir(server) / "projects" / "lvmove" / "hosts" / host / "console.log"
     return p.read_text(errors="replace") if p.exists() else ""
 
 
@@ -113,13 +125,13 @@ def counts(text: str) -> list[int]:
     return [int(x) for x in re.findall(r"MLN-COUNT (\d+)\r?\n", text)]
 
 
-def wait_count(kit, server: str, above: int, timeout: float = 120) -> list[int]:
+def wait_count(kit, server: str, above: int, timeout: float = 120, host: str = "g") -> list[int]:
     end = time.monotonic() + timeout
-    while not counts(console(kit, server)) or counts(console(kit, server))[-1] <= above:
+    while not counts(console(kit, server, host)) or counts(console(kit, server, host))[-1] <= above:
         assert time.monotonic() < end, \
-            f"the count on {server} did not pass {above}:\n{console(kit, server)[-1500:]}"
+            f"the count of {host} on {server} did not pass {above}:\n{console(kit, server, host)[-1500:]}"
         time.sleep(0.2)
-    return counts(console(kit, server))
+    return counts(console(kit, server, host))
 
 
 def hosts(kit) -> set:
@@ -127,9 +139,37 @@ def hosts(kit) -> set:
     return {(x["name"], x["server"], x["state"]) for x in json.loads(r.stdout) if x["kind"] == "host"}
 
 
-def refused(kit, lv, path, name1) -> None:
-    """libvirt refuses (sh2's libvirtd is not where sh2 says): the guest runs on at sh1, sh2
-    has nothing of it."""
+def running(lv, server: str) -> dict[str, str]:
+    """{host: domain} of the domains that run on ``server``'s libvirtd."""
+    return {d.split(".")[0]: d for d in lv[server].running()}
+
+
+def test_running_libvirt_guests_move_live_disk_copied_or_shared_and_keep_counting(lv_servers, tmp_path):
+    """g's disk is a qcow2 overlay in sh1's project (its top layer is copied); s's is in a
+    ``san_path`` directory both servers reach (only its memory travels)."""
+    kit, lv = lv_servers
+    san, real = tmp_path / "san", tmp_path / "san-real"
+    text = PROJECT.replace("SAN", str(san))
+    path = kit.client_dir / "lvmove.mln"
+    path.write_text(text)
+    r = kit.mln("client", "build", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    r = kit.mln("client", "start", "-p", "lvmove")
+    assert r.returncode == 0, r.stderr
+    names = running(lv, "sh1")
+    assert sorted(names) == ["g", "s"] and lv["sh2"].domains() == []
+    for h in names:
+        wait_count(kit, "sh1", 5, host=h)
+    disk = real / "s.lvmove.qcow2"
+    assert disk.exists()
+    path.write_text(text.replace("service_host sh1", "service_host sh2"))
+    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
+    assert r.returncode == 0 and \
+        "host g: moved from server sh1, live through libvirt: its disk is copied, then its memory" in r.stdout and \
+        "host s: moved from server sh1, live through libvirt: its disk is on shared storage, its memory is sent" \
+        in r.stdout, r.stdout + r.stderr
+
+    # libvirt refuses (sh2's libvirtd is not where sh2 says): the guests run on at sh1, sh2 has nothing
     conf2 = kit.dir("sh2") / "etc" / "mln.conf"
     good = conf2.read_text()
     conf2.write_text(good.replace(MIGRATE_URI, MIGRATE_URI.replace("{address}", "{address}:1")))
@@ -137,54 +177,29 @@ def refused(kit, lv, path, name1) -> None:
     conf2.write_text(good)
     assert r.returncode == 1 and "server sh1: live migration failed, the guest runs on here" in r.stderr \
         and "it is as it was on all of them" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert hosts(kit) == {("g", "sh1", "up")}
-    assert lv["sh1"].running() == [name1] and lv["sh2"].domains() == []
-    assert not (kit.dir("sh2") / "projects" / "lvmove" / "hosts" / "g").exists()
-    seen = wait_count(kit, "sh1", counts(console(kit, "sh1"))[-1] + 3)      # still counting there
-    assert seen == list(range(1, len(seen) + 1)), seen
+    assert hosts(kit) == {("g", "sh1", "up"), ("s", "sh1", "up")}
+    assert running(lv, "sh1") == names and lv["sh2"].domains() == []
+    assert not (kit.dir("sh2") / "projects" / "lvmove" / "hosts" / "g").exists() and disk.exists()
+    for h in names:
+        seen = wait_count(kit, "sh1", counts(console(kit, "sh1", h))[-1] + 3, host=h)   # still counting there
+        assert seen == list(range(1, len(seen) + 1)), (h, seen)
 
-
-@pytest.mark.parametrize("shared", [False, True],
-                         ids=["disk-copied", "shared-storage"])
-def test_a_running_libvirt_guest_moves_live_and_keeps_counting(lv_servers, shared, tmp_path):
-    kit, lv = lv_servers
-    san, real = tmp_path / "san", tmp_path / "san-real"
-    text = PROJECT.replace("    memory 96M\n", f"    memory 96M\n    filepath {san}\n") if shared else PROJECT
-    how = ("its disk is on shared storage, its memory is sent" if shared else
-           "its disk is copied, then its memory")
-    path = kit.client_dir / "lvmove.mln"
-    path.write_text(text)
-    r = kit.mln("client", "build", "-f", str(path))
-    assert r.returncode == 0, r.stderr
-    r = kit.mln("client", "start", "-p", "lvmove")
-    assert r.returncode == 0, r.stderr
-    [name1] = lv["sh1"].running()
-    assert name1.startswith("g.lvmove-") and lv["sh2"].domains() == []
-    wait_count(kit, "sh1", 5)
-    disk = real / "g.lvmove.qcow2"
-    assert disk.exists() == shared
-    path.write_text(text.replace("service_host sh1", "service_host sh2"))
-    r = kit.mln("client", "upgrade", "-s", "-f", str(path))
-    assert r.returncode == 0 and f"host g: moved from server sh1, live through libvirt: {how}" in r.stdout, \
-        r.stdout + r.stderr
-
-    if not shared:
-        refused(kit, lv, path, name1)
     # the move
-    before = counts(console(kit, "sh1"))[-1]
+    before = {h: counts(console(kit, "sh1", h))[-1] for h in names}
     r = kit.mln("client", "upgrade", "-r", "-f", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert re.search(r"\[sh2\] \+---> g: its disk and memory arrived from sh1 in [\d.]+ s", r.stderr) and \
-        re.search(r"\[sh2\] \+---> g: moved live from sh1 \(the guest paused \d+ ms\)", r.stderr), r.stderr
-    assert hosts(kit) == {("g", "sh2", "up")}
-    [name2] = lv["sh2"].running()
-    assert name2.startswith("g.lvmove-") and lv["sh1"].domains() == []
-    assert not (kit.dir("sh1") / "projects" / "lvmove").exists()        # its disk is gone from sh1
-    assert disk.exists() == shared                                       # or stays where it was, shared
-    after = wait_count(kit, "sh2", before + 10)
-    assert after[0] > before and after == list(range(after[0], after[-1] + 1)), (before, after)
-    assert "Linux version" not in console(kit, "sh2")                    # no boot: the same guest
-    # its console there (the counting stops first: mln console ends once the guest is quiet)
+    for h in names:
+        assert re.search(rf"\[sh2\] \+---> {h}: its disk and memory arrived from sh1 in [\d.]+ s", r.stderr) and \
+            re.search(rf"\[sh2\] \+---> {h}: moved live from sh1 \(the guest paused \d+ ms\)", r.stderr), r.stderr
+    assert hosts(kit) == {("g", "sh2", "up"), ("s", "sh2", "up")}
+    assert sorted(running(lv, "sh2")) == ["g", "s"] and lv["sh1"].domains() == []
+    assert not (kit.dir("sh1") / "projects" / "lvmove").exists()        # g's disk is gone from sh1
+    assert disk.exists()                                                 # s's stays where it was, shared
+    for h in names:
+        after = wait_count(kit, "sh2", before[h] + 10, host=h)
+        assert after[0] > before[h] and after == list(range(after[0], after[-1] + 1)), (h, before[h], after)
+        assert "Linux version" not in console(kit, "sh2", h)             # no boot: the same guest
+    # g's console there (the counting stops first: mln console ends once the guest is quiet)
     r = kit.mln("client", "console", "-p", "lvmove", "-h", "g",
                 input="\ntouch /tmp/mln-stop; echo MLN-$((6*7))\n", timeout=120)
     assert r.returncode == 0 and "MLN-42" in r.stdout, r.stdout + r.stderr
@@ -194,6 +209,6 @@ def test_a_running_libvirt_guest_moves_live_and_keeps_counting(lv_servers, share
     r = kit.mln("client", "remove", "-f", "-p", "lvmove")
     assert r.returncode == 0, r.stderr
     assert lv["sh1"].domains() == [] and lv["sh2"].domains() == []
-    for s in SERVERS:
-        assert not (kit.dir(s) / "projects" / "lvmove").exists(), s
+    for server in SERVERS:
+        assert not (kit.dir(server) / "projects" / "lvmove").exists(), server
     assert list(real.iterdir()) == []

@@ -31,6 +31,7 @@ superclass node {
     memory 96M
     startup {
         echo MLN-BOOTED
+        dd if=/dev/urandom of=/root/fill bs=64k count=48 2> /dev/null; sync
         ( i=0; lost=0
           while true
           do
@@ -142,6 +143,24 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     assert "(its disk stays on shared storage)" in r.stdout, r.stdout
     for sw in ("lan", "lan2"):          # (the vde switch and the bridge)
         assert f"[sh1]     switch {sw}: it joins other servers than before (while it runs)" in r.stdout, r.stdout
+    # the disk copy made impossible (sh2's projects directory is a 6 MB file system, and the
+    # guests wrote 3 MB each): the upgrade fails cleanly, every guest runs on at sh1
+    projects2 = kit.dir("sh2") / "projects"
+    r = kit.run("sh2", ["mount", "-t", "tmpfs", "-o", "size=6m", "mln-test-full", str(projects2)])
+    assert r.returncode == 0, r.stderr
+    try:
+        r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    finally:
+        kit.run("sh2", ["umount", "-l", str(projects2)])
+    assert r.returncode == 1 and "live migration failed, the guest runs on here" in r.stderr and \
+        "it is as it was on all of them" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    rows = json.loads(kit.mln("client", "status", "-p", "lm", "--format", "json").stdout)
+    assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
+        {(h, "sh1", "up") for h in WHERE}, rows
+    assert qemus(kit, "sh2") == [] and qemus(kit, "sh1") == list("abcd"), r.stderr
+    before = wait_counting(kit, WHERE, {h: before[h][0] + 3 for h in WHERE})     # the same guests count on
+    assert not [h for h in WHERE if log(kit, "sh1", h).count("MLN-BOOTED") != 1]
+    # the move
     r = kit.mln("client", "upgrade", "-r", "-f", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
     for h, to in MOVED.items():
@@ -167,6 +186,21 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     # the shared disks stay where they were (not deleted by the server the hosts left)
     assert kit.nfs.files() == ["a.lm.qcow2"], kit.nfs.files()
     assert kit.iscsi.head(1).strip(b"\0"), "the iSCSI LUN was wiped"
+    # a failure injected on sh2 in the middle of c's move back (its disk mirrored, its memory
+    # not yet sent; sh2 runs mln through a wrapper, the server line's mln=): all put back
+    faulty = kit.dir("sh2") / "faulty-mln"
+    faulty.write_text('#!/bin/sh\nMLN_FAULTS="fail@migrate: memory of c.lm" exec mln "$@"\n')
+    faulty.chmod(0o755)
+    conf = kit.client_conf.read_text()
+    line = f"server sh2 ssh {kit.address('sh2')}\n"
+    kit.client_conf.write_text(conf.replace(line, line.replace("\n", f" mln={faulty}\n")))
+    path.write_text(project(kit, WHERE))
+    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    kit.client_conf.write_text(conf)
+    assert r.returncode == 1 and "server sh2: live migration failed, the guest runs on here" in r.stderr \
+        and "injected fault" in r.stderr and "it is as it was on all of them" in r.stderr, r.stderr
+    assert qemus(kit, "sh1") == [] and qemus(kit, "sh2") == list("abcd")
+    after = wait_counting(kit, MOVED, {h: after[h][0] + 3 for h in MOVED})
     # mln upgrade killed (-9) at each step of the moves in turn, then run again: every guest runs
     # exactly once, on one server, and counts on
     where, last = MOVED, after
