@@ -22,11 +22,13 @@ def live(ctx, project, respanned, spans: dict) -> dict[str, list]:
 
 
 def note(plan, changes: dict) -> None:
-    """The plan shows those switches as changed live (and carries them out: ``plan.respans``)."""
-    plan.respans = changes
+    """The plan shows those switches as changed live (and carries them out: ``plan.respans``);
+    not one whose own settings change too: that one is made again."""
+    plan.respans = {}
     for sp in plan.switches:
-        if sp.name in changes:
+        if sp.name in changes and sp.action == "untouched":
             sp.action, sp.reasons = "reconfigured_live", ["it joins other servers than before (while it runs)"]
+            plan.respans[sp.name] = changes[sp.name]
 
 
 def record(state: dict, journal, changes: dict) -> None:
@@ -42,23 +44,27 @@ def record(state: dict, journal, changes: dict) -> None:
             entry.pop("span", None)
 
 
-def apply(engine, project, changes: dict) -> None:
-    """Change the running switches (``ctx`` bound to the new ``project`` in its directory)."""
-    _change(engine, project, changes, forward=True)
+def apply(engine, project, changes: dict, journal) -> None:
+    """Change the running switches (``ctx`` bound to the new ``project`` in its directory);
+    the journal names each before it changes (``respanned``)."""
+    _change(engine, project, changes, forward=True, journal=journal)
 
 
-def undo(engine, project, changes: dict | None) -> None:
-    """Back to the old spans, on the switches that run (``ctx`` bound to the old project)."""
+def undo(engine, project, changes: dict | None, done=()) -> None:
+    """Back to the old spans, on the switches that run and were changed (``done``; ``ctx``
+    bound to the old project)."""
     if changes:
-        _change(engine, project, changes, forward=False)
+        _change(engine, project, {n: c for n, c in changes.items() if n in done}, forward=False)
 
 
-def _change(engine, project, changes: dict, forward: bool) -> None:
+def _change(engine, project, changes: dict, forward: bool, journal=None) -> None:
     ctx = engine.ctx
     for n, (was, now) in changes.items():
         sw = project.switches.get(n)
         if sw is None or engine.switch_status(sw) != "up":
             continue                   # (a stopped switch takes its span when it starts)
+        if journal is not None:
+            journal.add("respanned", n)
         old, new = (was, now) if forward else (now, was)
         try:
             ctx.pm.hook.mln_respan_switch(switch=sw, old=old, new=new, apply=True, ctx=ctx)

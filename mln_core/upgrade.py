@@ -321,7 +321,7 @@ class _Run:
                 self.journal.add("stopped", h.name)
             e._stop_hosts(removed, hard=False, wait_s=60)
             e._bind(new, self.pdir)
-        respan.apply(e, new, getattr(plan, "respans", {}))
+        respan.apply(e, new, getattr(plan, "respans", {}), self.journal)
         to_start = [new.hosts[h.name] for h in plan.hosts if h.start]
         live = [h for h in plan.hosts if h.action == "reconfigured_live"]
         arriving = [new.hosts[h.name] for h in plan.hosts if h.disk == "arriving"]
@@ -412,7 +412,7 @@ def undo(engine, name: str, journal: Journal) -> None:
         finally:
             ctx.project, ctx.state = saved
     if old is not None:
-        respan.undo(engine, old.project, data.get("respans"))
+        respan.undo(engine, old.project, data.get("respans"), data.get("respanned", []))
         for n in data.get("switches_stopped", []):
             sw = old.project.switches.get(n)
             if sw is not None and engine.switch_status(sw) != "up":
