@@ -1,9 +1,10 @@
 """Hypervisor backend ``libvirt`` (``hypervisor libvirt``): QEMU guests run by libvirtd.
 
 * The connection is mln.conf's ``libvirt_uri``, default ``qemu:///system``
-  (``qemu:///system?socket=/path/libvirt-sock`` for a libvirtd with its own socket). Only
-  the URI names the machine, so a remote one (``qemu+ssh://``) is a later step: today the
-  disks and taps are made on this machine.
+  (``qemu:///system?socket=/path/libvirt-sock`` for a libvirtd with its own socket). A URI
+  that names another machine (``qemu+ssh://sh2/system``; the ``libvirt`` server transport
+  sets one) makes the disks here and sends them into a storage pool there, and makes the
+  project's switches libvirt networks there (``libvirt_remote``).
 * Each host is a persistent domain ``<host>.<project>-<hash>`` (the hash is of the project
   directory), defined at ``mln start`` from the host model (see ``libvirt_domain``) and
   undefined by ``mln remove``. Domain type ``qemu`` (TCG), or ``kvm`` where KVM really works
@@ -34,7 +35,7 @@ import shutil
 from mln_core import hookimpl
 from mln_core.errors import MlnError, Problem
 
-from . import bridges, libvirt_domain as dom_xml, libvirt_migrate
+from . import bridges, libvirt_domain as dom_xml, libvirt_migrate, libvirt_remote as remote
 from .runtime import runtime_dir
 
 NAME = "libvirt"
@@ -92,7 +93,15 @@ def mln_validate(project, ctx):
         for m in host.mounts:
             if m.fstype == "hostfs":
                 err(f"mount {m.mountpoint}: hostfs exists only for UML guests", _pos(host, "mount"))
+            elif _remote(ctx):
+                err(f"mount {m.mountpoint}: the disks of mounts are not sent to a remote libvirtd "
+                    f"({dom_xml.uri(ctx)}) yet", _pos(host, "mount"))
     return out
+
+
+def _remote(ctx) -> bool:
+    config = getattr(ctx, "config", None)
+    return config is not None and remote.is_remote(dom_xml.uri(ctx))
 
 
 @hookimpl
@@ -111,11 +120,66 @@ def mln_runnable(host, ctx):
 @hookimpl(tryfirst=True)
 def mln_build_switch(switch, ctx):
     project = ctx.project
-    if project is None or switch.explicit_kind() is not None:
+    if project is None or switch.explicit_kind() not in (None, bridges.KIND):
         return None
     if not any(h in project.hosts and _mine(project.hosts[h]) for h, _ in switch.members):
         return None
+    if _remote(ctx):                    # a libvirt network there (libvirt_remote)
+        if ctx.span(switch):
+            raise MlnError("a switch of a remote libvirtd cannot be joined to other servers yet",
+                           f"switch {switch.name}")
+        network, bridge = remote.network_names(switch, ctx)
+        return {"kind": remote.NETWORK_KIND, "network": network, "bridge": bridge, "uri": dom_xml.uri(ctx)}
+    if switch.explicit_kind() is not None:
+        return None
     return bridges.record(switch, **{"for": NAME})
+
+
+def _network(switch, ctx) -> dict | None:
+    st = ctx.switch_state(switch)
+    return st if st.get("kind") == remote.NETWORK_KIND else None
+
+
+@hookimpl
+def mln_start_switch(switch, ctx):
+    st = _network(switch, ctx)
+    if st is None:
+        return None
+    remote.start_network(st["uri"], st["network"], st["bridge"])
+    return True
+
+
+@hookimpl
+def mln_stop_switch(switch, ctx):
+    st = _network(switch, ctx)
+    if st is None:
+        return None
+    remote.stop_network(st["uri"], st["network"])
+    return True
+
+
+@hookimpl
+def mln_switch_status(switch, ctx):
+    st = _network(switch, ctx)
+    if st is None:
+        return None
+    return "up" if remote.network_up(st["uri"], st["network"]) else "down"
+
+
+@hookimpl
+def mln_switch_attachment(switch, host, interface, ctx):
+    st = _network(switch, ctx)
+    if st is None:
+        return None
+    from mln_core.model import Attachment
+    return Attachment("network", network=st["network"], bridge=st["bridge"])
+
+
+@hookimpl
+def mln_remove_switch(switch, ctx):
+    st = _network(switch, ctx)
+    if st is not None:
+        remote.stop_network(st["uri"], st["network"])
 
 
 # -- build ---------------------------------------------------------------------------------------
@@ -161,12 +225,24 @@ def mln_build_host(host, disk, ctx):
     dom_xml.disks(host, ctx, disk)         # at most six
     extra = host.tree.get("extra") if host.tree is not None else None
     root = dom_xml.root_device(host, ctx)
-    return {
-        "domain_type": _domain_type(host, ctx), "memory_mb": qemu_live.memory_mb(host), "vcpus": int(vcpus),
+    out = {
+        "domain_type": None, "memory_mb": qemu_live.memory_mb(host), "vcpus": int(vcpus),
         "kernel": os.path.abspath(kernel) if kernel else None,
         "initrd": os.path.abspath(initrd) if initrd else None,
         "append": " ".join(x for x in (f"console=ttyS0 root={root} rw", extra) if x) if kernel else None,
     }
+    if not _remote(ctx):
+        out["domain_type"] = _domain_type(host, ctx)
+        return out
+    u = dom_xml.uri(ctx)                   # the disks go there now (libvirt_remote)
+    want = (host.tree.get("accel") if host.tree is not None else None) or ctx.config.get("qemu_accel") or "auto"
+    out["domain_type"] = remote.domain_type(u, want)
+    swap = ctx.path(disk.extra["swap"]) if disk.extra.get("swap") else None
+    name = dom_xml.domain_name(host, ctx, ctx.store.project_dir(host.project) if ctx.store else None)
+    out["remote"] = remote.upload_host(host, ctx, u, ctx.path(disk.path), swap, template.path, out["kernel"],
+                                       out["initrd"], name)
+    out["remote"]["uri"] = u
+    return out
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -221,11 +297,17 @@ def mln_start_host(host, ctx):
         raise MlnError("is already running")
     saved = dom is not None and bool(dom.hasManagedSaveImage(0))
     log = ctx.path("hosts", host.name, "console.log")
+    rec = _remote_record(host, ctx)
     try:
+        if rec is not None:                 # its volumes there, the shared ones sent again if they went
+            remote.ready(host, ctx, u, rec, ctx.on(host))
+            rec = dict(rec, log=remote.console_log(rec, name))
+            if not saved:
+                remote.forget_log(ctx, u, rec, name)
         _runtime(host, ctx, create=True)    # libvirtd makes the console socket there, and hands it to QEMU
         xml = dom_xml.domain_xml(host, ctx, name, ctx.host_state(host).get("backend", {}),
-                                 _console_socket(host, ctx), log,   # makes the taps
-                                 uuid=dom.UUIDString() if dom is not None else None)
+                                 _console_socket(host, ctx), rec["log"] if rec else log,   # makes the taps
+                                 uuid=dom.UUIDString() if dom is not None else None, remote=rec)
         with open(ctx.path("hosts", host.name, "domain.xml"), "w") as f:
             f.write(xml)
         with open(_record_path(host, ctx), "w") as f:      # before libvirt has anything of it
@@ -244,6 +326,12 @@ def mln_start_host(host, ctx):
         _undo_start(host, ctx)
         raise
     return True
+
+
+def _remote_record(host, ctx) -> dict | None:
+    """The host's volumes on a remote libvirtd, as its build recorded them (None: local)."""
+    rec = (ctx.host_state(host).get("backend") or {}).get("remote")
+    return rec if isinstance(rec, dict) and rec.get("disk") else None
 
 
 def _undo_start(host, ctx) -> None:
@@ -282,6 +370,11 @@ def mln_host_status(host, ctx):
 def mln_console(host, ctx):
     if not _mine(host):
         return None
+    rec = _remote_record(host, ctx)
+    if rec is not None:
+        u, name = _where(host, ctx)
+        raise MlnError(f"its console is on the libvirtd at {rec.get('uri', u)}, which mln console cannot attach to "
+                       f"yet: virsh -c '{u}' console {name} (on a terminal)", f"host {host.name}")
     sock = _console_socket(host, ctx)
     return {"socket": sock} if os.path.exists(sock) else None
 
@@ -334,8 +427,11 @@ def mln_host_stopped(host, ctx):
 def mln_remove_host(host, ctx):
     if not _mine(host) or not ctx.project_dir:
         return
+    rec = (ctx.host_state(host).get("backend") or {}).get("remote")
     if not os.path.exists(_record_path(host, ctx)):
         shutil.rmtree(_runtime(host, ctx), ignore_errors=True)
+        if isinstance(rec, dict) and rec.get("uri"):      # never started: only its volumes are there
+            remote.delete_host(ctx, rec["uri"], rec, None)
         return                            # never started: libvirt has nothing of it
     lv, conn, dom = _lookup(host, ctx)
     if dom is not None:
@@ -349,6 +445,8 @@ def mln_remove_host(host, ctx):
             if e.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
                 raise MlnError(f"libvirt could not undefine domain {dom.name()}: {dom_xml.message(e)}",
                                f"host {host.name}") from None
+    if isinstance(rec, dict) and rec.get("uri"):
+        remote.delete_host(ctx, rec["uri"], rec, _where(host, ctx)[1])
     shutil.rmtree(_runtime(host, ctx), ignore_errors=True)
     for f in (_record_path(host, ctx), ctx.path("hosts", host.name, "domain.xml")):
         with contextlib.suppress(FileNotFoundError):
@@ -359,7 +457,9 @@ def mln_remove_host(host, ctx):
 
 @hookimpl
 def mln_live_migration(host, shared, ctx):
-    return libvirt_migrate.can(host, shared, ctx) if _mine(host) else None
+    if not _mine(host) or _remote_record(host, ctx) is not None:      # a remote libvirtd's: moved cold
+        return None
+    return libvirt_migrate.can(host, shared, ctx)
 
 
 @hookimpl

@@ -116,10 +116,11 @@ def message(e) -> str:
     return " ".join((text or str(e)).split())
 
 
-def domain_name(host, ctx) -> str:
+def domain_name(host, ctx, project_dir: str | None = None) -> str:
     """``<host>.<project>-<hash of the project directory>``: readable in ``virsh list``, and
-    two projects of one name in two projects directories do not share a domain."""
-    return f"{host.fqname}-{digest(os.path.realpath(ctx.project_dir), n=6)}"
+    two projects of one name in two projects directories do not share a domain
+    (``project_dir``: the one the project will have, during a build)."""
+    return f"{host.fqname}-{digest(os.path.realpath(project_dir or ctx.project_dir), n=6)}"
 
 
 def can_run(conn, virttype: str) -> bool:
@@ -222,31 +223,41 @@ def _source(host, ctx, i) -> tuple[str, str] | None:
         return None
     if att.kind == "tap":                 # the switch plugin made the tap; libvirt only opens it
         return "<interface type='ethernet'>", f"<target dev={_a(att.tap)} managed='no'/>"
+    if att.kind == "network":             # a libvirt network (a remote libvirtd's): libvirt makes the tap
+        return "<interface type='network'>", f"<source network={_a(att.network)}/>"
     raise MlnError(f"{i.name}: libvirt guests cannot join a switch of kind {att.kind}; give switch "
                    f"'{i.switch}' 'type bridge'")
 
 
 def domain_xml(host, ctx, name: str, b: dict, console_sock: str, console_log: str,
-               uuid: str | None = None) -> str:
+               uuid: str | None = None, remote: dict | None = None) -> str:
     """The domain of ``host``; ``b`` is what ``mln_build_host`` recorded; ``uuid``: the one
-    of the domain it redefines."""
-    disk = ctx.disk(host)
+    of the domain it redefines; ``remote``: its volumes on a remote libvirtd
+    (``libvirt_remote``: disk, swap, kernel, initrd; its console is a pty there, logged to
+    ``console_log`` there)."""
     devs = []
-    for k, (path, fmt) in enumerate(disks(host, ctx, disk)):
+    if remote is not None:
+        found = [(remote["disk"], "qcow2")] + ([(remote["swap"], "raw")] if remote.get("swap") else [])
+    else:
+        found = disks(host, ctx, ctx.disk(host))
+    for k, (path, fmt) in enumerate(found):
         cache = " cache='writeback'" if k == 0 else ""
         devs.append(f"<disk type='file' device='disk'><driver name='qemu' type={_a(fmt)}{cache}/>"
                     f"<source file={_a(path)}/><target dev='vd{chr(ord('a') + k)}' bus='virtio'/>"
                     f"{_pci(DISK_SLOT + k)}</disk>")
     devs += interfaces(host, ctx)
-    devs.append(f"<serial type='unix'><source mode='bind' path={_a(console_sock)}/>"
-                f"<log file={_a(console_log)} append='on'/><target port='0'/></serial>")
-    devs.append("<console type='unix'><target type='serial' port='0'/></console>")
+    source = "<serial type='pty'>" if remote is not None else \
+        f"<serial type='unix'><source mode='bind' path={_a(console_sock)}/>"
+    devs.append(f"{source}<log file={_a(console_log)} append='on'/><target port='0'/></serial>")
+    devs.append(f"<console type={_a('pty' if remote is not None else 'unix')}><target type='serial' port='0'/>"
+                "</console>")
     devs.append(f"<memballoon model='virtio'>{_pci(BALLOON_SLOT)}</memballoon>")
     devs.append("<controller type='usb' model='none'/>")
+    files = remote if remote is not None else b       # a remote libvirtd boots the kernel sent there
     if b.get("kernel"):
-        boot = f"<kernel>{_text(b['kernel'])}</kernel>"
+        boot = f"<kernel>{_text(files['kernel'])}</kernel>"
         if b.get("initrd"):
-            boot += f"<initrd>{_text(b['initrd'])}</initrd>"
+            boot += f"<initrd>{_text(files['initrd'])}</initrd>"
         boot += f"<cmdline>{_text(b['append'])}</cmdline>"
     else:
         boot = "<boot dev='hd'/>"

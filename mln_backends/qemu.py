@@ -239,8 +239,11 @@ def mln_migrate_in(host, disk, address, ctx):
         return None
     m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx, create=True)
-    if m.alive(m.read_pid(pidfile)):
-        raise MlnError("is already running")
+    pid = m.read_pid(pidfile)
+    if m.alive(pid):
+        if (qmp(m, qmp_sock, "query-status", timeout=3) or {}).get("status") != "postmigrate":
+            raise MlnError("is already running")
+        m.kill_and_wait(pid, timeout=3)       # its guest went to another server: an empty shell
     argv = command_line(host, ctx, resume=True, paused=True)
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
@@ -258,16 +261,19 @@ def mln_migrate_in(host, disk, address, ctx):
 def mln_migrate_out(host, incoming, ctx):
     if not _mine(host):
         return None
+    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname, _shared(host, ctx))
+
+
+def _shared(host, ctx) -> bool:
     from mln_core.move import shared_disk
-    shared = shared_disk(ctx.host_state(host).get("disk") or {}, ctx.config, ctx.project_dir) is not None
-    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname, shared)
+    return shared_disk(ctx.host_state(host).get("disk") or {}, ctx.config, ctx.project_dir) is not None
 
 
 @hookimpl
 def mln_migrate_done(host, ctx):
     if not _mine(host):
         return None
-    qemu_migrate.arrived(ctx.on(host), _paths(host, ctx)[1])
+    qemu_migrate.arrived(ctx.on(host), _paths(host, ctx)[1], _shared(host, ctx))
     return True
 
 

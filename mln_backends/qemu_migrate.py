@@ -16,7 +16,10 @@ Without shared storage, as libvirt does it:
 On shared storage (an ``nfs`` or ``iscsi`` disk, or one that ``san_path`` in mln.conf
 names: :mod:`mln_core.sanpath`) both servers open the same disk: the target's QEMU waits
 with it inactive, the source migrates the memory alone (it flushes the disk before the
-target takes it over), and nothing is exported or mirrored.
+target takes it over), and nothing is exported or mirrored. The target runs the guest as
+soon as its memory arrived (``cont`` while it waits sets QEMU's autostart), so the guest
+pauses only for QEMU's own switch-over; putting such a move back is a migration the other
+way (:mod:`mln_core.move`).
 
 If anything fails before the migration completed, the source cancels what it started and
 the guest keeps running there.
@@ -65,10 +68,11 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
                      if b.get("device") == "drive0" and b.get("inserted")), None)
         if node is None:
             raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
-        if shared:                  # the disk is taken over only once the guest runs here (cont)
+        if shared:                  # the disk is taken over only once the guest runs here
             await c.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "late-block-activate", "state": True}]})
             await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
+            await c.execute("cont")           # (while incoming: it runs as soon as it arrived)
             return
         await c.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
                                                                               "port": str(nbd)}}})
@@ -148,7 +152,8 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False) -> dict:
         if mirror:
             await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
             await until(c, lambda c: _no_jobs(c), "finishing the disk mirror", end + 60)
-        return {"downtime_ms": int(info.get("downtime", 0)), "total_ms": int((time.monotonic() - start) * 1000)}
+        return {"downtime_ms": int(info.get("downtime", 0)), "total_ms": int((time.monotonic() - start) * 1000),
+                "switched": shared}           # shared: it runs there now (incoming's cont)
     try:
         return qemu_qmp.run(m, qmp_sock, work, timeout=TIMEOUT + 120)
     except Exception as e:
@@ -159,11 +164,16 @@ async def _no_jobs(c) -> bool:
     return not await c.execute("query-block-jobs")
 
 
-def arrived(m, qmp_sock: str) -> None:
-    """On the target, once the source finished: drop the export, let the guest run."""
+def arrived(m, qmp_sock: str, shared: bool = False) -> None:
+    """On the target, once the source finished: drop the export, let the guest run. (On
+    the source, after a move put back: the guest runs on here; not if it was sent on
+    ``shared`` storage: then it runs on the other server.)"""
     async def work(c):
-        if (await c.execute("query-status"))["status"] == "inmigrate":     # (cont would only set autostart)
+        status = (await c.execute("query-status"))["status"]
+        if status == "inmigrate":                   # (cont would only set autostart)
             raise qemu_qmp.QmpFailure("its guest has not arrived")
+        if status == "postmigrate" and shared:
+            raise qemu_qmp.QmpFailure("its guest was sent to the other server and runs there")
         for cmd, args in (("block-export-del", {"id": EXPORT}), ("nbd-server-stop", {})):
             try:
                 await c.execute(cmd, args)

@@ -8,6 +8,7 @@ the server it left only after every server finished the upgrade
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -86,6 +87,8 @@ def unpack(ctx, name: str, moved: dict) -> dict:
 
 #: live moves at once (those of the manager's own part: one after the other)
 AT_ONCE = 2
+#: in the manager's project directory while live moves go on: {"hosts": {host: [from, to]}, "addresses"}
+MOVES = "spread.moves"
 #: what a move of an upgrade request may say (note_moves)
 KEYS = ("from", "to", "run", "live", "shared", "disk", "archive", "sha256")
 
@@ -150,18 +153,36 @@ def _lock(engine, name: str, wait: float = 60):
             time.sleep(0.1)
 
 
-def migrate_in(engine, name: str, host: str, address: str) -> dict:
-    """On the server the host moves to: start it waiting for its guest (``mln_migrate_in``)."""
+def _host(engine, name: str, host: str, old: bool):
+    """The host as this server's held upgrade has it (``old``: as it was before)."""
+    from .project import load_project
+    from .store import Store
+    from .upgrade import WORK
+    ctx = engine.ctx
+    pdir = engine.store.require(name)
+    was = os.path.join(pdir, WORK, "old")
+    if old and os.path.isdir(was):          # (none: the upgrade was put back here already)
+        project = load_project(os.path.join(was, f"{name}.mln"), ctx).project
+        engine._bind(project, pdir, Store.read_state(was))
+        h = ctx.project.hosts.get(check_name("host", host))
+    else:
+        h = engine.open(name).project.hosts.get(check_name("host", host))
+    if h is None:
+        raise MlnError(f"project '{name}' {'had' if old else 'has'} no host '{host}' on this server")
+    return h
+
+
+def migrate_in(engine, name: str, host: str, address: str, back: bool = False) -> dict:
+    """On the server the host moves to: start it waiting for its guest (``mln_migrate_in``);
+    ``back``: on the server it left, to take back a guest that already runs on the other
+    (the held upgrade is put back)."""
     from .lifecycle import _attached
     from .upgrade import Journal
     ctx = engine.ctx
     with _lock(engine, name):              # not engine.locked: no recovery of the held upgrade
-        loaded = engine.open(name)
-        h = loaded.project.hosts.get(check_name("host", host))
-        if h is None:
-            raise MlnError(f"project '{name}' has no host '{host}' on this server")
+        h = _host(engine, name, host, old=back)
         journal = Journal.read(ctx.project_dir)
-        if journal is not None:             # undone with the upgrade if the move fails
+        if journal is not None and not back:    # undone with the upgrade if the move fails
             journal.add("started", host)
         engine._detach_disk(h)
         path = ctx.pm.hook.mln_attach_disk(host=h, disk=ctx.disk(h), ctx=ctx)    # as a start does
@@ -177,21 +198,13 @@ def migrate_in(engine, name: str, host: str, address: str) -> dict:
     return answer
 
 
-def migrate_out(engine, name: str, host: str, incoming: dict) -> dict:
+def migrate_out(engine, name: str, host: str, incoming: dict, back: bool = False) -> dict:
     """On the server the host leaves: send its running guest (``mln_migrate_out``); the
-    host is the project's as it was before the held upgrade."""
-    from .project import load_project
-    from .store import Store
-    from .upgrade import WORK
+    host is the project's as it was before the held upgrade (``back``: as it is in it, the
+    guest going back to the server it came from)."""
     ctx = engine.ctx
     with _lock(engine, name):
-        pdir = engine.store.require(name)
-        old = os.path.join(pdir, WORK, "old")
-        project = load_project(os.path.join(old, f"{name}.mln"), ctx).project
-        engine._bind(project, pdir, Store.read_state(old))
-        h = ctx.project.hosts.get(check_name("host", host))
-        if h is None:
-            raise MlnError(f"project '{name}' had no host '{host}' on this server")
+        h = _host(engine, name, host, old=not back)
     # the transfer itself without the lock: the held upgrade changes nothing meanwhile, and
     # another guest of the project may be sent or received at the same time
     answer = ctx.pm.hook.mln_migrate_out(host=h, incoming=incoming, ctx=ctx)
@@ -279,6 +292,7 @@ class Mover:
         self.me = fleet.me
         self.sent: dict[str, dict] = {}
         self.stopped: list[str] = []
+        self.switched: list[str] = []            # live hosts whose guests run on their new servers
         rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name, "disks": True}
                                              for s in fleet.servers},
                                             lambda: {"rows": engine.status(name),
@@ -382,14 +396,18 @@ class Mover:
             discard(self.e.ctx, self.name, moves)
             discard_packed(self.e.ctx, self.name)
 
-    def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float]]:
+    def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float | None]]:
         """Send the live hosts, two at a time, once every server's part is ready: each
-        waits paused on its new server and is sent by its old one (disk, then memory); it
-        runs there when the manager settles the upgrade. {host: (QEMU's downtime in ms, the
-        time its send ended)}; an error puts the upgrade back everywhere (the guests run on
-        where they were)."""
+        waits on its new server and is sent by its old one (disk, then memory). On shared
+        storage it runs there as soon as it arrived (:attr:`switched`); else it waits
+        paused until the manager settles the upgrade. {host: (QEMU's downtime in ms, the
+        time its send ended, None if it runs already)}; an error puts the upgrade back
+        everywhere (:meth:`bring_back`, then the settle: the guests run on where they were).
+        Which hosts move is written down first (``spread.moves``), for a rerun after a kill."""
         from concurrent.futures import ThreadPoolExecutor
         e, name, out = self.e, self.name, {}
+        write_file(os.path.join(e.store.project_dir(name), MOVES), json.dumps(
+            {"hosts": {h: list(self.moved[h]) for h in self.live}, "addresses": addresses}) + "\n", sync=True)
 
         def one(h):
             src, dst = self.moved[h]
@@ -399,10 +417,13 @@ class Mover:
             e.ctx.on().step(f"move {h}: send")        # where MLN_FAULTS can kill the manager mid-move
             sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
                             lambda: migrate_out(e, name, h, incoming))
-            out[h] = (int(sent.get("downtime_ms", 0)), time.monotonic())
-            e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word
-            self.fleet.say(dst, f"+---> {h}: its disk and memory arrived from {src} in "
-                                f"{time.monotonic() - start:.1f} s")
+            if sent.get("switched"):
+                self.switched.append(h)
+            out[h] = (int(sent.get("downtime_ms", 0)), None if sent.get("switched") else time.monotonic())
+            e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
+            self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "
+                                f"from {src} in {time.monotonic() - start:.1f} s" +
+                                (" (it runs here)" if sent.get("switched") else ""))
         mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine
         for h in mine:
             one(h)
@@ -411,11 +432,19 @@ class Mover:
                 f.result()
         return out
 
-    def report(self, sent: dict[str, tuple[int, float]]) -> None:
-        """Each live host's pause: QEMU's downtime, and from the end of its send until it
-        runs on its new server (after the settle)."""
+    def bring_back(self, addresses: dict[str, str]) -> list[str]:
+        """Before the upgrade is put back: each guest that already runs on its new server
+        (:attr:`switched`) is sent back live to the server it left (a new QEMU there takes
+        it; the one it left from is an empty shell). The hosts that could not go back (they
+        run on where they are: the upgrade must stay held)."""
+        return bring_back(self.e, self.fleet, self.name, {h: self.moved[h] for h in self.switched}, addresses)
+
+    def report(self, sent: dict[str, tuple[int, float | None]]) -> None:
+        """Each live host's pause: QEMU's downtime, and (unless it ran on at once) from the
+        end of its send until it runs on its new server (after the settle)."""
         now = time.monotonic()
-        downs = {h: down + int((now - ended) * 1000) for h, (down, ended) in sent.items()}
+        downs = {h: down + (int((now - ended) * 1000) if ended is not None else 0)
+                 for h, (down, ended) in sent.items()}
         for h, down in sorted(downs.items()):
             self.fleet.say(self.moved[h][1], f"+---> {h}: moved live from {self.moved[h][0]} "
                                              f"(the guest paused {down} ms)")
@@ -442,3 +471,28 @@ class Mover:
             except MlnError as e:
                 self.fleet.say(src, f"warning: starting {h} again: {e}")
         self.stopped = []
+
+
+def bring_back(engine, fleet, name: str, moved: dict, addresses: dict[str, str]) -> list[str]:
+    """:meth:`Mover.bring_back` of the hosts ``moved`` ({host: (from, to)}) whose guests
+    run on the server they went to (its status says so)."""
+    me, stuck = fleet.me, []
+
+    def on(server, request, local):
+        return local() if server == me else fleet.request(server, request)
+    for h, (src, dst) in sorted(moved.items()):
+        try:
+            rows = on(dst, {"verb": "status", "project": name}, lambda: {"rows": engine.status(name)})["rows"]
+            if not any(r["kind"] == "host" and r["name"] == h and r["state"] == "up" and not r["detail"]
+                       for r in rows):
+                continue                          # it does not run there: the put back ends it there
+            fleet.say(src, f"+---> {h}: taking its guest back from {dst}")
+            incoming = on(src, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[src],
+                                "back": True}, lambda: migrate_in(engine, name, h, addresses[src], back=True))
+            sent = on(dst, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming, "back": True},
+                      lambda: migrate_out(engine, name, h, incoming, back=True))
+            fleet.say(src, f"+---> {h}: back from {dst} (the guest paused {int(sent.get('downtime_ms', 0))} ms)")
+        except (MlnError, KeyError, TypeError) as e:
+            fleet.say(dst, f"warning: {h} stays here, running: taking it back to {src} failed: {e}")
+            stuck.append(h)
+    return stuck

@@ -21,11 +21,12 @@ host to another server (migration) is refused before anything is asked of a serv
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
 from .errors import MlnError
-from .move import Mover
+from .move import MOVES, Mover, bring_back
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
 from .upgrade import held
@@ -133,6 +134,9 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 sent = mover.migrate(addresses) if not failed and mover.live else {}
             except BaseException as e:            # Ctrl-C, a migration that failed: put back everywhere
                 failed = failed or {"upgrade": e if isinstance(e, MlnError) else MlnError(f"interrupted ({e!r})")}
+                stuck = mover.bring_back(addresses)      # the guests that run on their new servers go back
+                if stuck:
+                    raise MlnError(_stuck(name, stuck, failed)) from None
                 mover.back(_settle(engine, fleet, name, [*others, me], joining, keep=False, first=mover.arriving()))
                 if not isinstance(e, MlnError):
                     raise
@@ -155,6 +159,13 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 "now only where their hosts are")
         upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project)
     return plan
+
+
+def _stuck(name: str, stuck: list[str], failed: dict) -> str:
+    return (f"project '{name}' was not upgraded: " + "; ".join(str(r) for r in failed.values()) +
+            f"\n  and host{'s' * (len(stuck) > 1)} {', '.join(stuck)} could not be taken back: "
+            f"{'they run' if len(stuck) > 1 else 'it runs'} on the new server, so the upgrade is held on every "
+            "server (run it again: it takes them back first, then puts everything back)")
 
 
 def _during(new, lay, old_lay, live: dict):
@@ -222,8 +233,10 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
     for s, r in failed.items():
         fleet.say(s, f"warning: {'finishing' if keep else 'putting back'} its part: {r} (run the upgrade again "
                      "once it answers: it gives the same word)")
-    if keep and not failed and os.path.exists(decision):
-        os.unlink(decision)
+    if not failed:
+        for done in ([decision] if keep else []) + [os.path.join(engine.store.project_dir(name), MOVES)]:
+            if os.path.exists(done):
+                os.unlink(done)
     return failed
 
 
@@ -246,8 +259,19 @@ def _resolve_first(engine, name: str, placement: dict) -> None:
 def resolve_held(engine, fleet, name: str) -> None:
     """Parts an earlier upgrade left held (it was killed, or a server did not answer): the
     word it wrote down (finish), else put them back, on every server, before anything else."""
-    decision = os.path.join(engine.store.project_dir(name), DECISION)
-    keep = os.path.exists(decision)
+    pdir = engine.store.project_dir(name)
+    keep = os.path.exists(os.path.join(pdir, DECISION))
+    if not keep and os.path.exists(os.path.join(pdir, MOVES)):   # guests that already run where they went
+        try:                                                     # go back first
+            with open(os.path.join(pdir, MOVES)) as f:
+                moves = json.load(f)
+            stuck = bring_back(engine, fleet, name, {h: tuple(m) for h, m in moves["hosts"].items()},
+                               moves["addresses"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise MlnError(f"project '{name}': the record of the moves of the last upgrade ({MOVES}) is "
+                           f"unreadable ({e}); nothing was changed") from None
+        if stuck:
+            raise MlnError(_stuck(name, stuck, {"": "an earlier upgrade was interrupted"}))
     _settle(engine, fleet, name, [*fleet.servers, here(engine.ctx.config)], [], keep)
 
 

@@ -21,8 +21,9 @@ Requests (``verb`` and its fields)::
                                                 -> {"plan": plan JSON, "text": plan text, "empty"}
              (join: this server is new to the project; moves: mln_core.move, mln_core.upgrade)
     pack     project, host                      -> {"archive", "sha256", "disk"} (mln_core.move)
-    migrate_in project, host, address  -> what migrate_out needs; migrate_out project, host,
-             incoming -> {"downtime_ms", "total_ms"} (the guest runs there at the settle)
+    migrate_in project, host, address, back  -> what migrate_out needs; migrate_out project, host,
+             incoming, back -> {"downtime_ms", "total_ms", "switched"} (the guest runs there at
+             the settle, or at once if "switched"; back: a switched guest returns, mln_core.move)
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
@@ -127,7 +128,8 @@ def handle(request: dict, engine) -> dict:
     if verb in ("migrate_in", "migrate_out"):
         from . import move
         args = {"migrate_in": ("address",), "migrate_out": ("incoming",)}[verb]
-        return getattr(move, verb)(engine, name, str(request.get("host", "")), *(request.get(a) for a in args))
+        return getattr(move, verb)(engine, name, str(request.get("host", "")), *(request.get(a) for a in args),
+                                   back=bool(request.get("back")))
     if verb == "start":
         engine.start(name, request.get("host"), pause=float(request.get("pause") or 0))
     elif verb == "stop":

@@ -371,6 +371,10 @@ def undo(engine, name: str, journal: Journal) -> None:
             new_state = copy.deepcopy(ctx.state)
             started = [new.hosts[n] for n in data.get("started", []) if n in new.hosts]
             up = [h for h in started if engine.host_status(h).startswith("up")]
+            runs = [h.name for h in up if h.name in data.get("live_moves", []) and engine.host_status(h) == "up"]
+            if runs:                             # arrived live and runs: its only guest (move.bring_back)
+                raise MlnError(f"host {', '.join(runs)}: its guest arrived here live and runs here; it is not "
+                               "ended to put the upgrade back (run the upgrade again: it takes the guest back)")
             if up:
                 engine._stop_hosts(up, hard=True, wait_s=5)
     for src, dst, aside, existed in reversed(data.get("moves", [])):

@@ -199,6 +199,8 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     kit.client_conf.write_text(conf)
     assert r.returncode == 1 and "server sh2: live migration failed, the guest runs on here" in r.stderr \
         and "injected fault" in r.stderr and "it is as it was on all of them" in r.stderr, r.stderr
+    for h in "ab":          # on shared storage they ran on sh1 as soon as they arrived: sent back live
+        assert re.search(rf"\[sh2\] \+---> {h}: back from sh1 \(the guest paused \d+ ms\)", r.stderr), r.stderr
     assert qemus(kit, "sh1") == [] and qemus(kit, "sh2") == list("abcd")
     after = wait_counting(kit, MOVED, {h: after[h][0] + 3 for h in MOVED})
     # mln upgrade killed (-9) at each step of the moves in turn, then run again: every guest runs
@@ -211,6 +213,8 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
         assert r.returncode != 0 and "UPGRADED on" not in r.stderr, (step, r.stderr)
         r = kit.mln("client", "upgrade", "-r", "-f", str(path))
         assert r.returncode == 0, (step, r.stdout + r.stderr)
+        if step == "move a: sent":      # a ran on its new server already: it came back before the put back
+            assert re.search(rf"\[{where['a']}\] \+---> a: back from {to['a']}", r.stderr), r.stderr
         where = to
         rows = json.loads(kit.mln("client", "status", "-p", "lm", "--format", "json").stdout)
         assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \

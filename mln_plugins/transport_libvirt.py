@@ -1,0 +1,251 @@
+"""The ``libvirt`` transport: a server that runs no mln, only a libvirtd, reached by URI.
+
+    server sh2 libvirt root@10.0.0.12                   # qemu+ssh://root@10.0.0.12/system
+    server sh3 libvirt sh3.example.org:2222 pool=vms    # another ssh port, another pool
+    server sh4 libvirt sh4 uri=qemu+tls://sh4.example.org/system
+
+The manager carries out that server's part of a project itself, with its own engine and
+:func:`mln_core.serve.handle`, as ``mln serve`` there would: in its own projects directory
+(``<projects>/.server-<NAME>``, where the part's state and records stay), with
+``service_host`` that server's name and ``libvirt_uri`` that server's libvirtd. The
+``libvirt`` backend sees a remote URI and does everything there through it
+(:mod:`mln_backends.libvirt_remote`): disks are made and individualized here and sent into a
+storage pool there, switches are libvirt networks there. Templates and ``files {}`` sources
+are the manager's own, so nothing is sent for them.
+
+The URI is ``qemu+ssh://[USER@]ADDRESS[:PORT]/system?no_tty=1`` (``uri=URI`` on the server line
+for another, e.g. TLS), with ``keyfile=`` mln.conf's ``ssh_identity`` (or ``identity=`` on the
+server line). Host keys are always checked (``no_tty``: ssh never asks, an unknown key is
+refused): against ``~/.ssh/known_hosts``, or, when mln.conf names ``ssh_known_hosts`` (or
+the line ``known_hosts=``), against that file only: libvirt's ``ssh`` transport has no
+parameter for it, so mln writes a two-line wrapper of ``ssh`` that names it
+(``<projects>/.server-<NAME>/ssh``) and gives it as the URI's ``command=``.
+
+Only ``libvirt`` hosts can run on such a server, and its switches cannot span servers:
+``mln check`` and ``mln build`` say so, naming the host or switch and the server line.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from urllib.parse import quote
+
+from mln_core import hookimpl
+from mln_core.errors import MlnError, Problem
+
+TRANSPORT = "libvirt"
+PART = "libvirt_server_part"          # set in the configuration of a server's part (no checks there)
+NOT_HERE = ("pack", "migrate_in", "migrate_out")
+
+
+@hookimpl
+def mln_remote_transport(server, ctx):
+    if server.transport != TRANSPORT:
+        return None
+    return LibvirtTransport(server, ctx)
+
+
+def _line(config, name: str) -> str:
+    for value in config.getlist("server"):
+        if value.split()[:1] == [name]:
+            return f"'server {value}' in mln.conf"
+    return f"server {name} of mln.conf"
+
+
+def _libvirt_servers(config) -> dict:
+    from mln_core.servers import configured
+    try:
+        return {n: s for n, s in configured(config).items() if s.transport == TRANSPORT}
+    except MlnError:
+        return {}                     # a bad server line: the core says so
+
+
+def refusal(config, server: str, host: str | None = None, hypervisor: str | None = None,
+            switch: str | None = None, servers: list[str] | None = None) -> str:
+    if host is not None:
+        return (f"host {host}: a {hypervisor} host cannot run on server {server} ({_line(config, server)}): "
+                "no mln runs there, only its libvirtd; make it a libvirt host (hypervisor libvirt) or put it "
+                "on another server")
+    return (f"switch {switch}: it would join servers {', '.join(servers or [])}, but server {server} "
+            f"({_line(config, server)}) runs only a libvirtd, whose networks mln cannot join to other servers "
+            "yet; keep the switch's hosts on one server")
+
+
+@hookimpl
+def mln_validate(project, ctx):
+    """Only libvirt hosts on a libvirt server, and none of its switches spanning servers."""
+    config = getattr(ctx, "config", None)
+    if config is None or config.get(PART):
+        return []
+    servers = _libvirt_servers(config)
+    if not servers:
+        return []
+    from mln_core.servers import aliases_of, here, layout
+    lay = layout(project, here(config), aliases_of(config))
+    out = []
+    for h in project.hosts.values():
+        where = lay.hosts.get(h.name)
+        if where in servers and h.hypervisor != "libvirt":
+            line = h.tree.line("service_host") if h.tree is not None else None
+            pos = line.pos if line is not None else (h.tree.pos if h.tree is not None else None)
+            out.append(Problem("error", refusal(config, where, h.name, h.hypervisor), pos))
+    for name, on in lay.switches.items():
+        lv = [s for s in on if s in servers]
+        if len(on) > 1 and lv:
+            sw = project.switches[name]
+            out.append(Problem("error", refusal(config, lv[0], switch=name, servers=on),
+                               sw.tree.pos if sw.tree is not None else None))
+    return out
+
+
+def default_uri(server, config, root: str) -> str:
+    """``qemu+ssh://[USER@]ADDRESS[:PORT]/system`` with mln.conf's key and host keys (see the
+    module's doc); ``root``: where the ``ssh`` wrapper goes when one is needed."""
+    opt = server.options
+    host = f"[{server.address}]" if ":" in server.address else server.address
+    netloc = (f"{server.user}@" if server.user else "") + host + (f":{server.port}" if server.port else "")
+    params = [("no_tty", "1")]
+    identity = opt.get("identity") or config.get("ssh_identity")
+    if identity:
+        params.append(("keyfile", os.path.expanduser(identity)))
+    known = opt.get("known_hosts") or config.get("ssh_known_hosts")
+    if known:
+        params.append(("command", _ssh_wrapper(root, os.path.abspath(os.path.expanduser(known)))))
+    return f"qemu+ssh://{netloc}/system?" + "&".join(f"{k}={quote(v, safe='/')}" for k, v in params)
+
+
+def _ssh_wrapper(root: str, known_hosts: str) -> str:
+    """An ``ssh`` that checks host keys against ``known_hosts`` only (libvirt's ssh
+    transport cannot name that file)."""
+    path = os.path.join(root, "ssh")
+    text = ("#!/bin/sh\n# written by mln: libvirt's ssh, with the host keys of mln.conf's ssh_known_hosts only\n"
+            f"exec ssh -o {shlex.quote('UserKnownHostsFile=' + known_hosts)} -o GlobalKnownHostsFile=/dev/null "
+            "-o StrictHostKeyChecking=yes \"$@\"\n")
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    tmp = f"{path}.{os.getpid()}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700), "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def part_config(config, server, root: str, uri: str):
+    """The manager's configuration as that server's part sees it."""
+    from mln_core.config import Config
+    values = {k: v for k, v in config.values.items() if k != "server"}
+    values.update(projects=root, templates=config.templates_dir, files=config.files_dir,
+                  service_host=server.name, libvirt_uri=uri, **{PART: server.name})
+    for key, opt in (("libvirt_pool", "pool"), ("libvirt_pool_path", "pool_path")):
+        if server.options.get(opt):
+            values[key] = server.options[opt]
+    origin = f"the server line of {server.name}"
+    origins = dict(config.origins, **{k: origin for k in ("projects", "service_host", "libvirt_uri")})
+    lists = {k: list(v) for k, v in config.lists.items() if k != "server"}
+    return Config(values=values, lists=lists, origins=origins, files=list(config.files))
+
+
+class LibvirtTransport:
+    def __init__(self, server, ctx):
+        self.server, self.ctx = server, ctx
+        self.root = os.path.join(ctx.config.projects_dir, f".server-{server.name}")
+        self._uri = None
+
+    @property
+    def uri(self) -> str:
+        if self._uri is None:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            self._uri = self.server.options.get("uri") or default_uri(self.server, self.ctx.config, self.root)
+        return self._uri
+
+    def _engine(self, log):
+        from mln_core.context import Context
+        from mln_core.lifecycle import Engine
+        ctx = Context(config=part_config(self.ctx.config, self.server, self.root, self.uri), pm=self.ctx.pm,
+                      verbose=self.ctx.verbose,
+                      options={k: v for k, v in self.ctx.options.items() if k in ("quiet", "jobs")})
+
+        def say(message: str) -> None:
+            first = message.split("\n", 1)[0]
+            if first.startswith("warning:") or ": warning: " in first:
+                ctx.warnings.append(message)
+            if not (ctx.options.get("quiet") and message.startswith("+--->")):
+                log(message)
+        ctx.log = say
+        return Engine(ctx)
+
+    def _reachable(self) -> None:
+        from mln_backends.libvirt_domain import connect
+        connect(self.uri)
+
+    def _check_part(self, engine, request: dict) -> None:
+        """Only libvirt hosts here, and no switch that spans servers."""
+        from mln_core.project import load_project
+        from mln_core.servers import part
+        placement = request.get("placement") or {}
+        config = self.ctx.config
+        for switch, span in (placement.get("spans") or {}).items():
+            servers = [self.server.name] + [f"the server at {a}" for a in span.get("remotes", [])]
+            raise MlnError(refusal(config, self.server.name, switch=switch, servers=servers))
+        text = request.get("text")
+        if not text:
+            return
+        path = os.path.join(self.root, f".{request.get('project', 'p')}.check.mln")
+        loaded = load_project(path, engine.ctx, text=text)
+        for h in part(loaded.project, placement or None).hosts.values():
+            if h.hypervisor != "libvirt":
+                raise MlnError(refusal(config, self.server.name, h.name, h.hypervisor))
+
+    def request(self, request: dict, log) -> dict:
+        from mln_core.serve import handle
+        verb = request.get("verb")
+        if verb in NOT_HERE:
+            raise MlnError(f"'{verb}' is not available for server {self.server.name}: it runs no mln, only a "
+                           "libvirtd (hosts move to or from it stopped and rebuilt)")
+        engine = self._engine(log)
+        try:
+            if verb in ("ping", "need", "build", "start", "capacity"):
+                self._reachable()            # before anything is done: the libvirtd answers
+            if verb in ("build", "upgrade"):
+                self._check_part(engine, request)
+            result = handle(request, engine)
+            if verb == "capacity":
+                from mln_backends.libvirt_remote import node
+                result.update(node(self.uri, engine.ctx))
+            return result
+        except (MlnError, OSError):
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise MlnError(f"a malformed request: {type(e).__name__}: {e}") from None
+        except Exception as e:          # an internal error: said plainly, secrets never in it
+            from mln_core.private import redact
+            raise MlnError(redact(f"internal error: {type(e).__name__}: {e}")) from None
+
+    def put(self, local_path: str, remote_path: str) -> None:
+        """The 'server' keeps its files here: a copy."""
+        os.makedirs(os.path.dirname(remote_path), exist_ok=True)
+        shutil.copyfile(local_path, remote_path)
+        os.chmod(remote_path, 0o600)
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        shutil.copyfile(remote_path, local_path)
+        os.chmod(local_path, 0o600)
+
+    def console(self, project: str, host: str, options: list[str]) -> int:
+        import json
+        try:
+            with open(os.path.join(self.root, project, "hosts", host, "libvirt.json")) as f:
+                rec = json.load(f)
+            where = f": virsh -c '{rec['uri']}' console {rec['domain']} (on a terminal)"
+        except (OSError, ValueError, KeyError, TypeError):
+            where = " (the host has not been started)"
+        raise MlnError(f"host '{host}' of project '{project}' runs on server {self.server.name}, a libvirtd "
+                       f"without mln, whose consoles mln console cannot attach to yet{where}")
+
+    def close(self) -> None:
+        pass
