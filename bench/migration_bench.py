@@ -1,7 +1,7 @@
 """Live moves of running QEMU guests between servers (issue 10's targets: the guest paused
 at most 50 ms, mln's upgrade at most 1.3x the same moves done by hand).
 
-    python3 bench/migration_bench.py [--hosts 4] [--memory 96]
+    python3 bench/migration_bench.py [--hosts 4] [--memory 96] [--shared]
 
 Two servers sh1 and sh2 (network namespaces with sshd on this machine, mln_core.nsservers,
 plus sh3 and the client). *mln*: a project of HOSTS QEMU guests on one switch, all
@@ -25,6 +25,12 @@ block; bare: typed into the console's shell), and another process times the grow
 console logs (2 ms polls): the gap between the last line on sh1 and the first on sh2 is the
 pause as seen from outside, whatever mln or QEMU say. It includes the guest's own restart
 on the target (under TCG its code is translated again, some 60 ms).
+
+With ``--shared`` the disks are on shared storage: mln's hosts have ``filepath SAN`` (a
+directory that both servers list with ``san_path``, bind-mounted in both), the bare
+guests' overlays are there too, and only the memory travels: the target waits with
+``late-block-activate`` and runs as soon as the memory arrived (``cont`` while it waits),
+the source only migrates. A guest's pause is then QEMU's ``downtime`` on both sides.
 
 Both sides use the busybox test template (/var/cache/mln/test-template). Everything runs
 in the kit's namespaces and a temporary directory, removed at the end. If ``mln upgrade``
@@ -110,10 +116,11 @@ class Watch:
 
 
 
-def project(n: int, server: str, memory: int) -> str:
+def project(n: int, server: str, memory: int, san: Path | None = None) -> str:
     out = [f"global {{ project {PROJECT} }}\nswitch lan {{ }}\n"]
+    where = f"    filepath {san}\n" if san else ""
     for i in range(1, n + 1):
-        out.append(f"host g{i} {{\n    kvm\n    template busybox.ext4\n    memory {memory}M\n"
+        out.append(f"host g{i} {{\n    kvm\n    template busybox.ext4\n    memory {memory}M\n{where}"
                    f"    service_host {server}\n    startup {{\n        echo {UP}\n{HEARTBEAT}    }}\n"
                    f"    network eth0 {{ switch lan\n        address 10.0.0.{i}\n"
                    f"        netmask 255.255.255.0 }}\n}}\n")
@@ -138,16 +145,16 @@ def wait_for(paths: list[Path], text: str, timeout: float) -> None:
 
 # -- mln ----------------------------------------------------------------------------------------------
 
-def run_mln(kit, n: int, memory: int, boot_timeout: float):
+def run_mln(kit, n: int, memory: int, boot_timeout: float, san: Path | None = None):
     path = kit.client_dir / f"{PROJECT}.mln"
-    path.write_text(project(n, "sh1", memory))
+    path.write_text(project(n, "sh1", memory, san))
     ok(kit.mln("client", "build", "-f", str(path)), "mln build")
     ok(kit.mln("client", "start", "-p", PROJECT), "mln start")
     hosts = kit.dir("sh1") / "projects" / PROJECT / "hosts"
     wait_for([hosts / f"g{i}" / "console.log" for i in range(1, n + 1)], UP, boot_timeout)
     model = (hosts / "g1" / "cmdline").read_text()
     time.sleep(2)                        # let the guests settle (their heartbeats only, as the bare ones)
-    path.write_text(project(n, "sh2", memory))
+    path.write_text(project(n, "sh2", memory, san))
     logs = [(hosts / f"g{i}" / "console.log", kit.dir("sh2") / "projects" / PROJECT / "hosts" / f"g{i}" /
              "console.log") for i in range(1, n + 1)]
     watch = Watch([f for pair in logs for f in pair])
@@ -155,7 +162,7 @@ def run_mln(kit, n: int, memory: int, boot_timeout: float):
     r = kit.mln("client", "upgrade", "-r", "-f", str(path))
     total = time.monotonic() - t
     watch.stop()
-    arrived = dict(re.findall(r"\[sh2\] \+---> (\S+): its disk and memory arrived from sh1 in ([\d.]+) s",
+    arrived = dict(re.findall(r"\[sh2\] \+---> (\S+): its (?:disk and )?memory arrived from sh1 in ([\d.]+) s",
                               r.stderr))
     moved = {h: (float(arrived.get(h, 0)), int(ms)) for h, ms in re.findall(
         r"\[sh2\] \+---> (\S+): moved live from sh1 \(the guest paused (\d+) ms\)", r.stderr)}
@@ -265,8 +272,8 @@ def _flag(a: str) -> bool:
 class Bare:
     """The hand-made guests: everything under ``root``; ``stop()`` ends every QEMU it started."""
 
-    def __init__(self, kit, root: Path, model: str, n: int):
-        self.kit, self.root, self.model, self.n = kit, root, model, n
+    def __init__(self, kit, root: Path, model: str, n: int, san: Path | None = None):
+        self.kit, self.root, self.model, self.n, self.san = kit, root, model, n, san
         self.dirs: list[Path] = []
         self.addr = kit.address("sh2")
 
@@ -274,9 +281,10 @@ class Bare:
         d = self.root / server / name
         d.mkdir(parents=True)
         self.dirs.append(d)
-        overlay = d / "disk.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(TEMPLATE / "busybox.ext4"),
-                        "-F", "raw", str(overlay)], check=True)
+        overlay = self.san / f"{name}.bare.qcow2" if self.san else d / "disk.qcow2"
+        if not incoming or not self.san:      # (shared: the target opens the source's disk)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(TEMPLATE / "busybox.ext4"),
+                            "-F", "raw", str(overlay)], check=True)
         argv = bare_argv(self.model, f"{name}.bare", d, overlay, incoming)
         r = subprocess.run(["ip", "netns", "exec", self.kit.netns(server), *argv],
                            capture_output=True, text=True)
@@ -323,6 +331,9 @@ class Bare:
         dst = self._qemu("sh2", name, True)
         nbd, mig = 20000 + 2 * i, 20001 + 2 * i
         marks = {}
+
+        if self.san:
+            return self._move_shared(name, src, dst, mig, start)
 
         async def incoming(c):
             node = next(b["inserted"]["node-name"] for b in await c.execute("query-block")
@@ -379,6 +390,34 @@ class Bare:
                 "down_as_mln": qemu_down + int((running - before_target) * 1000),
                 "qemu_downtime": qemu_down, "each": time.monotonic() - start}
 
+    def _move_shared(self, name: str, src: Path, dst: Path, mig: int, start: float) -> dict:
+        """Only the memory: the target runs as soon as it arrived (its disk taken over then)."""
+        async def incoming(c):
+            await c.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "late-block-activate", "state": True}]})
+            await c.execute("migrate-incoming", {"uri": f"tcp:{self.addr}:{mig}"})
+            await c.execute("cont")
+        self.qmp(dst, incoming, 10)
+
+        async def send(c):
+            await c.execute("migrate", {"uri": f"tcp:{self.addr}:{mig}"})
+            while True:
+                info = await c.execute("query-migrate")
+                if info.get("status") == "completed":
+                    return info
+                if info.get("status") in ("failed", "cancelled"):
+                    raise RuntimeError(f"migration of {name} {info.get('status')}: {info.get('error-desc')}")
+                await asyncio.sleep(0.05)
+        info = self.qmp(src, send)
+
+        async def quit_(c):
+            with contextlib.suppress(Exception):
+                await c.execute("quit")
+        self.qmp(src, quit_, 10)
+        self._wait_gone(src)
+        down = int(info.get("downtime", 0))
+        return {"down": down, "down_as_mln": down, "qemu_downtime": down, "each": time.monotonic() - start}
+
     def move_all(self) -> tuple[float, list[dict]]:
         logs = [(self.root / "sh1" / f"g{i}" / "console.log", self.root / "sh2" / f"g{i}" / "console.log")
                 for i in range(1, self.n + 1)]
@@ -434,17 +473,26 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, default=4, help="QEMU guests moved (default 4)")
     ap.add_argument("--memory", type=int, default=96, help="MB of RAM per guest (default 96)")
     ap.add_argument("--boot-timeout", type=float, default=300)
+    ap.add_argument("--shared", action="store_true", help="the disks on shared storage (san_path)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
-    with tempfile.TemporaryDirectory(prefix="mln-migbench-") as tmp, \
-            NamespaceServers(Path(tmp) / "kit") as kit:
+    with tempfile.TemporaryDirectory(prefix="mln-migbench-") as tmp, contextlib.ExitStack() as stack:
+        san = Path(tmp) / "san" if a.shared else None
+        conf = {}
+        if san:
+            (Path(tmp) / "san-real").mkdir()
+            san.mkdir()
+            conf = {s: f"san_path {san}\n" for s in ("sh1", "sh2")}
+        kit = stack.enter_context(NamespaceServers(Path(tmp) / "kit", conf=conf))
+        for s in conf:      # both servers see the directory, the client does not (as two servers on a SAN)
+            ok(kit.run(s, ["mount", "--bind", str(Path(tmp) / "san-real"), str(san)]), f"the SAN on {s}")
         try:
             for where in ("client", "sh1", "sh2", "sh3"):
                 ok(kit.mln(where, "register_template", "-t", str(TEMPLATE / "busybox.ext4"),
                            "--kernel", str(TEMPLATE / "vmlinux"), "--initrd", str(TEMPLATE / "initrd.gz")),
                    f"register_template on {where}")
-            m = run_mln(kit, a.hosts, a.memory, a.boot_timeout)
+            m = run_mln(kit, a.hosts, a.memory, a.boot_timeout, san)
         finally:
             for where in ("sh1", "sh2"):
                 kit.mln(where, "stop", "-a", "-H")
@@ -452,7 +500,7 @@ def main() -> int:
         if r.returncode:
             print(f"warning: mln remove -f -p {PROJECT}: {r.stderr.strip()}", file=sys.stderr)
         leftovers(kit)
-        bare = Bare(kit, Path(tmp) / "bare", m["model"], a.hosts)
+        bare = Bare(kit, Path(tmp) / "bare", m["model"], a.hosts, Path(tmp) / "san-real" if san else None)
         try:
             bare.start_sources(a.boot_timeout)
             time.sleep(2)
@@ -461,7 +509,7 @@ def main() -> int:
         finally:
             bare.stop()
         print(f"live move of {a.hosts} running QEMU guests ({a.memory} MB, TCG) from sh1 to sh2, "
-              f"two at a time")
+              f"two at a time, " + ("on shared storage (memory only)" if san else "disks mirrored"))
         print(f"{'':5} {'paused median':>14} {'paused max':>11} {'per guest':>10} {'total':>8}")
         rows = [("bare", [x["down"] for x in b], b_total, [x["each"] for x in b])]
         if m["error"] is None:

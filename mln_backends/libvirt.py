@@ -235,7 +235,8 @@ def mln_build_host(host, disk, ctx):
         out["domain_type"] = _domain_type(host, ctx)
         return out
     u = dom_xml.uri(ctx)                   # the disks go there now (libvirt_remote)
-    want = (host.tree.get("accel") if host.tree is not None else None) or ctx.config.get("qemu_accel") or "auto"
+    want = host.tree.get("accel") if host.tree is not None else None
+    want = want or ctx.config.get("qemu_accel") or "auto"
     out["domain_type"] = remote.domain_type(u, want)
     swap = ctx.path(disk.extra["swap"]) if disk.extra.get("swap") else None
     name = dom_xml.domain_name(host, ctx, ctx.store.project_dir(host.project) if ctx.store else None)
@@ -373,8 +374,9 @@ def mln_console(host, ctx):
     rec = _remote_record(host, ctx)
     if rec is not None:
         u, name = _where(host, ctx)
-        raise MlnError(f"its console is on the libvirtd at {rec.get('uri', u)}, which mln console cannot attach to "
-                       f"yet: virsh -c '{u}' console {name} (on a terminal)", f"host {host.name}")
+        raise MlnError(f"its console is on the libvirtd at {u}, which mln console reaches only through the "
+                       f"libvirt server transport: virsh -c '{u}' console {name} (on a terminal)",
+                       f"host {host.name}")
     sock = _console_socket(host, ctx)
     return {"socket": sock} if os.path.exists(sock) else None
 

@@ -249,8 +249,8 @@ def domain_xml(host, ctx, name: str, b: dict, console_sock: str, console_log: st
     source = "<serial type='pty'>" if remote is not None else \
         f"<serial type='unix'><source mode='bind' path={_a(console_sock)}/>"
     devs.append(f"{source}<log file={_a(console_log)} append='on'/><target port='0'/></serial>")
-    devs.append(f"<console type={_a('pty' if remote is not None else 'unix')}><target type='serial' port='0'/>"
-                "</console>")
+    kind = "pty" if remote is not None else "unix"
+    devs.append(f"<console type={_a(kind)}><target type='serial' port='0'/></console>")
     devs.append(f"<memballoon model='virtio'>{_pci(BALLOON_SLOT)}</memballoon>")
     devs.append("<controller type='usb' model='none'/>")
     files = remote if remote is not None else b       # a remote libvirtd boots the kernel sent there

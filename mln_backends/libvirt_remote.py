@@ -80,8 +80,9 @@ def pool(conn, ctx, uri: str, create: bool = True):
                 try:
                     p = conn.storagePoolLookupByName(name)
                 except lv.libvirtError:
-                    p = conn.storagePoolDefineXML(f"<pool type='dir'><name>{dom_xml._text(name)}</name>"
-                                                  f"<target><path>{dom_xml._text(path)}</path></target></pool>", 0)
+                    xml = (f"<pool type='dir'><name>{dom_xml._text(name)}</name>"
+                           f"<target><path>{dom_xml._text(path)}</path></target></pool>")
+                    p = conn.storagePoolDefineXML(xml, 0)
                     p.build(0)
                     ctx.log(f"+---> defined libvirt storage pool {name} ({path}) there")
         if not p.isActive():
@@ -117,8 +118,9 @@ def upload(conn, p, name: str, path: str, length: int | None = None, capacity: i
     size = os.path.getsize(path)
     length = size if length is None else min(length, size)
     capacity = max(capacity or size, 1)
-    vol = p.createXML(f"<volume><name>{dom_xml._text(name)}</name><capacity unit='bytes'>{capacity}"
-                      "</capacity><allocation>0</allocation><target><format type='raw'/></target></volume>", 0)
+    vol = p.createXML(f"<volume><name>{dom_xml._text(name)}</name><capacity unit='bytes'>"
+                      f"{capacity}</capacity><allocation>0</allocation><target><format type='raw'/></target>"
+                      "</volume>", 0)
     stream = None
     try:
         stream = conn.newStream(0)
@@ -157,13 +159,25 @@ def shared_volume(ctx, conn, p, ppath: str, src: str, kind: str, machine) -> str
     lv = dom_xml.binding()
     sha = _sha256(src)
     name = f"{SHARED}{sha[:32]}.qcow2" if kind == "template" else f"{SHARED}{sha[:32]}-{kind}"
+    marker = os.path.join(ctx.config.projects_dir, f".upload-{name}")     # an upload under way
     with _lock:
         if _volume(lv, p, name) is None:
             _refresh(lv, p)
-        if _volume(lv, p, name) is not None:
+        vol = _volume(lv, p, name)
+        if vol is not None and os.path.exists(marker):
+            pid = machine.read_pid(marker)
+            if pid != os.getpid() and machine.alive(pid):
+                raise MlnError(f"another mln (pid {pid}) is sending {kind} {os.path.basename(src)} there now; "
+                               "try again when it is done")
+            vol.delete(0)               # what an upload cut off (mln killed) left: sent again
+            vol = None
+        if vol is not None:
             return f"{ppath}/{name}"
         ctx.log(f"+---> sending {kind} {os.path.basename(src)} ({os.path.getsize(src) // 2**20} MB) into "
                 f"libvirt's pool there")
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker, "w") as f:
+            f.write(f"{os.getpid()}\n")
         with tempfile.TemporaryDirectory(prefix="mln-upload-") as tmp:
             if kind == "template" and not _is_qcow2(src):
                 conv = os.path.join(tmp, name)
@@ -171,7 +185,25 @@ def shared_volume(ctx, conn, p, ppath: str, src: str, kind: str, machine) -> str
                             what=f"converting template {os.path.basename(src)}", timeout=None)
                 src = conv
             upload(conn, p, name, src)
+        os.unlink(marker)
     return f"{ppath}/{name}"
+
+
+def _leftovers(ctx, lv, p, host, domain: str) -> None:
+    """Delete the volumes of ``domain`` that no build of the project records: what a build
+    killed while it sent them left (the project as it is keeps its own until it is replaced)."""
+    from mln_core.store import Store
+    try:
+        state = Store.read_state(ctx.store.project_dir(host.project))
+    except (MlnError, OSError, AttributeError):
+        state = {}
+    rec = ((state.get("hosts") or {}).get(host.name) or {}).get("backend", {}).get("remote") or {}
+    keep = set(rec.get("volumes") or []) | {f"{domain}.console.log"}
+    _refresh(lv, p)
+    for name in p.listVolumes():
+        if name.startswith(f"{domain}.") and name not in keep:
+            with contextlib.suppress(lv.libvirtError):
+                p.storageVolLookupByName(name).delete(0)
 
 
 def _is_qcow2(path: str) -> bool:
@@ -193,6 +225,7 @@ def upload_host(host, ctx, uri: str, disk_path: str, swap: str | None, template:
     base = f"{domain}.{secrets.token_hex(4)}"
     rec = {"pool": p.name(), "path": ppath, "volumes": [], "sources": {"template": template}}
     try:
+        _leftovers(ctx, lv, p, host, domain)
         rec["template"] = shared_volume(ctx, conn, p, ppath, template, "template", machine)
         for kind, src in (("kernel", kernel), ("initrd", initrd)):
             if src:
@@ -201,8 +234,8 @@ def upload_host(host, ctx, uri: str, disk_path: str, swap: str | None, template:
         with tempfile.TemporaryDirectory(prefix="mln-upload-") as tmp:
             top = os.path.join(tmp, "disk.qcow2")
             shutil.copyfile(disk_path, top)
-            machine.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", rec["template"], "-F", "qcow2", top],
-                        what=f"host {host.name}: pointing its disk at the template there")
+            machine.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", rec["template"], "-F", "qcow2",
+                         top], what="rebasing its disk onto the template volume there")
             name = f"{base}.qcow2"
             rec["volumes"].append(name)
             upload(conn, p, name, top)
@@ -279,7 +312,9 @@ def delete_host(ctx, uri: str, rec: dict, domain: str | None) -> None:
         if not p.isActive():
             p.create(0)
         _refresh(lv, p)
-        names = list(rec.get("volumes", [])) + ([os.path.basename(console_log(rec, domain))] if domain else [])
+        names = list(rec.get("volumes", []))
+        if domain:
+            names.append(os.path.basename(console_log(rec, domain)))
         for name in names:
             vol = _volume(lv, p, name)
             if vol is not None:
@@ -385,3 +420,62 @@ def node(uri: str, ctx) -> dict:
         return out
     except lv.libvirtError as e:
         raise _fail(e, "node information", uri) from None
+
+
+# -- the console, through libvirt's stream ------------------------------------------------------------
+
+class StreamConsole:
+    """The serial console of a domain there, through ``virDomainOpenConsole``: what
+    :mod:`mln_core.console` attaches to (``fd`` to wait on and ``read``, ``send``; ``wfd``
+    only says that input can be sent: the stream takes it at once)."""
+
+    def __init__(self, uri: str, domain: str):
+        lv = self.lv = dom_xml.binding()
+        conn = dom_xml.connect(uri)
+        try:
+            dom = conn.lookupByName(domain)
+            self.stream = conn.newStream(0)
+            dom.openConsole(None, self.stream, 0)
+        except lv.libvirtError as e:
+            raise _fail(e, f"the console of domain {domain}", uri) from None
+        self.fd, self._out = os.pipe()
+        self._never, self.wfd = os.pipe()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                data = self.stream.recv(65536)
+                if not isinstance(data, bytes) or not data:
+                    break
+                os.write(self._out, data)
+        except Exception:           # the stream ended (the guest stopped, the link broke)
+            pass
+        finally:
+            os.close(self._out)
+
+    def read(self) -> bytes:
+        from mln_core.console import Closed
+        data = os.read(self.fd, 65536)
+        if not data:
+            raise Closed
+        return data
+
+    def send(self, data) -> None:
+        from mln_core.console import Closed
+        data = bytes(data)
+        try:
+            while data:
+                n = self.stream.send(data)
+                if n < 0:
+                    raise Closed
+                data = data[n:]
+        except self.lv.libvirtError:
+            raise Closed from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stream.abort()
+        for fd in (self.fd, self._never, self.wfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -77,7 +77,9 @@ def mln_respan_switch(switch, old, new, apply, ctx):
     m = ctx.on(switch)
     d, ctl, _pidfile = _paths(switch, ctx)
     plug = _plug(m, d)
-    if not old and new:
+    if not old and new and vxlan.names(switch)["tap"] in (m.cmdline(m.read_pid(_pidfile)) or []):
+        _span_devices(m, switch, new)       # started spanning (its own tap, -t), then it stopped
+    elif not old and new:
         m.run(["vde_plug2tap", "-d", "-P", os.path.join(d, "plug.pid"), "-s", ctl,
                _span_devices(m, switch, new)], what=f"switch {switch.name}")
     elif plug and not new:                  # the tap came with vde_plug2tap: it goes with it

@@ -407,7 +407,8 @@ class Mover:
         from concurrent.futures import ThreadPoolExecutor
         e, name, out = self.e, self.name, {}
         write_file(os.path.join(e.store.project_dir(name), MOVES), json.dumps(
-            {"hosts": {h: list(self.moved[h]) for h in self.live}, "addresses": addresses}) + "\n", sync=True)
+            {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
+            sync=True)
 
         def one(h):
             src, dst = self.moved[h]
@@ -434,10 +435,15 @@ class Mover:
 
     def bring_back(self, addresses: dict[str, str]) -> list[str]:
         """Before the upgrade is put back: each guest that already runs on its new server
-        (:attr:`switched`) is sent back live to the server it left (a new QEMU there takes
-        it; the one it left from is an empty shell). The hosts that could not go back (they
-        run on where they are: the upgrade must stay held)."""
-        return bring_back(self.e, self.fleet, self.name, {h: self.moved[h] for h in self.switched}, addresses)
+        (:attr:`switched`, or one whose answer got lost: the new server's status says) is
+        sent back live to the server it left (a new QEMU there takes it; the one it left
+        from is an empty shell). The hosts that could not go back (they run on where they
+        are: the upgrade must stay held)."""
+        return bring_back(self.e, self.fleet, self.name, self._may_switch(), addresses)
+
+    def _may_switch(self) -> dict:
+        """The live hosts that run on their new servers once they arrived (shared storage)."""
+        return {h: self.moved[h] for h in self.live if h in self.shared or h in self.switched}
 
     def report(self, sent: dict[str, tuple[int, float | None]]) -> None:
         """Each live host's pause: QEMU's downtime, and (unless it ran on at once) from the
@@ -476,15 +482,17 @@ class Mover:
 def bring_back(engine, fleet, name: str, moved: dict, addresses: dict[str, str]) -> list[str]:
     """:meth:`Mover.bring_back` of the hosts ``moved`` ({host: (from, to)}) whose guests
     run on the server they went to (its status says so)."""
-    me, stuck = fleet.me, []
+    me, stuck, rows = fleet.me, [], {}
 
     def on(server, request, local):
         return local() if server == me else fleet.request(server, request)
     for h, (src, dst) in sorted(moved.items()):
         try:
-            rows = on(dst, {"verb": "status", "project": name}, lambda: {"rows": engine.status(name)})["rows"]
+            if dst not in rows:
+                rows[dst] = on(dst, {"verb": "status", "project": name},
+                               lambda: {"rows": engine.status(name)})["rows"]
             if not any(r["kind"] == "host" and r["name"] == h and r["state"] == "up" and not r["detail"]
-                       for r in rows):
+                       for r in rows[dst]):
                 continue                          # it does not run there: the put back ends it there
             fleet.say(src, f"+---> {h}: taking its guest back from {dst}")
             incoming = on(src, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[src],

@@ -68,8 +68,8 @@ def refusal(config, server: str, host: str | None = None, hypervisor: str | None
                 "no mln runs there, only its libvirtd; make it a libvirt host (hypervisor libvirt) or put it "
                 "on another server")
     return (f"switch {switch}: it would join servers {', '.join(servers or [])}, but server {server} "
-            f"({_line(config, server)}) runs only a libvirtd, whose networks mln cannot join to other servers "
-            "yet; keep the switch's hosts on one server")
+            f"({_line(config, server)}) runs only a libvirtd, whose networks mln cannot join to other "
+            "servers yet; keep the switch's hosts on one server")
 
 
 @hookimpl
@@ -86,10 +86,15 @@ def mln_validate(project, ctx):
     out = []
     for h in project.hosts.values():
         where = lay.hosts.get(h.name)
-        if where in servers and h.hypervisor != "libvirt":
-            line = h.tree.line("service_host") if h.tree is not None else None
-            pos = line.pos if line is not None else (h.tree.pos if h.tree is not None else None)
+        if where not in servers:
+            continue
+        line = h.tree.line("service_host") if h.tree is not None else None
+        pos = line.pos if line is not None else (h.tree.pos if h.tree is not None else None)
+        if h.hypervisor != "libvirt":
             out.append(Problem("error", refusal(config, where, h.name, h.hypervisor), pos))
+        elif any(m.fstype != "hostfs" for m in h.mounts):
+            out.append(Problem("error", f"host {h.name}: the disks of its mount lines are not sent to server "
+                                        f"{where} ({_line(config, where)}) yet", pos))
     for name, on in lay.switches.items():
         lv = [s for s in on if s in servers]
         if len(on) > 1 and lv:
@@ -119,9 +124,9 @@ def _ssh_wrapper(root: str, known_hosts: str) -> str:
     """An ``ssh`` that checks host keys against ``known_hosts`` only (libvirt's ssh
     transport cannot name that file)."""
     path = os.path.join(root, "ssh")
-    text = ("#!/bin/sh\n# written by mln: libvirt's ssh, with the host keys of mln.conf's ssh_known_hosts only\n"
-            f"exec ssh -o {shlex.quote('UserKnownHostsFile=' + known_hosts)} -o GlobalKnownHostsFile=/dev/null "
-            "-o StrictHostKeyChecking=yes \"$@\"\n")
+    text = ("#!/bin/sh\n# written by mln: libvirt's ssh, with the host keys of mln.conf's ssh_known_hosts\n"
+            f"exec ssh -o {shlex.quote('UserKnownHostsFile=' + known_hosts)} "
+            "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes \"$@\"\n")
     try:
         with open(path) as f:
             if f.read() == text:
@@ -237,15 +242,39 @@ class LibvirtTransport:
         os.chmod(local_path, 0o600)
 
     def console(self, project: str, host: str, options: list[str]) -> int:
+        """The guest's serial console through libvirt's stream (``mln console`` there, as
+        mln_core.console does it here): on a terminal until Ctrl-]; without one, standard
+        input typed into it and the output printed until the guest is quiet for ``-w``."""
         import json
+        import sys
+
+        from mln_backends.libvirt_remote import StreamConsole
+        from mln_core.console import Closed, _OutputClosed, batch, interactive
         try:
             with open(os.path.join(self.root, project, "hosts", host, "libvirt.json")) as f:
                 rec = json.load(f)
-            where = f": virsh -c '{rec['uri']}' console {rec['domain']} (on a terminal)"
+            uri, domain = rec["uri"], rec["domain"]
         except (OSError, ValueError, KeyError, TypeError):
-            where = " (the host has not been started)"
-        raise MlnError(f"host '{host}' of project '{project}' runs on server {self.server.name}, a libvirtd "
-                       f"without mln, whose consoles mln console cannot attach to yet{where}")
+            raise MlnError(f"host '{host}' of project '{project}' on server {self.server.name} has not been "
+                           "started") from None
+        quiet = float(options[options.index("-w") + 1]) if "-w" in options[:-1] else 2.0
+        on_tty = sys.stdin.isatty()
+        con = StreamConsole(uri, domain)
+        try:
+            if on_tty:
+                print(f"console of {host} ({project}) on {self.server.name}: Ctrl-] leaves; press Enter "
+                      "for a prompt", file=sys.stderr, flush=True)
+                interactive(con)
+                print("", file=sys.stderr)
+            else:
+                batch(con, sys.stdin.buffer.read(), quiet)
+        except Closed:
+            print(("\n" if on_tty else "") + f"mln: the console of {host} closed", file=sys.stderr)
+        except _OutputClosed:
+            pass
+        finally:
+            con.close()
+        return 0
 
     def close(self) -> None:
         pass

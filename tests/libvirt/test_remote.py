@@ -94,8 +94,8 @@ def console(kit, lv: Libvirtd, uri: str, domain: str) -> str:
     """The guest's console log, read through the remote libvirtd (its pool)."""
     with tempfile.NamedTemporaryFile() as f:
         r = kit.client_run(["virsh", "-q", "-c", uri, "pool-refresh", "mln"], timeout=60)
-        r = kit.client_run(["virsh", "-q", "-c", uri, "vol-download", "--pool", "mln", f"{domain}.console.log",
-                            f.name], timeout=60)
+        r = kit.client_run(["virsh", "-q", "-c", uri, "vol-download", "--pool", "mln",
+                            f"{domain}.console.log", f.name], timeout=60)
         return Path(f.name).read_text(errors="replace") if r.returncode == 0 else ""
 
 
@@ -112,10 +112,20 @@ def wait_console(kit, lv, uri, domain, pattern: str, timeout: float = 90) -> str
 def test_libvirt_hosts_on_a_server_without_mln(lv_remote):
     kit, lv = lv_remote
     path = _project(kit)
-    r = kit.mln("client", "build", "-f", str(path), timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "[sh2] +---> sending template busybox.ext4" in r.stderr, r.stderr
     part = kit.client_dir / "projects" / ".server-sh2" / "lvremote"
+    # all or nothing: the second host's disk cannot be made ready for sh2, so the first one's
+    # volumes go again (and with them the shared ones: nothing else is in the pool)
+    r = kit.mln("client", "build", "-f", str(path), timeout=300, env={"MLN_FAULTS": "fail@rebase#2"})
+    assert r.returncode == 1 and "server sh2:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "[sh2] +---> sending template busybox.ext4" in r.stderr, r.stderr
+    assert volumes(lv) == [] and not part.exists() and lv.domains() == []
+    # mln killed in the middle: the next build deletes the volume the killed one had sent
+    r = kit.mln("client", "build", "-j", "1", "-f", str(path), timeout=300,
+                env={"MLN_FAULTS": "kill@rebase#2"})
+    assert r.returncode == -9 and len(volumes(lv)) == 4, r.stderr
+
+    r = kit.mln("client", "build", "-r", "-f", str(path), timeout=300)
+    assert r.returncode == 0, r.stderr
     assert part.is_dir() and not (kit.dir("sh2") / "projects" / "lvremote").exists()
     vols = volumes(lv)
     assert len([v for v in vols if v.startswith("mln-shared-")]) == 3, vols       # template, kernel, initrd
@@ -137,9 +147,12 @@ def test_libvirt_hosts_on_a_server_without_mln(lv_remote):
     assert "MLN-CHECK hostname alpha" in alpha and "MLN-CHECK hostname beta" in beta
     r = kit.mln("client", "status", "-p", "lvremote")
     assert r.returncode == 0 and r.stdout.splitlines() == [
-        "lvremote host alpha up [sh2]", "lvremote host beta up [sh2]", "lvremote switch lan up [sh2]"], r.stdout
-    r = kit.mln("client", "console", "-p", "lvremote", "-h", "alpha", input="\n", timeout=60)
-    assert r.returncode == 1 and "virsh -c" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        "lvremote host alpha up [sh2]", "lvremote host beta up [sh2]", "lvremote switch lan up [sh2]"], \
+        r.stdout
+    r = kit.mln("client", "console", "-p", "lvremote", "-h", "beta", input="\necho MLN-$((6*7)); hostname\n",
+                timeout=60)
+    text = r.stdout.replace("\r", "")
+    assert r.returncode == 0 and "MLN-42\n" in text and "\nbeta\n" in text, r.stdout + r.stderr
     xml = lv.virsh("dumpxml", names[0])
     assert "<interface type='network'>" in xml and "/var/lib/libvirt/images/mln/" in xml, xml
     r = kit.mln("client", "daemon_status", timeout=60)
@@ -182,7 +195,8 @@ def test_only_libvirt_hosts_on_a_libvirt_server(tmp_path, test_template):
                 r = kit.mln("client", cmd, "-f", str(path), timeout=120)
                 err = r.stderr
                 assert r.returncode != 0 and "Traceback" not in err, err
-                assert f"host alpha: a {hv} host cannot run on server sh2 ('server sh2 libvirt root@" in err, err
+                want = f"host alpha: a {hv} host cannot run on server sh2 ('server sh2 libvirt root@"
+                assert want in err, err
             assert not (kit.client_dir / "projects" / f"bad{hv}").exists()
         # a switch that would join the libvirt server to another one
         text = _project(kit, "libvirt", project="span").read_text()
