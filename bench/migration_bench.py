@@ -29,7 +29,7 @@ on the target (under TCG its code is translated again, some 60 ms).
 With ``--shared`` the disks are on shared storage: mln's hosts have ``filepath SAN`` (a
 directory that both servers list with ``san_path``, bind-mounted in both), the bare
 guests' overlays are there too, and only the memory travels: the target waits with
-``late-block-activate`` and runs as soon as the memory arrived (``cont`` while it waits),
+``late-block-activate`` and runs as soon as the memory arrived (started without ``-S``),
 the source only migrates. A guest's pause is then QEMU's ``downtime`` on both sides.
 
 Both sides use the busybox test template (/var/cache/mln/test-template). Everything runs
@@ -226,9 +226,10 @@ def processes(kit, server: str) -> list[str]:
 
 # -- bare ---------------------------------------------------------------------------------------------
 
-def bare_argv(model: str, name: str, d: Path, overlay: Path, incoming: bool) -> list[str]:
+def bare_argv(model: str, name: str, d: Path, overlay: Path, incoming: bool, shared: bool = False) -> list[str]:
     """mln's QEMU command line (``model``) for a guest of ours in ``d``: our paths, the NICs
-    without a backend (no switch), and ``-incoming defer -S`` for a target."""
+    without a backend (no switch), and ``-incoming defer -S`` for a target (without ``-S``
+    on shared storage: it runs as soon as it arrived)."""
     old = shlex.split(model)
     argv, i = [old[0]], 1
     while i < len(old):
@@ -261,7 +262,7 @@ def bare_argv(model: str, name: str, d: Path, overlay: Path, incoming: bool) -> 
             v = re.sub(r",netdev=[^,]*", "", v)
         argv += [a, v]
     if incoming:
-        argv += ["-incoming", "defer", "-S"]
+        argv += ["-incoming", "defer"] + ["-S"] * (not shared)
     return argv
 
 
@@ -285,7 +286,7 @@ class Bare:
         if not incoming or not self.san:      # (shared: the target opens the source's disk)
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(TEMPLATE / "busybox.ext4"),
                             "-F", "raw", str(overlay)], check=True)
-        argv = bare_argv(self.model, f"{name}.bare", d, overlay, incoming)
+        argv = bare_argv(self.model, f"{name}.bare", d, overlay, incoming, bool(self.san))
         r = subprocess.run(["ip", "netns", "exec", self.kit.netns(server), *argv],
                            capture_output=True, text=True)
         if r.returncode:
@@ -396,7 +397,6 @@ class Bare:
             await c.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "late-block-activate", "state": True}]})
             await c.execute("migrate-incoming", {"uri": f"tcp:{self.addr}:{mig}"})
-            await c.execute("cont")
         self.qmp(dst, incoming, 10)
 
         async def send(c):

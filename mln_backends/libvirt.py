@@ -235,15 +235,30 @@ def mln_build_host(host, disk, ctx):
         out["domain_type"] = _domain_type(host, ctx)
         return out
     u = dom_xml.uri(ctx)                   # the disks go there now (libvirt_remote)
+    kept = _remote_record(host, ctx)       # mln upgrade regenerating the configuration: the disk there stays
     want = host.tree.get("accel") if host.tree is not None else None
     want = want or ctx.config.get("qemu_accel") or "auto"
     out["domain_type"] = remote.domain_type(u, want)
     swap = ctx.path(disk.extra["swap"]) if disk.extra.get("swap") else None
+    if kept is not None and kept.get("uri") == u:
+        out["remote"] = kept
+        return out
     name = dom_xml.domain_name(host, ctx, ctx.store.project_dir(host.project) if ctx.store else None)
     out["remote"] = remote.upload_host(host, ctx, u, ctx.path(disk.path), swap, template.path, out["kernel"],
                                        out["initrd"], name)
     out["remote"]["uri"] = u
     return out
+
+
+@hookimpl(tryfirst=True)
+def mln_copy_disk(host, disk, ctx):
+    """A disk in a remote libvirtd's pool is not copied (the one built here is not the guest's
+    any more): an error rather than a copy of the wrong disk."""
+    rec = _remote_record(host, ctx) if _mine(host) else None
+    if rec is not None:
+        raise MlnError("its disk is a volume in the pool of a remote libvirtd, which mln cannot copy yet; "
+                       "change the host so that its disk is made afresh, or rebuild it (mln build -r)")
+    return None
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -301,7 +316,7 @@ def mln_start_host(host, ctx):
     rec = _remote_record(host, ctx)
     try:
         if rec is not None:                 # its volumes there, the shared ones sent again if they went
-            remote.ready(host, ctx, u, rec, ctx.on(host))
+            remote.ready(host, ctx, u, rec, ctx.on(host), name)
             rec = dict(rec, log=remote.console_log(rec, name))
             if not saved:
                 remote.forget_log(ctx, u, rec, name)

@@ -167,8 +167,8 @@ def shared_volume(ctx, conn, p, ppath: str, src: str, kind: str, machine) -> str
         if vol is not None and os.path.exists(marker):
             pid = machine.read_pid(marker)
             if pid != os.getpid() and machine.alive(pid):
-                raise MlnError(f"another mln (pid {pid}) is sending {kind} {os.path.basename(src)} there now; "
-                               "try again when it is done")
+                raise MlnError(f"another mln (pid {pid}) is sending {kind} {os.path.basename(src)} there "
+                               "now; try again when it is done")
             vol.delete(0)               # what an upload cut off (mln killed) left: sent again
             vol = None
         if vol is not None:
@@ -178,26 +178,30 @@ def shared_volume(ctx, conn, p, ppath: str, src: str, kind: str, machine) -> str
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         with open(marker, "w") as f:
             f.write(f"{os.getpid()}\n")
-        with tempfile.TemporaryDirectory(prefix="mln-upload-") as tmp:
-            if kind == "template" and not _is_qcow2(src):
-                conv = os.path.join(tmp, name)
-                machine.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", src, conv],
-                            what=f"converting template {os.path.basename(src)}", timeout=None)
-                src = conv
-            upload(conn, p, name, src)
-        os.unlink(marker)
+        try:                            # (a failed upload deletes its volume; a killed one leaves both)
+            with tempfile.TemporaryDirectory(prefix="mln-upload-") as tmp:
+                if kind == "template" and not _is_qcow2(src):
+                    conv = os.path.join(tmp, name)
+                    machine.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", src, conv],
+                                what=f"converting template {os.path.basename(src)}", timeout=None)
+                    src = conv
+                upload(conn, p, name, src)
+        finally:
+            os.unlink(marker)
     return f"{ppath}/{name}"
 
 
-def _leftovers(ctx, lv, p, host, domain: str) -> None:
-    """Delete the volumes of ``domain`` that no build of the project records: what a build
-    killed while it sent them left (the project as it is keeps its own until it is replaced)."""
+def _leftovers(ctx, lv, p, host, domain: str, rec: dict | None = None) -> None:
+    """Delete the volumes of ``domain`` that ``rec`` does not record (default: the project as
+    it is, which keeps its own until it is replaced): what a build killed while it sent them
+    left, or the disk an upgrade made anew replaced."""
     from mln_core.store import Store
-    try:
-        state = Store.read_state(ctx.store.project_dir(host.project))
-    except (MlnError, OSError, AttributeError):
-        state = {}
-    rec = ((state.get("hosts") or {}).get(host.name) or {}).get("backend", {}).get("remote") or {}
+    if rec is None:
+        try:
+            state = Store.read_state(ctx.store.project_dir(host.project))
+        except (MlnError, OSError, AttributeError):
+            state = {}
+        rec = ((state.get("hosts") or {}).get(host.name) or {}).get("backend", {}).get("remote") or {}
     keep = set(rec.get("volumes") or []) | {f"{domain}.console.log"}
     _refresh(lv, p)
     for name in p.listVolumes():
@@ -240,6 +244,7 @@ def upload_host(host, ctx, uri: str, disk_path: str, swap: str | None, template:
             rec["volumes"].append(name)
             upload(conn, p, name, top)
             rec["disk"] = f"{ppath}/{name}"
+            machine.step(f"libvirt volume {name} sent")      # (where tests fail or kill mln)
         if swap:
             name = f"{base}.swap"
             rec["volumes"].append(name)
@@ -255,9 +260,10 @@ def upload_host(host, ctx, uri: str, disk_path: str, swap: str | None, template:
     return rec
 
 
-def ready(host, ctx, uri: str, rec: dict, machine) -> None:
+def ready(host, ctx, uri: str, rec: dict, machine, domain: str) -> None:
     """Before a start: the pool runs, the host's disk is there, and so are the shared volumes
-    it needs (sent again if they went)."""
+    it needs (sent again if they went); volumes of the domain that its record does not name
+    (an upgrade made its disk anew) go."""
     lv = dom_xml.binding()
     conn = dom_xml.connect(uri)
     p, ppath = pool(conn, ctx, uri)
@@ -276,6 +282,7 @@ def ready(host, ctx, uri: str, rec: dict, machine) -> None:
                 got = shared_volume(ctx, conn, p, ppath, src, kind, machine)
                 if got != want:
                     raise MlnError(f"its {kind} {src} changed since the build; build the project again")
+        _leftovers(ctx, lv, p, host, domain, rec)
     except lv.libvirtError as e:
         raise _fail(e, f"host {host.name}'s volumes", uri) from None
 

@@ -244,14 +244,15 @@ def mln_migrate_in(host, disk, address, ctx):
         if (qmp(m, qmp_sock, "query-status", timeout=3) or {}).get("status") != "postmigrate":
             raise MlnError("is already running")
         m.kill_and_wait(pid, timeout=3)       # its guest went to another server: an empty shell
-    argv = command_line(host, ctx, resume=True, paused=True)
+    shared = bool((disk.extra or {}).get("shared"))     # then it runs as soon as it arrived (no -S)
+    argv = command_line(host, ctx, resume=True, paused=not shared)
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:
         f.write(shlex.join(argv) + "\n")
     r = m.run(argv, what="QEMU did not start", check=False, timeout=60, text=True)
     try:
         if r.returncode != 0:
             raise MlnError(f"QEMU did not start: {(r.stderr or r.stdout).strip()}")
-        return qemu_migrate.incoming(m, qmp_sock, address, bool((disk.extra or {}).get("shared")))
+        return qemu_migrate.incoming(m, qmp_sock, address, shared)
     except MlnError:
         _undo_start(host, ctx)
         raise

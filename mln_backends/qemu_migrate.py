@@ -17,9 +17,10 @@ On shared storage (an ``nfs`` or ``iscsi`` disk, or one that ``san_path`` in mln
 names: :mod:`mln_core.sanpath`) both servers open the same disk: the target's QEMU waits
 with it inactive, the source migrates the memory alone (it flushes the disk before the
 target takes it over), and nothing is exported or mirrored. The target runs the guest as
-soon as its memory arrived (``cont`` while it waits sets QEMU's autostart), so the guest
-pauses only for QEMU's own switch-over; putting such a move back is a migration the other
-way (:mod:`mln_core.move`).
+soon as its memory arrived (its QEMU is started without ``-S``: a ``cont`` while it waits
+would take the disk over at once, while the source still writes it), so the guest pauses
+only for QEMU's own switch-over; putting such a move back is a migration the other way
+(:mod:`mln_core.move`).
 
 If anything fails before the migration completed, the source cancels what it started and
 the guest keeps running there.
@@ -72,8 +73,7 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
             await c.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "late-block-activate", "state": True}]})
             await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
-            await c.execute("cont")           # (while incoming: it runs as soon as it arrived)
-            return
+            return                    # started without -S: it runs as soon as it arrived
         await c.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
                                                                               "port": str(nbd)}}})
         await c.execute("block-export-add", {"type": "nbd", "id": EXPORT, "node-name": node,

@@ -4,14 +4,19 @@
     server sh3 libvirt sh3.example.org:2222 pool=vms    # another ssh port, another pool
     server sh4 libvirt sh4 uri=qemu+tls://sh4.example.org/system
 
-The manager carries out that server's part of a project itself, with its own engine and
-:func:`mln_core.serve.handle`, as ``mln serve`` there would: in its own projects directory
-(``<projects>/.server-<NAME>``, where the part's state and records stay), with
-``service_host`` that server's name and ``libvirt_uri`` that server's libvirtd. The
+The manager carries out that server's part of a project itself: each request goes to an
+``mln serve`` of its own on the manager (:mod:`mln_core.serve`, a process per request as over
+ssh), whose configuration (``<projects>/.server-<NAME>/mln.conf``, written from the manager's)
+gives it its own projects directory (``<projects>/.server-<NAME>``, where the part's state and
+records stay), ``service_host`` that server's name and ``libvirt_uri`` that server's libvirtd,
+and the manager's templates and files directories. The
 ``libvirt`` backend sees a remote URI and does everything there through it
 (:mod:`mln_backends.libvirt_remote`): disks are made and individualized here and sent into a
 storage pool there, switches are libvirt networks there. Templates and ``files {}`` sources
-are the manager's own, so nothing is sent for them.
+are the manager's own, so nothing is sent for them. (A process per request, not the manager's
+own: two engines in one process would share Python's temporary directory, which
+``Store.private_tmp`` sets for the whole process.) ``mln console`` attaches to a guest's
+serial console there through libvirt's console stream.
 
 The URI is ``qemu+ssh://[USER@]ADDRESS[:PORT]/system?no_tty=1`` (``uri=URI`` on the server line
 for another, e.g. TLS), with ``keyfile=`` mln.conf's ``ssh_identity`` (or ``identity=`` on the
@@ -29,6 +34,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import threading
 from urllib.parse import quote
 
 from mln_core import hookimpl
@@ -168,68 +174,105 @@ class LibvirtTransport:
             self._uri = self.server.options.get("uri") or default_uri(self.server, self.ctx.config, self.root)
         return self._uri
 
-    def _engine(self, log):
-        from mln_core.context import Context
-        from mln_core.lifecycle import Engine
-        ctx = Context(config=part_config(self.ctx.config, self.server, self.root, self.uri), pm=self.ctx.pm,
-                      verbose=self.ctx.verbose,
-                      options={k: v for k, v in self.ctx.options.items() if k in ("quiet", "jobs")})
+    def _config(self):
+        return part_config(self.ctx.config, self.server, self.root, self.uri)
 
-        def say(message: str) -> None:
-            first = message.split("\n", 1)[0]
-            if first.startswith("warning:") or ": warning: " in first:
-                ctx.warnings.append(message)
-            if not (ctx.options.get("quiet") and message.startswith("+--->")):
-                log(message)
-        ctx.log = say
-        return Engine(ctx)
+    def _conf_file(self, config) -> str:
+        """The part's configuration as a file for ``mln serve`` (MLN_CONFIG)."""
+        from mln_core.config import REPEATABLE
+        lines = []
+        for key, value in sorted(config.values.items()):
+            values = config.lists.get(key, [value]) if key in REPEATABLE else [value]
+            for v in values:
+                if "#" in str(v) or "\n" in str(v):
+                    raise MlnError(f"mln.conf's {key} ({config.origins.get(key, 'set on the command line')}) "
+                                   f"holds a '#' or a line break, which the part of server {self.server.name} "
+                                   "cannot be given")
+                lines.append(f"{key} {v}\n")
+        path = os.path.join(self.root, "mln.conf")
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write("# written by mln: the configuration of the part of server "
+                    f"{self.server.name} that this manager carries out\n" + "".join(lines))
+        os.replace(tmp, path)
+        return path
 
     def _reachable(self) -> None:
         from mln_backends.libvirt_domain import connect
         connect(self.uri)
 
-    def _check_part(self, engine, request: dict) -> None:
+    def _check_part(self, config, request: dict) -> None:
         """Only libvirt hosts here, and no switch that spans servers."""
+        from mln_core.context import Context
         from mln_core.project import load_project
         from mln_core.servers import part
         placement = request.get("placement") or {}
-        config = self.ctx.config
         for switch, span in (placement.get("spans") or {}).items():
             servers = [self.server.name] + [f"the server at {a}" for a in span.get("remotes", [])]
-            raise MlnError(refusal(config, self.server.name, switch=switch, servers=servers))
+            raise MlnError(refusal(self.ctx.config, self.server.name, switch=switch, servers=servers))
         text = request.get("text")
         if not text:
             return
+        ctx = Context(config=config, pm=self.ctx.pm)
+        ctx.log = lambda message: None          # the build prints them
         path = os.path.join(self.root, f".{request.get('project', 'p')}.check.mln")
-        loaded = load_project(path, engine.ctx, text=text)
+        loaded = load_project(path, ctx, text=text)
         for h in part(loaded.project, placement or None).hosts.values():
             if h.hypervisor != "libvirt":
-                raise MlnError(refusal(config, self.server.name, h.name, h.hypervisor))
+                raise MlnError(refusal(self.ctx.config, self.server.name, h.name, h.hypervisor))
 
     def request(self, request: dict, log) -> dict:
-        from mln_core.serve import handle
+        """Carry out ``request`` as that server's ``mln serve`` would, in an ``mln serve`` of
+        its own on this machine (a process per request, as over ssh: two engines in one
+        process would share Python's temporary directory setting)."""
         verb = request.get("verb")
         if verb in NOT_HERE:
             raise MlnError(f"'{verb}' is not available for server {self.server.name}: it runs no mln, only a "
                            "libvirtd (hosts move to or from it stopped and rebuilt)")
-        engine = self._engine(log)
+        config = self._config()
+        if verb in ("ping", "need", "build", "start", "capacity"):
+            self._reachable()            # before anything is done: the libvirtd answers
+        if verb in ("build", "upgrade"):
+            self._check_part(config, request)
+        result = self._serve(request, self._conf_file(config), log)
+        if verb == "capacity":
+            from mln_backends.libvirt_remote import node
+            result.update(node(self.uri, self.ctx))
+        return result
+
+    def _serve(self, request: dict, conf: str, log) -> dict:
+        import json
+        import sys
+        argv = [sys.executable, "-m", "mln_core.cli"] + (["--verbose"] if self.ctx.verbose else [])
+        for name in sorted(getattr(self.ctx.pm, "disabled", ()) or ()):
+            argv += ["--no-plugin", name]
+        env = dict(os.environ, MLN_CONFIG=conf)
+        p = self.ctx.on().popen([*argv, "serve"], what=f"the part of server {self.server.name}",
+                                stdin=-1, stdout=-1, env=env, text=True)     # -1: a pipe
+        answer = None
         try:
-            if verb in ("ping", "need", "build", "start", "capacity"):
-                self._reachable()            # before anything is done: the libvirtd answers
-            if verb in ("build", "upgrade"):
-                self._check_part(engine, request)
-            result = handle(request, engine)
-            if verb == "capacity":
-                from mln_backends.libvirt_remote import node
-                result.update(node(self.uri, engine.ctx))
-            return result
-        except (MlnError, OSError):
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise MlnError(f"a malformed request: {type(e).__name__}: {e}") from None
-        except Exception as e:          # an internal error: said plainly, secrets never in it
-            from mln_core.private import redact
-            raise MlnError(redact(f"internal error: {type(e).__name__}: {e}")) from None
+            p.stdin.write(json.dumps(request) + "\n")
+            p.stdin.close()
+            for line in p.stdout:
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    log(line.rstrip("\n"))
+                    continue
+                if not isinstance(obj, dict) or "alive" in obj:
+                    continue
+                if "log" in obj:
+                    log(str(obj["log"]))
+                else:
+                    answer = obj
+        finally:
+            p.stdout.close()
+            status = p.wait()
+        if answer is None:
+            raise MlnError(f"'mln serve' for its part ended without an answer (exit status {status})")
+        if not answer.get("ok"):
+            raise MlnError(str(answer.get("error", "failed")))
+        return answer.get("result") or {}
 
     def put(self, local_path: str, remote_path: str) -> None:
         """The 'server' keeps its files here: a copy."""
