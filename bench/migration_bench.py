@@ -145,7 +145,17 @@ def wait_for(paths: list[Path], text: str, timeout: float) -> None:
 
 # -- mln ----------------------------------------------------------------------------------------------
 
-def run_mln(kit, n: int, memory: int, boot_timeout: float, san: Path | None = None):
+TIMED = r"""
+import subprocess, sys, time
+t = time.monotonic()
+p = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE, text=True)
+for line in p.stderr:
+    sys.stderr.write(f"{time.monotonic() - t:6.2f}s {line}")
+sys.exit(p.wait())
+"""
+
+
+def run_mln(kit, n: int, memory: int, boot_timeout: float, san: Path | None = None, show: bool = False):
     path = kit.client_dir / f"{PROJECT}.mln"
     path.write_text(project(n, "sh1", memory, san))
     ok(kit.mln("client", "build", "-f", str(path)), "mln build")
@@ -159,7 +169,11 @@ def run_mln(kit, n: int, memory: int, boot_timeout: float, san: Path | None = No
              "console.log") for i in range(1, n + 1)]
     watch = Watch([f for pair in logs for f in pair])
     t = time.monotonic()
-    r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    if show:        # each line with the time since the start
+        r = kit.client_run([sys.executable, "-c", TIMED, sys.executable, "-m", "mln_core.cli", "upgrade", "-r",
+                            "-f", str(path)])
+    else:
+        r = kit.mln("client", "upgrade", "-r", "-f", str(path))
     total = time.monotonic() - t
     watch.stop()
     arrived = dict(re.findall(r"\[sh2\] \+---> (\S+): its (?:disk and )?memory arrived from sh1 in ([\d.]+) s",
@@ -356,6 +370,7 @@ class Bare:
                     break
                 await asyncio.sleep(0.05)
             marks["migrate"] = time.monotonic()
+            await self.tune(c)
             await c.execute("migrate", {"uri": f"tcp:{self.addr}:{mig}"})
             while True:
                 info = await c.execute("query-migrate")
@@ -391,6 +406,14 @@ class Bare:
                 "down_as_mln": qemu_down + int((running - before_target) * 1000),
                 "qemu_downtime": qemu_down, "each": time.monotonic() - start}
 
+    @staticmethod
+    async def tune(c):
+        """mln's migration settings (its defaults: mln_backends.qemu_migrate.tuning)."""
+        from mln_backends.qemu_migrate import tuning
+        await c.execute("migrate-set-capabilities", {"capabilities": [{"capability": "auto-converge",
+                                                                       "state": True}]})
+        await c.execute("migrate-set-parameters", tuning({}))
+
     def _move_shared(self, name: str, src: Path, dst: Path, mig: int, start: float) -> dict:
         """Only the memory: the target runs as soon as it arrived (its disk taken over then)."""
         async def incoming(c):
@@ -400,6 +423,7 @@ class Bare:
         self.qmp(dst, incoming, 10)
 
         async def send(c):
+            await self.tune(c)
             await c.execute("migrate", {"uri": f"tcp:{self.addr}:{mig}"})
             while True:
                 info = await c.execute("query-migrate")
@@ -474,6 +498,7 @@ def main() -> int:
     ap.add_argument("--memory", type=int, default=96, help="MB of RAM per guest (default 96)")
     ap.add_argument("--boot-timeout", type=float, default=300)
     ap.add_argument("--shared", action="store_true", help="the disks on shared storage (san_path)")
+    ap.add_argument("--show", action="store_true", help="print what mln upgrade printed, each line timed")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
@@ -492,7 +517,7 @@ def main() -> int:
                 ok(kit.mln(where, "register_template", "-t", str(TEMPLATE / "busybox.ext4"),
                            "--kernel", str(TEMPLATE / "vmlinux"), "--initrd", str(TEMPLATE / "initrd.gz")),
                    f"register_template on {where}")
-            m = run_mln(kit, a.hosts, a.memory, a.boot_timeout, san)
+            m = run_mln(kit, a.hosts, a.memory, a.boot_timeout, san, a.show)
         finally:
             for where in ("sh1", "sh2"):
                 kit.mln(where, "stop", "-a", "-H")
@@ -534,6 +559,8 @@ def main() -> int:
         for what, down, _, _ in rows:
             print(f"{what}: guests paused at most {max(down)} ms (goal <= 50 ms: "
                   f"{'met' if max(down) <= 50 else 'NOT met'})")
+        if a.show:
+            print("\nmln upgrade printed:\n" + m["stderr"])
         if m["error"] is not None:
             print(f"\nmln FAILED: {m['error']}")
             return 1

@@ -262,7 +262,8 @@ def mln_migrate_in(host, disk, address, ctx):
 def mln_migrate_out(host, incoming, ctx):
     if not _mine(host):
         return None
-    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname, _shared(host, ctx))
+    return qemu_migrate.send(ctx.on(host), _paths(host, ctx)[1], incoming, host.fqname, _shared(host, ctx),
+                             qemu_migrate.tuning(ctx.config))
 
 
 def _shared(host, ctx) -> bool:

@@ -35,6 +35,21 @@ from . import qemu_qmp
 
 TIMEOUT = 600.0            # seconds for the disk mirror and the migration together
 EXPORT = "mln-migration"
+DOWNTIME_MS = 20           # mln.conf migrate_downtime_ms: the pause QEMU aims at
+BANDWIDTH_MB = 8192        # mln.conf migrate_bandwidth_mb: MiB/s at most (QEMU's own default: 128)
+
+
+def tuning(config) -> dict:
+    """QEMU's migration parameters from mln.conf (``migrate_downtime_ms``,
+    ``migrate_bandwidth_mb``): a clear error for a value that is not a positive number."""
+    out = {}
+    for key, param, default, scale in (("migrate_downtime_ms", "downtime-limit", DOWNTIME_MS, 1),
+                                       ("migrate_bandwidth_mb", "max-bandwidth", BANDWIDTH_MB, 2**20)):
+        value = str(config.get(key) or default).strip()
+        if not value.isdigit() or not 0 < int(value) <= 2**20:
+            raise MlnError(f"mln.conf {key} {value}: give a whole number from 1 to {2**20}")
+        out[param] = int(value) * scale
+    return out
 
 
 def can(host, shared: bool, ctx) -> str | None:
@@ -88,9 +103,11 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
     return {"migration": f"tcp:{address}:{mig}", "disk": f"nbd://{address}:{nbd}/drive0"}
 
 
-def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False) -> dict:
-    """On the source: mirror the disk (unless ``shared``), migrate, finish the mirror. The
-    guest keeps running here if anything fails."""
+def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: dict | None = None) -> dict:
+    """On the source: mirror the disk (unless ``shared``), migrate (with QEMU's migration
+    ``params``, :func:`tuning`, and auto-converge: a guest that writes its memory faster
+    than it can be sent is slowed down until it can), finish the mirror. The guest keeps
+    running here if anything fails."""
     import asyncio
     import re
     if not (isinstance(to, dict) and re.fullmatch(r"tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}", str(to.get("migration")))
@@ -134,6 +151,10 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False) -> dict:
                                                  "format": "raw", "sync": "top", "mode": "existing"})
                 await until(c, mirror_ready, "the disk mirror", end)
             m.step(f"migrate: memory of {name}")          # where MLN_FAULTS can break a migration
+            await c.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "auto-converge", "state": True}]})
+            if params:
+                await c.execute("migrate-set-parameters", params)
             await c.execute("migrate", {"uri": to["migration"]})
             info = await until(c, migrated, "the migration", end)
         except BaseException:

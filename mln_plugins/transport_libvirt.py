@@ -87,13 +87,14 @@ def mln_validate(project, ctx):
     servers = _libvirt_servers(config)
     if not servers:
         return []
+    from mln_core.placement import candidates
     from mln_core.servers import aliases_of, here, layout
     lay = layout(project, here(config), aliases_of(config))
     out = []
     for h in project.hosts.values():
         where = lay.hosts.get(h.name)
-        if where not in servers:
-            continue
+        if where not in servers or candidates(h.service_host) is not None:
+            continue                    # (one placed at build: its part says so then)
         line = h.tree.line("service_host") if h.tree is not None else None
         pos = line.pos if line is not None else (h.tree.pos if h.tree is not None else None)
         if h.hypervisor != "libvirt":
@@ -131,7 +132,7 @@ def _ssh_wrapper(root: str, known_hosts: str) -> str:
     transport cannot name that file)."""
     path = os.path.join(root, "ssh")
     text = ("#!/bin/sh\n# written by mln: libvirt's ssh, with the host keys of mln.conf's ssh_known_hosts\n"
-            f"exec ssh -o {shlex.quote('UserKnownHostsFile=' + known_hosts)} "
+            f"exec ssh -o {shlex.quote(f'UserKnownHostsFile={chr(34)}{known_hosts}{chr(34)}')} "
             "-o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes \"$@\"\n")
     try:
         with open(path) as f:
@@ -185,9 +186,9 @@ class LibvirtTransport:
             values = config.lists.get(key, [value]) if key in REPEATABLE else [value]
             for v in values:
                 if "#" in str(v) or "\n" in str(v):
-                    raise MlnError(f"mln.conf's {key} ({config.origins.get(key, 'set on the command line')}) "
-                                   f"holds a '#' or a line break, which the part of server {self.server.name} "
-                                   "cannot be given")
+                    where = config.origins.get(key, "set on the command line")
+                    raise MlnError(f"mln.conf's {key} ({where}) holds a '#' or a line break, which the part "
+                                   f"of server {self.server.name} cannot be given")
                 lines.append(f"{key} {v}\n")
         path = os.path.join(self.root, "mln.conf")
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
@@ -228,13 +229,19 @@ class LibvirtTransport:
         verb = request.get("verb")
         if verb in NOT_HERE:
             raise MlnError(f"'{verb}' is not available for server {self.server.name}: it runs no mln, only a "
-                           "libvirtd (hosts move to or from it stopped and rebuilt)")
+                           "libvirtd (moving hosts to or from it is not supported yet)")
         config = self._config()
         if verb in ("ping", "need", "build", "start", "capacity"):
             self._reachable()            # before anything is done: the libvirtd answers
         if verb in ("build", "upgrade"):
             self._check_part(config, request)
-        result = self._serve(request, self._conf_file(config), log)
+        if verb in ("ping", "need"):        # no engine at work: answered here
+            from mln_core.context import Context
+            from mln_core.lifecycle import Engine
+            from mln_core.serve import handle
+            result = handle(request, Engine(Context(config=config, pm=self.ctx.pm)))
+        else:
+            result = self._serve(request, self._conf_file(config), log)
         if verb == "capacity":
             from mln_backends.libvirt_remote import node
             result.update(node(self.uri, self.ctx))
