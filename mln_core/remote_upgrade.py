@@ -27,12 +27,14 @@ import tempfile
 
 from .errors import MlnError
 from .move import MOVES, Mover, bring_back
+from .private import write_file
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
 from .upgrade import held
 
 
 DECISION = "spread.decision"     # in the manager's project directory: the word to finish, being given
+HELD = "spread.held"             # there too: servers may hold parts of an upgrade (until all settled)
 
 
 class SpreadPlan:
@@ -126,6 +128,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
             mover.carry(tmp)                      # disks packed, fetched and sent: nothing changed yet
             for s in others:
                 ask[s].update(simulate=False, hold=True, files=files.get(s), moves=mover.moves(s))
+            write_file(os.path.join(engine.store.project_dir(name), HELD), "held\n", sync=True)
             failed: dict = {}
             try:
                 results = fleet.each(ask, lambda: mover.here(lambda moves: upgrade_here(
@@ -208,7 +211,6 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
     (:func:`resolve_held`); without it, held parts are put back: the servers in ``first``
     (where guests arrived live) before the others, so that no guest runs on two servers at
     once. The servers that did not take the word, with their errors."""
-    from .private import write_file
     from .upgrade import settle
     me = here(engine.ctx.config)
     decision = os.path.join(engine.store.project_dir(name), DECISION)
@@ -234,7 +236,8 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
         fleet.say(s, f"warning: {'finishing' if keep else 'putting back'} its part: {r} (run the upgrade again "
                      "once it answers: it gives the same word)")
     if not failed:
-        for done in ([decision] if keep else []) + [os.path.join(engine.store.project_dir(name), MOVES)]:
+        for done in ([decision] if keep else []) + [os.path.join(engine.store.project_dir(name), f)
+                                                    for f in (MOVES, HELD)]:
             if os.path.exists(done):
                 os.unlink(done)
     return failed
@@ -260,6 +263,8 @@ def resolve_held(engine, fleet, name: str) -> None:
     """Parts an earlier upgrade left held (it was killed, or a server did not answer): the
     word it wrote down (finish), else put them back, on every server, before anything else."""
     pdir = engine.store.project_dir(name)
+    if not any(os.path.exists(os.path.join(pdir, f)) for f in (DECISION, MOVES, HELD)):
+        return                          # no server was asked to hold a part since all last settled
     keep = os.path.exists(os.path.join(pdir, DECISION))
     if not keep and os.path.exists(os.path.join(pdir, MOVES)):   # guests that already run where they went
         try:                                                     # go back first

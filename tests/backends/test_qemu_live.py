@@ -403,3 +403,14 @@ def test_the_channel_skips_late_answers_and_reports_errors(tmp_path):
             t.join()
         assert got.pop() == b"ifup m eth1 10.0.0.1/8\n"
     server.close()
+
+
+def test_migration_settings_come_from_mln_conf_and_bad_ones_are_named():
+    from mln_backends.qemu_migrate import tuning
+    from mln_core.errors import MlnError
+    assert tuning({}) == {"downtime-limit": 20, "max-bandwidth": 8192 * 2**20}
+    assert tuning({"migrate_downtime_ms": "50", "migrate_bandwidth_mb": "100"}) == \
+        {"downtime-limit": 50, "max-bandwidth": 100 * 2**20}
+    for key, bad in (("migrate_downtime_ms", "fast"), ("migrate_bandwidth_mb", "-3")):
+        with pytest.raises(MlnError, match=f"mln.conf {key} {bad}: give a whole number"):
+            tuning({key: bad})
