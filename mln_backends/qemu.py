@@ -240,10 +240,13 @@ def mln_migrate_in(host, disk, address, ctx):
     m = ctx.on(host)
     d, qmp_sock, pidfile = _paths(host, ctx, create=True)
     pid = m.read_pid(pidfile)
-    if m.alive(pid):
-        if (qmp(m, qmp_sock, "query-status", timeout=3) or {}).get("status") != "postmigrate":
+    if m.alive(pid):                      # an empty shell (its guest went to another server), or
+        status = (qmp(m, qmp_sock, "query-status", timeout=3) or {}).get("status")    # one still waiting
+        waiting = status == "inmigrate" and \
+            (qmp(m, qmp_sock, "query-migrate", timeout=3) or {}).get("status", "none") in ("none", "setup")
+        if status != "postmigrate" and not waiting:
             raise MlnError("is already running")
-        m.kill_and_wait(pid, timeout=3)       # its guest went to another server: an empty shell
+        m.kill_and_wait(pid, timeout=3)
     shared = bool((disk.extra or {}).get("shared"))     # then it runs as soon as it arrived (no -S)
     argv = command_line(host, ctx, resume=True, paused=not shared)
     with open(os.path.join(ctx.host_dir(host), "cmdline"), "w") as f:

@@ -165,7 +165,14 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
                 except Exception:
                     pass
             try:
-                if (await c.execute("query-status"))["status"] != "running":
+                for _ in range(200):            # the cancel may come too late: wait for the end
+                    if (await c.execute("query-migrate")).get("status") in (None, "none", "completed", "failed",
+                                                                           "cancelled"):
+                        break
+                    await asyncio.sleep(0.05)
+                status = (await c.execute("query-status"))["status"]
+                gone.append(shared and status == "postmigrate")     # it runs there now
+                if status != "running" and not gone[-1]:
                     await c.execute("cont")
             except Exception:
                 pass
@@ -174,11 +181,14 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
             await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
             await until(c, lambda c: _no_jobs(c), "finishing the disk mirror", end + 60)
         return {"downtime_ms": int(info.get("downtime", 0)), "total_ms": int((time.monotonic() - start) * 1000),
-                "switched": shared}           # shared: it runs there now (incoming's cont)
+                "switched": shared,           # shared: it runs there now (started without -S)
+                "resumable": not shared}      # else it may run there now (arrived): its disk is complete
+    gone: list[bool] = []
     try:
         return qemu_qmp.run(m, qmp_sock, work, timeout=TIMEOUT + 120)
     except Exception as e:
-        raise MlnError(f"live migration failed, the guest runs on here: {qemu_qmp.describe(e)}") from None
+        where = "it was sent already and runs on the other server" if any(gone) else "the guest runs on here"
+        raise MlnError(f"live migration failed, {where}: {qemu_qmp.describe(e)}") from None
 
 
 async def _no_jobs(c) -> bool:

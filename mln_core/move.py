@@ -184,18 +184,30 @@ def migrate_in(engine, name: str, host: str, address: str, back: bool = False) -
         journal = Journal.read(ctx.project_dir)
         if journal is not None and not back:    # undone with the upgrade if the move fails
             journal.add("started", host)
+        disk = ctx.disk(h)
+        if back and shared_disk(ctx.host_state(h).get("disk") or {}, ctx.config, ctx.project_dir):
+            disk.extra = dict(disk.extra or {}, shared=True)     # (as the other server took it)
         engine._detach_disk(h)
-        path = ctx.pm.hook.mln_attach_disk(host=h, disk=ctx.disk(h), ctx=ctx)    # as a start does
+        path = ctx.pm.hook.mln_attach_disk(host=h, disk=disk, ctx=ctx)    # as a start does
         if path:
             write_file(_attached(ctx, h), path + "\n")
         try:
-            answer = ctx.pm.hook.mln_migrate_in(host=h, disk=ctx.disk(h), address=address, ctx=ctx)
+            answer = ctx.pm.hook.mln_migrate_in(host=h, disk=disk, address=address, ctx=ctx)
         except BaseException:
             engine._detach_disk(h)
             raise
     if answer is None:
         raise MlnError(f"no installed backend takes a running '{h.hypervisor}' guest", f"host {host}")
     return answer
+
+
+def arrived(engine, name: str, host: str) -> dict:
+    """On the server a host moved to, once its send completed: its guest runs here now
+    (``mln_migrate_done``), before the upgrade is settled (a put back sends it back)."""
+    with _lock(engine, name):
+        h = _host(engine, name, host, old=False)
+        engine.ctx.pm.hook.mln_migrate_done(host=h, ctx=engine.ctx)
+    return {}
 
 
 def migrate_out(engine, name: str, host: str, incoming: dict, back: bool = False) -> dict:
@@ -293,6 +305,7 @@ class Mover:
         self.sent: dict[str, dict] = {}
         self.stopped: list[str] = []
         self.switched: list[str] = []            # live hosts whose guests run on their new servers
+        self.switching = False                   # live moves began (spread.moves is written)
         rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name, "disks": True}
                                              for s in fleet.servers},
                                             lambda: {"rows": engine.status(name),
@@ -409,6 +422,7 @@ class Mover:
         write_file(os.path.join(e.store.project_dir(name), MOVES), json.dumps(
             {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
             sync=True)
+        self.switching = True
 
         def one(h):
             src, dst = self.moved[h]
@@ -418,13 +432,17 @@ class Mover:
             e.ctx.on().step(f"move {h}: send")        # where MLN_FAULTS can kill the manager mid-move
             sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
                             lambda: migrate_out(e, name, h, incoming))
-            if sent.get("switched"):
+            ended = time.monotonic()
+            if sent.get("resumable"):             # its disk and memory are complete there: it runs on
+                self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
+            if sent.get("switched") or sent.get("resumable"):
                 self.switched.append(h)
-            out[h] = (int(sent.get("downtime_ms", 0)), None if sent.get("switched") else time.monotonic())
+            out[h] = (int(sent.get("downtime_ms", 0)) + int((time.monotonic() - ended) * 1000) *
+                      bool(sent.get("resumable")), None if h in self.switched else time.monotonic())
             e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
             self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "
                                 f"from {src} in {time.monotonic() - start:.1f} s" +
-                                (" (it runs here)" if sent.get("switched") else ""))
+                                (" (it runs here)" if h in self.switched else ""))
         mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine
         for h in mine:
             one(h)
@@ -442,8 +460,8 @@ class Mover:
         return bring_back(self.e, self.fleet, self.name, self._may_switch(), addresses)
 
     def _may_switch(self) -> dict:
-        """The live hosts that run on their new servers once they arrived (shared storage)."""
-        return {h: self.moved[h] for h in self.live if h in self.shared or h in self.switched}
+        """The live hosts that may run on their new servers before the upgrade is settled."""
+        return {h: self.moved[h] for h in self.live}
 
     def report(self, sent: dict[str, tuple[int, float | None]]) -> None:
         """Each live host's pause: QEMU's downtime, and (unless it ran on at once) from the
@@ -491,8 +509,8 @@ def bring_back(engine, fleet, name: str, moved: dict, addresses: dict[str, str])
             if dst not in rows:
                 rows[dst] = on(dst, {"verb": "status", "project": name},
                                lambda: {"rows": engine.status(name)})["rows"]
-            if not any(r["kind"] == "host" and r["name"] == h and r["state"] == "up" and not r["detail"]
-                       for r in rows[dst]):
+            if not any(r["kind"] == "host" and r["name"] == h and r["state"] == "up" and
+                       r["detail"] not in ("inmigrate", "postmigrate") for r in rows[dst]):
                 continue                          # it does not run there: the put back ends it there
             fleet.say(src, f"+---> {h}: taking its guest back from {dst}")
             incoming = on(src, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[src],

@@ -137,7 +137,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 sent = mover.migrate(addresses) if not failed and mover.live else {}
             except BaseException as e:            # Ctrl-C, a migration that failed: put back everywhere
                 failed = failed or {"upgrade": e if isinstance(e, MlnError) else MlnError(f"interrupted ({e!r})")}
-                stuck = mover.bring_back(addresses)      # the guests that run on their new servers go back
+                stuck = mover.bring_back(addresses) if mover.switching else []   # those that run there: back
                 if stuck:
                     raise MlnError(_stuck(name, stuck, failed)) from None
                 mover.back(_settle(engine, fleet, name, [*others, me], joining, keep=False, first=mover.arriving()))
@@ -220,10 +220,13 @@ def _settle(engine, fleet, name: str, servers: list[str], joining: list[str], ke
     results: dict = {}
     for group in ([s for s in servers if s in first], [s for s in servers if s not in first]):
         word = {s: {"verb": "settle", "project": name, "keep": keep} for s in group if s != me}
+        if not keep and any(isinstance(r, MlnError) for r in results.values()):
+            results.update({s: MlnError("not put back: a server where guests arrived was not") for s in group})
+            break                   # (a guest may run there: the ones it left stay as they are)
         if group:
             results.update(fleet.each(word, (lambda: settle(engine, name, keep)) if me in group else None))
     if not keep:
-        for s in joining:
+        for s in [s for s in joining if not isinstance(results.get(s), MlnError)]:   # (not one that holds)
             for req in ({"verb": "stop", "project": name, "hard": True, "wait": 10},
                         {"verb": "remove", "project": name}):
                 try:
@@ -263,18 +266,19 @@ def resolve_held(engine, fleet, name: str) -> None:
     """Parts an earlier upgrade left held (it was killed, or a server did not answer): the
     word it wrote down (finish), else put them back, on every server, before anything else."""
     pdir = engine.store.project_dir(name)
-    if not any(os.path.exists(os.path.join(pdir, f)) for f in (DECISION, MOVES, HELD)):
+    if not any(os.path.exists(os.path.join(pdir, f)) for f in (DECISION, MOVES, HELD)) and not held(engine, name):
         return                          # no server was asked to hold a part since all last settled
     keep = os.path.exists(os.path.join(pdir, DECISION))
     if not keep and os.path.exists(os.path.join(pdir, MOVES)):   # guests that already run where they went
         try:                                                     # go back first
             with open(os.path.join(pdir, MOVES)) as f:
                 moves = json.load(f)
-            stuck = bring_back(engine, fleet, name, {h: tuple(m) for h, m in moves["hosts"].items()},
-                               moves["addresses"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise MlnError(f"project '{name}': the record of the moves of the last upgrade ({MOVES}) is "
+            hosts = {str(h): (str(m[0]), str(m[1])) for h, m in moves["hosts"].items()}
+            addresses = {str(s): str(a) for s, a in moves["addresses"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            raise MlnError(f"project '{name}': the record of the moves of the last upgrade ({pdir}/{MOVES}) is "
                            f"unreadable ({e}); nothing was changed") from None
+        stuck = bring_back(engine, fleet, name, hosts, addresses)
         if stuck:
             raise MlnError(_stuck(name, stuck, {"": "an earlier upgrade was interrupted"}))
     _settle(engine, fleet, name, [*fleet.servers, here(engine.ctx.config)], [], keep)

@@ -24,6 +24,7 @@ Requests (``verb`` and its fields)::
     migrate_in project, host, address, back  -> what migrate_out needs; migrate_out project, host,
              incoming, back -> {"downtime_ms", "total_ms", "switched"} (the guest runs there at
              the settle, or at once if "switched"; back: a switched guest returns, mln_core.move)
+    arrived  project, host                      -> {} (a guest sent "resumable" runs there now)
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
@@ -47,7 +48,7 @@ from .names import check_name
 from .servers import here
 
 HEARTBEAT = 5          # seconds between the lines that say this server still works
-VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "migrate_in", "migrate_out",
+VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "migrate_in", "migrate_out", "arrived",
          "start", "stop", "status", "remove", "capacity")
 
 
@@ -125,6 +126,9 @@ def handle(request: dict, engine) -> dict:
     if verb == "pack":
         from .move import pack
         return pack(engine, name, str(request.get("host", "")))
+    if verb == "arrived":
+        from .move import arrived
+        return arrived(engine, name, str(request.get("host", "")))
     if verb in ("migrate_in", "migrate_out"):
         from . import move
         args = {"migrate_in": ("address",), "migrate_out": ("incoming",)}[verb]

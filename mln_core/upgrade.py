@@ -371,7 +371,8 @@ def undo(engine, name: str, journal: Journal) -> None:
             new_state = copy.deepcopy(ctx.state)
             started = [new.hosts[n] for n in data.get("started", []) if n in new.hosts]
             up = [h for h in started if engine.host_status(h).startswith("up")]
-            runs = [h.name for h in up if h.name in data.get("live_moves", []) and engine.host_status(h) == "up"]
+            runs = [h.name for h in up if h.name in data.get("live_moves", []) and
+                    engine.host_status(h) not in ("up: inmigrate", "up: postmigrate")]
             if runs:                             # arrived live and runs: its only guest (move.bring_back)
                 raise MlnError(f"host {', '.join(runs)}: its guest arrived here live and runs here; it is not "
                                "ended to put the upgrade back (run the upgrade again: it takes the guest back)")
@@ -421,9 +422,10 @@ def undo(engine, name: str, journal: Journal) -> None:
             sw = old.project.switches.get(n)
             if sw is not None and engine.switch_status(sw) != "up":
                 ctx.pm.hook.mln_start_switch(switch=sw, ctx=ctx)
+        sent = set(data.get("live_moves", [])) & set(data.get("shared_away", []))   # (it may run there)
         for n in data.get("was_running", []):
             h = old.project.hosts.get(n)
-            if h is not None and not engine.host_status(h).startswith("up"):
+            if h is not None and n not in sent and not engine.host_status(h).startswith("up"):
                 engine._start_switches(old.project, [h], [])
                 engine._start_host(h)
     shutil.rmtree(work, ignore_errors=True)
