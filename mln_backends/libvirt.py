@@ -145,7 +145,7 @@ def mln_start_switch(switch, ctx):
     st = _network(switch, ctx)
     if st is None:
         return None
-    remote.start_network(st["uri"], st["network"], st["bridge"])
+    remote.start_network(_uri(ctx, st.get("uri")), st["network"], st["bridge"])
     return True
 
 
@@ -154,7 +154,7 @@ def mln_stop_switch(switch, ctx):
     st = _network(switch, ctx)
     if st is None:
         return None
-    remote.stop_network(st["uri"], st["network"])
+    remote.stop_network(_uri(ctx, st.get("uri")), st["network"])
     return True
 
 
@@ -163,7 +163,7 @@ def mln_switch_status(switch, ctx):
     st = _network(switch, ctx)
     if st is None:
         return None
-    return "up" if remote.network_up(st["uri"], st["network"]) else "down"
+    return "up" if remote.network_up(_uri(ctx, st.get("uri")), st["network"]) else "down"
 
 
 @hookimpl
@@ -179,7 +179,7 @@ def mln_switch_attachment(switch, host, interface, ctx):
 def mln_remove_switch(switch, ctx):
     st = _network(switch, ctx)
     if st is not None:
-        remote.stop_network(st["uri"], st["network"])
+        remote.stop_network(_uri(ctx, st.get("uri")), st["network"])
 
 
 # -- build ---------------------------------------------------------------------------------------
@@ -240,8 +240,8 @@ def mln_build_host(host, disk, ctx):
     want = want or ctx.config.get("qemu_accel") or "auto"
     out["domain_type"] = remote.domain_type(u, want)
     swap = ctx.path(disk.extra["swap"]) if disk.extra.get("swap") else None
-    if kept is not None and kept.get("uri") == u:
-        out["remote"] = kept
+    if kept is not None:                   # the same volume, reached by the URI of now
+        out["remote"] = dict(kept, uri=u)
         return out
     name = dom_xml.domain_name(host, ctx, ctx.store.project_dir(host.project) if ctx.store else None)
     out["remote"] = remote.upload_host(host, ctx, u, ctx.path(disk.path), swap, template.path, out["kernel"],
@@ -267,13 +267,22 @@ def _record_path(host, ctx) -> str:
     return ctx.path("hosts", host.name, STATE_FILE)
 
 
+def _uri(ctx, stored: str | None) -> str:
+    """The URI as mln.conf (a server line) says it now, not as a build or start stored it (a
+    key rotated, another known_hosts, the projects directory moved); the stored one only when
+    the configuration of now names no remote libvirtd and the stored one does."""
+    u = dom_xml.uri(ctx)
+    return stored if stored and remote.is_remote(stored) and not remote.is_remote(u) else u
+
+
 def _where(host, ctx) -> tuple[str, str]:
-    """(URI, domain name): as the last start recorded them, else as they would be now."""
+    """(URI, domain name): the domain as the last start recorded it (at the URI of now), else
+    as it would be now."""
     try:
         with open(_record_path(host, ctx)) as f:
             rec = json.load(f)
         if isinstance(rec, dict) and isinstance(rec.get("uri"), str) and isinstance(rec.get("domain"), str):
-            return rec["uri"], rec["domain"]
+            return _uri(ctx, rec["uri"]), rec["domain"]
     except (OSError, ValueError):
         pass
     return dom_xml.uri(ctx), dom_xml.domain_name(host, ctx)
@@ -445,10 +454,13 @@ def mln_remove_host(host, ctx):
     if not _mine(host) or not ctx.project_dir:
         return
     rec = (ctx.host_state(host).get("backend") or {}).get("remote")
+    rec = rec if isinstance(rec, dict) and rec.get("uri") else None
+    if rec is not None:                 # mln upgrade -k: the guest's disk is the volume there
+        remote.keep_disk(host, ctx, _uri(ctx, rec["uri"]), rec)
     if not os.path.exists(_record_path(host, ctx)):
         shutil.rmtree(_runtime(host, ctx), ignore_errors=True)
-        if isinstance(rec, dict) and rec.get("uri"):      # never started: only its volumes are there
-            remote.delete_host(ctx, rec["uri"], rec, None)
+        if rec is not None:             # never started: only its volumes are there
+            remote.delete_host(ctx, _uri(ctx, rec["uri"]), rec, dom_xml.domain_name(host, ctx))
         return                            # never started: libvirt has nothing of it
     lv, conn, dom = _lookup(host, ctx)
     if dom is not None:
@@ -462,8 +474,9 @@ def mln_remove_host(host, ctx):
             if e.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
                 raise MlnError(f"libvirt could not undefine domain {dom.name()}: {dom_xml.message(e)}",
                                f"host {host.name}") from None
-    if isinstance(rec, dict) and rec.get("uri"):
-        remote.delete_host(ctx, rec["uri"], rec, _where(host, ctx)[1])
+    if rec is not None:
+        u, name = _where(host, ctx)
+        remote.delete_host(ctx, u, rec, name)
     shutil.rmtree(_runtime(host, ctx), ignore_errors=True)
     for f in (_record_path(host, ctx), ctx.path("hosts", host.name, "domain.xml")):
         with contextlib.suppress(FileNotFoundError):

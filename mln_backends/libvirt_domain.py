@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -32,7 +33,11 @@ DISK_SLOT = 0x18
 MAX_DISKS = 6
 BALLOON_SLOT = 0x1e
 
+HINT = "libvirt_uri in mln.conf names another connection"
+PART = "libvirt_server_part"        # (mln_plugins.transport_libvirt) the part of a server line's libvirtd
+
 _conns: dict[str, object] = {}
+_hints: dict[str, str] = {}         # URI -> what to check when it cannot be reached
 _lock = threading.Lock()
 
 
@@ -75,7 +80,11 @@ def _listdir(d: str) -> list[str]:
 
 
 def uri(ctx) -> str:
-    return (ctx.config.get("libvirt_uri") or DEFAULT_URI).strip()
+    u = (ctx.config.get("libvirt_uri") or DEFAULT_URI).strip()
+    server = ctx.config.get(PART)
+    if server:                      # the URI of a server line, not mln.conf's libvirt_uri
+        _hints[u] = f"check the line of server {server} in mln.conf: its address, user, key and known_hosts"
+    return u
 
 
 def connect(u: str):
@@ -93,7 +102,7 @@ def connect(u: str):
             conn = lv.open(u)
         except lv.libvirtError as e:
             raise MlnError(f"cannot connect to libvirt at {u}: {message(e)} (is libvirtd running? "
-                           "libvirt_uri in mln.conf names another connection)") from None
+                           f"{_hints.get(u, HINT)})") from None
         if not _conns:                     # closed before the interpreter tears libvirt's module down
             import atexit
             atexit.register(_close_all)
@@ -119,8 +128,38 @@ def message(e) -> str:
 def domain_name(host, ctx, project_dir: str | None = None) -> str:
     """``<host>.<project>-<hash of the project directory>``: readable in ``virsh list``, and
     two projects of one name in two projects directories do not share a domain
-    (``project_dir``: the one the project will have, during a build)."""
-    return f"{host.fqname}-{digest(os.path.realpath(project_dir or ctx.project_dir), n=6)}"
+    (``project_dir``: the one the project will have, during a build). On a remote libvirtd
+    the hash is of this manager's id too (:func:`manager_id`)."""
+    from .libvirt_remote import is_remote
+    key = [os.path.realpath(project_dir or ctx.project_dir)]
+    if is_remote(uri(ctx)):
+        key.append(manager_id(ctx))
+    return f"{host.fqname}-{digest(*key, n=6)}"
+
+
+def manager_id(ctx) -> str:
+    """A random id of this manager, made once (``<projects>/.manager-id``, mode 0600; for a
+    ``libvirt`` server line ``<projects>/.server-<NAME>/.manager-id``): in the names of the
+    domains and networks it makes on a remote libvirtd, so that two managers sharing that
+    libvirtd (the same projects directory and project names) never take each other's."""
+    import secrets
+    path = os.path.join(ctx.config.projects_dir, ".manager-id")
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        text = f.read().strip()
+        if text:
+            return text
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secrets.token_hex(16) + "\n")
+    try:
+        os.link(tmp, path)              # made once: a concurrent mln's stays
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    with open(path) as f:
+        return f.read().strip()
 
 
 def can_run(conn, virttype: str) -> bool:

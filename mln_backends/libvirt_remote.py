@@ -44,6 +44,15 @@ SWAP_HEAD = 1 << 20             # the bytes of a fresh swap disk that are not ze
 
 _lock = threading.Lock()          # one upload of a shared volume at a time
 _sums: dict[tuple, str] = {}
+_told: set[tuple] = set()          # pools whose other directory was reported
+
+
+def owned(domain: str, disks_only: bool = False) -> re.Pattern:
+    """The names of ``domain``'s own volumes: ``<domain>.<build>.qcow2`` and ``.swap`` (the
+    build: 8 hex digits), and (not ``disks_only``) its console log and virtlogd's rotated
+    ones (``<domain>.console.log``, ``.console.log.N``). Exact: a project name may hold dots."""
+    logs = "" if disks_only else r"|console\.log(\.\d+)?"
+    return re.compile(rf"^{re.escape(domain)}\.([0-9a-f]{{8}}\.(qcow2|swap){logs})$")
 
 
 def is_remote(uri: str) -> bool:
@@ -62,11 +71,14 @@ def _fail(e, what: str, uri: str) -> MlnError:
 
 # -- the pool -------------------------------------------------------------------------------------
 
-def pool(conn, ctx, uri: str, create: bool = True):
-    """(pool, its directory there) of mln.conf's ``libvirt_pool``, defined, built and started
-    when missing (``create``); (None, None) when it is missing and not ``create``."""
+def pool(conn, ctx, uri: str, create: bool = True, name: str | None = None):
+    """(pool, its directory there) of ``name`` (default mln.conf's ``libvirt_pool``), defined,
+    built and started when missing (``create``; undefined again if that fails); (None, None)
+    when it is missing and not ``create``."""
     lv = dom_xml.binding()
-    name = (ctx.config.get("libvirt_pool") or DEFAULT_POOL).strip()
+    name = name or (ctx.config.get("libvirt_pool") or DEFAULT_POOL).strip()
+    path = (ctx.config.get("libvirt_pool_path") or DEFAULT_POOL_PATH).strip().rstrip("/") or "/"
+    made = None
     try:
         try:
             p = conn.storagePoolLookupByName(name)
@@ -75,26 +87,42 @@ def pool(conn, ctx, uri: str, create: bool = True):
                 raise
             if not create:
                 return None, None
-            path = (ctx.config.get("libvirt_pool_path") or DEFAULT_POOL_PATH).strip()
             with _lock:
                 try:
                     p = conn.storagePoolLookupByName(name)
                 except lv.libvirtError:
                     xml = (f"<pool type='dir'><name>{dom_xml._text(name)}</name>"
                            f"<target><path>{dom_xml._text(path)}</path></target></pool>")
-                    p = conn.storagePoolDefineXML(xml, 0)
+                    p = made = conn.storagePoolDefineXML(xml, 0)
                     p.build(0)
                     ctx.log(f"+---> defined libvirt storage pool {name} ({path}) there")
         if not p.isActive():
             with _lock:
                 if not p.isActive():
                     p.create(0)
-        m = re.search(r"<target>\s*<path>([^<]+)</path>", p.XMLDesc(0))
+        where = pool_path(p)
     except lv.libvirtError as e:
+        if made is not None:            # not left defined half made: the next run defines it again
+            with contextlib.suppress(lv.libvirtError):
+                made.undefine()
         raise _fail(e, f"storage pool {name}", uri) from None
-    if m is None:
+    if where is None:
         raise MlnError(f"libvirt at {uri}: storage pool {name} has no directory (mln needs a 'dir' pool)")
-    return p, m.group(1).replace("&amp;", "&").rstrip("/")
+    if ctx.config.get("libvirt_pool_path") and where != path and (uri, name) not in _told:
+        _told.add((uri, name))
+        ctx.log(f"warning: libvirt storage pool {name} there exists already, at {where}, not at "
+                f"libvirt_pool_path {path}; mln uses it where it is (undefine it there to have it moved)")
+    return p, where
+
+
+def pool_path(p) -> str | None:
+    """The directory of a ``dir`` pool, from its XML."""
+    import xml.etree.ElementTree as ET
+    try:
+        text = ET.fromstring(p.XMLDesc(0)).findtext("target/path")
+    except ET.ParseError:
+        return None
+    return (text.strip().rstrip("/") or "/") if text and text.strip() else None
 
 
 def _volume(lv, p, name: str):
@@ -172,7 +200,7 @@ def shared_volume(ctx, conn, p, ppath: str, src: str, kind: str, machine) -> str
             vol.delete(0)               # what an upload cut off (mln killed) left: sent again
             vol = None
         if vol is not None:
-            return f"{ppath}/{name}"
+            return vol.path()
         ctx.log(f"+---> sending {kind} {os.path.basename(src)} ({os.path.getsize(src) // 2**20} MB) into "
                 f"libvirt's pool there")
         os.makedirs(os.path.dirname(marker), exist_ok=True)
@@ -185,10 +213,10 @@ def shared_volume(ctx, conn, p, ppath: str, src: str, kind: str, machine) -> str
                     machine.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", src, conv],
                                 what=f"converting template {os.path.basename(src)}", timeout=None)
                     src = conv
-                upload(conn, p, name, src)
+                vol = upload(conn, p, name, src)
         finally:
             os.unlink(marker)
-    return f"{ppath}/{name}"
+    return vol.path()
 
 
 def _leftovers(ctx, lv, p, host, domain: str, rec: dict | None = None) -> None:
@@ -202,10 +230,10 @@ def _leftovers(ctx, lv, p, host, domain: str, rec: dict | None = None) -> None:
         except (MlnError, OSError, AttributeError):
             state = {}
         rec = ((state.get("hosts") or {}).get(host.name) or {}).get("backend", {}).get("remote") or {}
-    keep = set(rec.get("volumes") or []) | {f"{domain}.console.log"}
+    keep, mine = set(rec.get("volumes") or []), owned(domain, disks_only=True)
     _refresh(lv, p)
     for name in p.listVolumes():
-        if name.startswith(f"{domain}.") and name not in keep:
+        if mine.match(name) and name not in keep:
             with contextlib.suppress(lv.libvirtError):
                 p.storageVolLookupByName(name).delete(0)
 
@@ -242,14 +270,12 @@ def upload_host(host, ctx, uri: str, disk_path: str, swap: str | None, template:
                          top], what="rebasing its disk onto the template volume there")
             name = f"{base}.qcow2"
             rec["volumes"].append(name)
-            upload(conn, p, name, top)
-            rec["disk"] = f"{ppath}/{name}"
+            rec["disk"] = upload(conn, p, name, top).path()
             machine.step(f"libvirt volume {name} sent")      # (where tests fail or kill mln)
         if swap:
             name = f"{base}.swap"
             rec["volumes"].append(name)
-            upload(conn, p, name, swap, length=SWAP_HEAD)
-            rec["swap"] = f"{ppath}/{name}"
+            rec["swap"] = upload(conn, p, name, swap, length=SWAP_HEAD).path()
     except lv.libvirtError as e:
         delete_host(ctx, uri, rec, None)
         raise _fail(e, f"sending the disk of host {host.name}", uri) from None
@@ -266,7 +292,7 @@ def ready(host, ctx, uri: str, rec: dict, machine, domain: str) -> None:
     (an upgrade made its disk anew) go."""
     lv = dom_xml.binding()
     conn = dom_xml.connect(uri)
-    p, ppath = pool(conn, ctx, uri)
+    p, ppath = pool(conn, ctx, uri, name=rec.get("pool"))        # where its build put them
     try:
         for name in rec.get("volumes", []):
             if _volume(lv, p, name) is None:
@@ -294,18 +320,20 @@ def console_log(rec: dict, domain: str) -> str:
 def forget_log(ctx, uri: str, rec: dict, domain: str) -> None:
     """A cold start's console log starts empty: the old one goes."""
     lv = dom_xml.binding()
-    p, _ = pool(dom_xml.connect(uri), ctx, uri, create=False)
+    p, _ = pool(dom_xml.connect(uri), ctx, uri, create=False, name=rec.get("pool"))
     if p is None:
         return
     _refresh(lv, p)
-    vol = _volume(lv, p, os.path.basename(console_log(rec, domain)))
-    if vol is not None:
-        with contextlib.suppress(lv.libvirtError):
-            vol.delete(0)
+    logs = re.compile(rf"^{re.escape(domain)}\.console\.log(\.\d+)?$")
+    for name in p.listVolumes():
+        if logs.match(name):
+            with contextlib.suppress(lv.libvirtError):
+                p.storageVolLookupByName(name).delete(0)
 
 
 def delete_host(ctx, uri: str, rec: dict, domain: str | None) -> None:
-    """Delete the host's volumes (and its console log); then the shared volumes, when no
+    """Delete the volumes ``rec`` names and (``domain``) every volume of the domain
+    (:func:`owned`: disks of other builds, console logs); then the shared volumes, when no
     other volume is left in the pool."""
     lv = dom_xml.binding()
     conn = dom_xml.connect(uri)
@@ -320,8 +348,9 @@ def delete_host(ctx, uri: str, rec: dict, domain: str | None) -> None:
             p.create(0)
         _refresh(lv, p)
         names = list(rec.get("volumes", []))
-        if domain:
-            names.append(os.path.basename(console_log(rec, domain)))
+        if domain:                      # every volume of the domain, its rotated console logs too
+            mine = owned(domain)
+            names += [n for n in p.listVolumes() if mine.match(n) and n not in names]
         for name in names:
             vol = _volume(lv, p, name)
             if vol is not None:
@@ -335,15 +364,73 @@ def delete_host(ctx, uri: str, rec: dict, domain: str | None) -> None:
         raise _fail(e, "deleting volumes", uri) from None
 
 
+def keep_disk(host, ctx, uri: str, rec: dict) -> None:
+    """``mln upgrade -k`` removing the host: the upgrade moved the disk built here into
+    ``kept/<host>/`` (its file gone from where the state has it, the copy there), but the
+    guest's disk is the volume there: downloaded over that copy, before the volume goes."""
+    disk = ctx.host_state(host).get("disk") or {}
+    if disk.get("kind") != "file" or not disk.get("path") or not rec.get("disk"):
+        return
+    src = disk["path"] if os.path.isabs(disk["path"]) else ctx.path(disk["path"])
+    kept = ctx.path("kept", host.name, os.path.basename(src))
+    if os.path.lexists(src) or not os.path.isfile(kept):
+        return                          # not kept: the volume just goes
+    try:
+        download_disk(uri, rec, kept, ctx.on(host))
+    except MlnError as e:
+        raise MlnError(f"its disk could not be fetched from libvirt's pool {rec.get('pool')} at {uri} into "
+                       f"{kept} ({e.message}); its domain and volumes are left there", f"host {host.name}") \
+            from None
+    ctx.log(f"+---> {host.name}: its disk there (volume {os.path.basename(rec['disk'])}) fetched into {kept}")
+
+
+def download_disk(uri: str, rec: dict, dest: str, machine) -> None:
+    """The host's disk volume there into ``dest`` (the copy built here, which it replaces),
+    through libvirt's volume download stream; its backing file as that copy's (the template
+    here, not the shared volume there)."""
+    import json
+    lv = dom_xml.binding()
+    conn = dom_xml.connect(uri)
+    out = machine.run(["qemu-img", "info", "-U", "--output=json", dest], what=f"reading {dest}").stdout
+    info = json.loads(out.decode() if isinstance(out, bytes) else out)
+    backing = info.get("backing-filename") or (rec.get("sources") or {}).get("template")
+    fmt = info.get("backing-filename-format") or \
+        ("qcow2" if backing and os.path.isfile(backing) and _is_qcow2(backing) else "raw")
+    name, tmp = os.path.basename(rec["disk"]), f"{dest}.download"
+    try:
+        p = conn.storagePoolLookupByName(rec["pool"])
+        _refresh(lv, p)
+        vol, stream = p.storageVolLookupByName(name), conn.newStream(0)
+        try:
+            vol.download(stream, 0, 0, 0)
+            with open(tmp, "wb") as f:
+                stream.recvAll(lambda _stream, data, fh: fh.write(data), f)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.abort()
+            raise
+        if backing:
+            machine.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", fmt, tmp],
+                        what="giving the fetched disk its backing file here")
+        os.replace(tmp, dest)
+    except lv.libvirtError as e:
+        raise _fail(e, f"fetching volume {name}", uri) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 # -- switches: libvirt networks there ----------------------------------------------------------------
 
 def network_names(switch, ctx) -> tuple[str, str]:
     """(network, bridge) of a project switch there: both named after the project directory
-    too, so that two managers' projects of one name do not share them."""
+    and this manager's id too, so that two projects of one name do not share them."""
     key = os.path.realpath(ctx.store.project_dir(switch.project)) if ctx.store is not None else ""
-    net = f"mln-{switch.name}.{switch.project}-{digest(key, n=6)}"
+    mid = dom_xml.manager_id(ctx)       # nor two managers' that share that libvirtd
+    net = f"mln-{switch.name}.{switch.project}-{digest(key, mid, n=6)}"
     explicit = switch.tree.get("bridge") if switch.tree is not None else None
-    return net, explicit or f"mlnb{digest(key, switch.project, switch.name, n=11)}"
+    return net, explicit or f"mlnb{digest(key, mid, switch.project, switch.name, n=11)}"
 
 
 def _network(lv, conn, name: str):
@@ -421,9 +508,11 @@ def node(uri: str, ctx) -> dict:
         total = mem.get("total", info[1] * 1024) // 1024
         free = (mem.get("free", 0) + mem.get("buffers", 0) + mem.get("cached", 0)) // 1024
         out = {"memory_total": total, "memory_free": free, "memory_used": total - free, "cpus": info[2]}
-        p, _ = pool(conn, ctx, uri, create=False)
-        if p is not None and p.isActive():
-            out["disk_free"] = p.info()[3] // 2**20
+        out["disk_free"] = None         # a pool missing or not running: not known (not the manager's)
+        with contextlib.suppress(lv.libvirtError):
+            p = conn.storagePoolLookupByName((ctx.config.get("libvirt_pool") or DEFAULT_POOL).strip())
+            if p.isActive():
+                out["disk_free"] = p.info()[3] // 2**20
         return out
     except lv.libvirtError as e:
         raise _fail(e, "node information", uri) from None

@@ -213,7 +213,7 @@ class Fleet:
                     if not os.path.lexists(path):
                         raise MlnError(f"files: '{src}' does not exist in the files directory {base}")
                     tar.add(path, arcname=src, filter=self._inside)
-            inbox = os.path.join(self.inboxes[name], f"{project.name}.files.tar.gz")   # send_templates asked
+            inbox = os.path.join(self.inboxes[name], f"{project.name}.{name}.files.tar.gz")  # send_templates asked
             self.put(name, archive, inbox)
             sent[name] = {"archive": inbox, "sha256": sha256_of(archive)}
         return sent

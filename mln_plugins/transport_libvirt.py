@@ -32,6 +32,7 @@ Only ``libvirt`` hosts can run on such a server, and its switches cannot span se
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import threading
@@ -42,7 +43,7 @@ from mln_core.errors import MlnError, Problem
 
 TRANSPORT = "libvirt"
 PART = "libvirt_server_part"          # set in the configuration of a server's part (no checks there)
-NOT_HERE = ("pack", "migrate_in", "migrate_out")
+NOT_HERE = ("pack", "migrate_in", "migrate_out", "arrived")
 
 
 @hookimpl
@@ -111,16 +112,42 @@ def mln_validate(project, ctx):
     return out
 
 
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")     # a host name, an IPv4 address
+IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\Z")
+USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def checked(server, config) -> str:
+    """The server line's address as the URI has it (an IPv6 address in brackets), its user
+    and known_hosts file checked: nothing that would change the URI or ssh's options."""
+    where = _line(config, server.name)
+    address = server.address
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+        if not IPV6.match(address):
+            raise MlnError(f"{where}: '{server.address}' is not an IPv6 address in brackets")
+    if not (HOST_NAME.match(address) or IPV6.match(address)):
+        raise MlnError(f"{where}: the address '{server.address}' must be a host name, an IPv4 address or an "
+                       "IPv6 address (letters, digits, '.', '-'; ':' in an IPv6 address)")
+    if server.user is not None and not USER.match(server.user):
+        raise MlnError(f"{where}: the user name '{server.user}' holds characters a user name has not")
+    known = server.options.get("known_hosts") or config.get("ssh_known_hosts")
+    if known and ("${" in known or any(c in known for c in '%"\n')):
+        raise MlnError(f"{where}: the known_hosts file {known} holds '%', '\"' or '${{', which ssh would "
+                       "read as its own; name it by another path")
+    return f"[{address}]" if ":" in address else address
+
+
 def default_uri(server, config, root: str) -> str:
     """``qemu+ssh://[USER@]ADDRESS[:PORT]/system`` with mln.conf's key and host keys (see the
     module's doc); ``root``: where the ``ssh`` wrapper goes when one is needed."""
     opt = server.options
-    host = f"[{server.address}]" if ":" in server.address else server.address
+    host = checked(server, config)
     netloc = (f"{server.user}@" if server.user else "") + host + (f":{server.port}" if server.port else "")
     params = [("no_tty", "1")]
     identity = opt.get("identity") or config.get("ssh_identity")
-    if identity:
-        params.append(("keyfile", os.path.expanduser(identity)))
+    if identity:                    # absolute: the URI is used from other directories
+        params.append(("keyfile", os.path.abspath(os.path.expanduser(identity))))
     known = opt.get("known_hosts") or config.get("ssh_known_hosts")
     if known:
         params.append(("command", _ssh_wrapper(root, os.path.abspath(os.path.expanduser(known)))))
@@ -199,8 +226,12 @@ class LibvirtTransport:
         return path
 
     def _reachable(self) -> None:
-        from mln_backends.libvirt_domain import connect
-        connect(self.uri)
+        from mln_backends.libvirt_domain import HINT, connect
+        try:
+            connect(self.uri)
+        except MlnError as e:
+            raise MlnError(e.message.replace(HINT, f"{_line(self.ctx.config, self.server.name)}: its address, "
+                                                   "user, key and known_hosts")) from None
 
     def _check_part(self, config, request: dict) -> None:
         """Only libvirt hosts here, and no switch that spans servers."""
@@ -242,9 +273,11 @@ class LibvirtTransport:
             result = handle(request, Engine(Context(config=config, pm=self.ctx.pm)))
         else:
             result = self._serve(request, self._conf_file(config), log)
-        if verb == "capacity":
+        if verb == "capacity":          # that machine's, and the pool of its line (not the manager's disk)
+            from types import SimpleNamespace
+
             from mln_backends.libvirt_remote import node
-            result.update(node(self.uri, self.ctx))
+            result.update(node(self.uri, SimpleNamespace(config=config, log=lambda message: None)))
         return result
 
     def _serve(self, request: dict, conf: str, log) -> dict:
@@ -303,13 +336,13 @@ class LibvirtTransport:
         try:
             with open(os.path.join(self.root, project, "hosts", host, "libvirt.json")) as f:
                 rec = json.load(f)
-            uri, domain = rec["uri"], rec["domain"]
+            domain = rec["domain"]      # at the URI of now (a key rotated, another known_hosts)
         except (OSError, ValueError, KeyError, TypeError):
             raise MlnError(f"host '{host}' of project '{project}' on server {self.server.name} has not been "
                            "started") from None
         quiet = float(options[options.index("-w") + 1]) if "-w" in options[:-1] else 2.0
         on_tty = sys.stdin.isatty()
-        con = StreamConsole(uri, domain)
+        con = StreamConsole(self.uri, domain)
         try:
             if on_tty:
                 print(f"console of {host} ({project}) on {self.server.name}: Ctrl-] leaves; press Enter "

@@ -177,6 +177,7 @@ def test_libvirt_hosts_on_a_server_without_mln(lv_remote):
     r = kit.mln("client", "status", "-p", "lvremote")
     assert r.returncode == 1 and "lvremote host alpha down [sh2]" in r.stdout, r.stdout
 
+    lv.virsh("vol-create-as", "mln", f"{names[0]}.console.log.1", "1")      # as virtlogd rotates it
     r = kit.mln("client", "remove", "-f", "-p", "lvremote", timeout=120)
     assert r.returncode == 0, r.stderr
     assert lv.domains() == [] and volumes(lv) == []
