@@ -394,17 +394,21 @@ class Bare:
         self.qmp(dst, arrived, 10)
         running = time.monotonic()
 
-        async def quit_(c):
-            with contextlib.suppress(Exception):
-                await c.execute("quit")
-        self.qmp(src, quit_, 10)
-        self._wait_gone(src)
+        self.quit(src)
         qemu_down = int(info.get("downtime", 0))
         # QEMU stopped the guest downtime ms before the migration completed, at migrate + total-time
         completed = marks["migrate"] + info.get("total-time", 0) / 1000
         return {"down": qemu_down + int((running - completed) * 1000),
                 "down_as_mln": qemu_down + int((running - before_target) * 1000),
                 "qemu_downtime": qemu_down, "each": time.monotonic() - start}
+
+    def quit(self, d: Path) -> None:
+        """End the QEMU in ``d`` (a source whose guest went away) and wait until it is gone."""
+        async def quit_(c):
+            with contextlib.suppress(Exception):
+                await c.execute("quit")
+        self.qmp(d, quit_, 10)
+        self._wait_gone(d)
 
     @staticmethod
     async def tune(c):
@@ -434,11 +438,7 @@ class Bare:
                 await asyncio.sleep(0.05)
         info = self.qmp(src, send)
 
-        async def quit_(c):
-            with contextlib.suppress(Exception):
-                await c.execute("quit")
-        self.qmp(src, quit_, 10)
-        self._wait_gone(src)
+        self.quit(src)
         down = int(info.get("downtime", 0))
         return {"down": down, "down_as_mln": down, "qemu_downtime": down, "each": time.monotonic() - start}
 
