@@ -130,6 +130,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 ask[s].update(simulate=False, hold=True, files=files.get(s), moves=mover.moves(s))
             write_file(os.path.join(engine.store.project_dir(name), HELD), "held\n", sync=True)
             failed: dict = {}
+            unsure: dict = {}
             try:
                 results = fleet.each(ask, lambda: mover.here(lambda moves: upgrade_here(
                     engine, path, yes=True, placement=parts[me], hold=True, moves=moves, **args)))
@@ -140,7 +141,8 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 stuck = mover.bring_back(addresses) if mover.switching else []   # those that run there: back
                 if stuck:
                     raise MlnError(_stuck(name, stuck, failed)) from None
-                mover.back(_settle(engine, fleet, name, [*others, me], joining, keep=False, first=mover.arriving()))
+                unsure = _settle(engine, fleet, name, [*others, me], joining, keep=False, first=mover.arriving())
+                mover.back(unsure)
                 if not isinstance(e, MlnError):
                     raise
             else:
@@ -149,8 +151,11 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 if failed:
                     mover.back(unsure)
             if failed:
-                raise MlnError(f"project '{name}' was not upgraded on every server; it is as it was on all of "
-                               "them:\n  " + "\n  ".join(str(r) for r in failed.values()))
+                state = "it is as it was on all of them" if not unsure else \
+                    f"it is as it was on all of them but {', '.join(unsure)} (run the upgrade again once " \
+                    "they answer: it puts them back too)"
+                raise MlnError(f"project '{name}' was not upgraded on every server; {state}:\n  " +
+                               "\n  ".join(str(r) for r in failed.values()))
             mover.report(sent)
         fleet.each({s: {"verb": "stop", "project": name, "hard": True, "wait": 10} for s in leaving})  # (its
         for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():  # switches)

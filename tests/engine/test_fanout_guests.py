@@ -1,6 +1,6 @@
 """``mln class`` on real (User-Mode Linux) guests: the documented classroom lab
 (contrib/classroom: per group two hosts and a switch, ``$group`` in names and
-addresses) copied 20 times from one table with one command; every copy started; each
+addresses) copied 10 times from one table with one command; every copy started; each
 guest reaches its partner and not another copy's guest; one copy reset while the
 others run on; everything removed again."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.guests
 
 CLASSROOM = Path(__file__).resolve().parents[2] / "contrib" / "classroom"
-N = 20
+N = 10                      # (CI time: 20 copies took a minute; the isolation shows with 10)
 PROJECTS = [f"oscourse-g{g:02d}" for g in range(1, N + 1)]
 
 
@@ -43,11 +43,14 @@ def typed(env, project: str, host: str, lines: str, marker: str) -> str:
     return env.wait_console(project, host, marker, timeout=30)
 
 
-def test_twenty_copies_of_a_course_lab(mln_env):
+def test_ten_copies_of_a_course_lab(mln_env):
     env = mln_env
-    # one command, one table: 20 copies, each its own project
-    r = env.mln("class", "build", "-f", str(CLASSROOM / "lab.mln"), "-t", str(CLASSROOM / "groups.csv"),
-                "-j", "2", "-q")
+    # one command, one table: N copies, each its own project
+    rows = (CLASSROOM / "groups.csv").read_text().splitlines(keepends=True)
+    head = [x for x in rows if x.startswith("#") or x.startswith("copy,")]
+    table = env.root / "groups.csv"                 # the documented table's first N groups
+    table.write_text("".join(head + [x for x in rows if x not in head and x.strip()][:N]))
+    r = env.mln("class", "build", "-f", str(CLASSROOM / "lab.mln"), "-t", str(table), "-j", "2", "-q")
     assert r.returncode == 0, r.output
     assert sorted(p.name for p in env.projects.iterdir() if p.is_dir() and not p.name.startswith(".")) == PROJECTS
     assert "host linux7 {" in (env.projects / "oscourse-g07" / "oscourse-g07.mln").read_text()
@@ -71,10 +74,10 @@ def test_twenty_copies_of_a_course_lab(mln_env):
                 "P=PROBE\n"          # the output says PROBE-..., the command typed (echoed) $P-...
                 "ping -c 1 -W 2 10.0.5.2 > /dev/null && echo $P-partner-ok\n"
                 "ping -c 2 -W 1 10.0.6.1 > /dev/null && echo $P-reached-g06 || echo $P-isolated-g06\n"
-                "ping -c 2 -W 1 10.0.12.2 > /dev/null && echo $P-reached-g12 || echo $P-isolated-g12\n"
+                "ping -c 2 -W 1 10.0.10.2 > /dev/null && echo $P-reached-g10 || echo $P-isolated-g10\n"
                 "echo student-work > /root/marker; sync; echo $P-marked\n",
-                r"PROBE-(reached|isolated)-g12[\s\S]*PROBE-marked")
-    assert "PROBE-partner-ok" in log and "PROBE-isolated-g06" in log and "PROBE-isolated-g12" in log, log[-2000:]
+                r"PROBE-(reached|isolated)-g10[\s\S]*PROBE-marked")
+    assert "PROBE-partner-ok" in log and "PROBE-isolated-g06" in log and "PROBE-isolated-g10" in log, log[-2000:]
     assert "PROBE-reached" not in log
 
     # reset g05 while the others run: new disks, started again; nobody else touched
