@@ -126,12 +126,7 @@ def pool_path(p) -> str | None:
 
 
 def _volume(lv, p, name: str):
-    try:
-        return p.storageVolLookupByName(name)
-    except lv.libvirtError as e:
-        if e.get_error_code() == lv.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise
+    return dom_xml.lookup(p.storageVolLookupByName, name, lv.VIR_ERR_NO_STORAGE_VOL)
 
 
 def _refresh(lv, p) -> None:
@@ -434,12 +429,7 @@ def network_names(switch, ctx) -> tuple[str, str]:
 
 
 def _network(lv, conn, name: str):
-    try:
-        return conn.networkLookupByName(name)
-    except lv.libvirtError as e:
-        if e.get_error_code() == lv.VIR_ERR_NO_NETWORK:
-            return None
-        raise
+    return dom_xml.lookup(conn.networkLookupByName, name, lv.VIR_ERR_NO_NETWORK)
 
 
 def start_network(uri: str, name: str, bridge: str) -> None:
