@@ -120,18 +120,6 @@ def _close_all() -> None:
         _conns.clear()
 
 
-def lookup(fetch, name: str, missing: int):
-    """``fetch(name)`` (a libvirt lookup), or None where libvirt says ``missing`` (its error
-    code for "no such object"); other libvirt errors are raised."""
-    lv = binding()
-    try:
-        return fetch(name)
-    except lv.libvirtError as e:
-        if e.get_error_code() == missing:
-            return None
-        raise
-
-
 def message(e) -> str:
     text = e.get_error_message() if hasattr(e, "get_error_message") else str(e)
     return " ".join((text or str(e)).split())

@@ -126,7 +126,12 @@ def pool_path(p) -> str | None:
 
 
 def _volume(lv, p, name: str):
-    return dom_xml.lookup(p.storageVolLookupByName, name, lv.VIR_ERR_NO_STORAGE_VOL)
+    try:
+        return p.storageVolLookupByName(name)
+    except lv.libvirtError as e:
+        if e.get_error_code() == lv.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
 
 
 def _refresh(lv, p) -> None:
@@ -429,7 +434,12 @@ def network_names(switch, ctx) -> tuple[str, str]:
 
 
 def _network(lv, conn, name: str):
-    return dom_xml.lookup(conn.networkLookupByName, name, lv.VIR_ERR_NO_NETWORK)
+    try:
+        return conn.networkLookupByName(name)
+    except lv.libvirtError as e:
+        if e.get_error_code() == lv.VIR_ERR_NO_NETWORK:
+            return None
+        raise
 
 
 def start_network(uri: str, name: str, bridge: str) -> None:

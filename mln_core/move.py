@@ -340,7 +340,7 @@ class Mover:
                     self.live[h] = how
 
     def _on(self, server: str, request: dict, local):
-        return _ask(self.fleet, server, request, local)
+        return local() if server == self.me else self.fleet.request(server, request)
 
     def moves(self, server: str) -> dict:
         """What the upgrade request of ``server`` says of the hosts that leave or reach it."""
@@ -500,29 +500,25 @@ class Mover:
 def bring_back(engine, fleet, name: str, moved: dict, addresses: dict[str, str]) -> list[str]:
     """:meth:`Mover.bring_back` of the hosts ``moved`` ({host: (from, to)}) whose guests
     run on the server they went to (its status says so)."""
-    stuck, rows = [], {}
+    me, stuck, rows = fleet.me, [], {}
+
+    def on(server, request, local):
+        return local() if server == me else fleet.request(server, request)
     for h, (src, dst) in sorted(moved.items()):
         try:
             if dst not in rows:
-                rows[dst] = _ask(fleet, dst, {"verb": "status", "project": name},
-                                 lambda: {"rows": engine.status(name)})["rows"]
+                rows[dst] = on(dst, {"verb": "status", "project": name},
+                               lambda: {"rows": engine.status(name)})["rows"]
             if not any(r["kind"] == "host" and r["name"] == h and r["state"] == "up" and
                        r["detail"] not in ("inmigrate", "postmigrate") for r in rows[dst]):
                 continue                          # it does not run there: the put back ends it there
             fleet.say(src, f"+---> {h}: taking its guest back from {dst}")
-            incoming = _ask(fleet, src, {"verb": "migrate_in", "project": name, "host": h,
-                                         "address": addresses[src], "back": True},
-                            lambda: migrate_in(engine, name, h, addresses[src], back=True))
-            sent = _ask(fleet, dst, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming,
-                                     "back": True},
-                        lambda: migrate_out(engine, name, h, incoming, back=True))
+            incoming = on(src, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[src],
+                                "back": True}, lambda: migrate_in(engine, name, h, addresses[src], back=True))
+            sent = on(dst, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming, "back": True},
+                      lambda: migrate_out(engine, name, h, incoming, back=True))
             fleet.say(src, f"+---> {h}: back from {dst} (the guest paused {int(sent.get('downtime_ms', 0))} ms)")
         except (MlnError, KeyError, TypeError) as e:
             fleet.say(dst, f"warning: {h} stays here, running: taking it back to {src} failed: {e}")
             stuck.append(h)
     return stuck
-
-
-def _ask(fleet, server: str, request: dict, local):
-    """``request`` carried out on ``server``: by this engine (``local()``) if it is this one."""
-    return local() if server == fleet.me else fleet.request(server, request)

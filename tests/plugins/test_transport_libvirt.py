@@ -17,12 +17,20 @@ from mln_backends import libvirt as backend
 from mln_backends import libvirt_domain as dom_xml
 from mln_backends import libvirt_remote as remote
 from mln_backends.libvirt_remote import is_remote
+from mln_core.config import Config
 from mln_core.errors import MlnError
 from mln_core.servers import configured
 from mln_plugins.transport_libvirt import default_uri, part_config
-from tests.core.test_servers_layout import config  # mln.conf lines as a Config
 
 
+def config(*lines: str) -> Config:
+    c = Config()
+    for line in lines:
+        key, value = line.split(None, 1)
+        if key == "server":
+            c.lists.setdefault(key, []).append(value)
+        c.values[key] = value
+    return c
 
 
 def test_the_default_uri_is_qemu_ssh_with_the_key_and_host_keys_of_mln_conf(tmp_path):
