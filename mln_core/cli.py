@@ -507,11 +507,12 @@ def remove(click_ctx, project, force):
 # ---------------------------------------------------------------------------------------
 
 @cli.command(hidden=True)
+@click.option("--many", is_flag=True, help="One request per line, until standard input ends.")
 @click.pass_context
-def serve(click_ctx):
+def serve(click_ctx, many):
     """Carry out one request of another server (a JSON object on standard input)."""
-    from .serve import serve_stdin
-    sys.exit(serve_stdin(_engine(click_ctx)))
+    from .serve import serve_lines
+    sys.exit(serve_lines(lambda: click_ctx.find_root().obj.update(ctx=None) or _engine(click_ctx), many))
 
 
 @cli.command("help")

@@ -40,7 +40,9 @@ def placement_of(engine, name: str) -> dict | None:
 class Fleet:
     """The other servers of one project, each reached through its transport."""
 
-    def __init__(self, engine, names: list[str]):
+    def __init__(self, engine, names: list[str], reuse: "Fleet | None" = None):
+        """``reuse``: a fleet of the same command whose connections this one uses too (and
+        leaves open)."""
         self.engine, self.ctx = engine, engine.ctx
         known = configured(self.ctx.config)
         unknown = [n for n in names if n not in known]
@@ -49,24 +51,30 @@ class Fleet:
                            "(add 'server NAME ssh ADDRESS')")
         self.servers = {n: known[n] for n in names}
         self.me = here(self.ctx.config)
-        self.transports: dict = {}
+        self.transports: dict = reuse.transports if reuse else {}
+        self.owner = reuse is None
         self.sums: dict[str, str] = {}
         self.inboxes: dict[str, str] = {}
         self.lock = threading.Lock()
-        self._log = self.ctx.log
+        self._log, self._before = (reuse._log if reuse else self.ctx.log), self.ctx.log
         self.ctx.log = lambda message: self.say(self.me, message)   # this server's lines, prefixed
 
     def say(self, server: str, message: str) -> None:
         with self.lock:
             self._log(f"[{server}] {message}")
 
+    def note(self, message: str) -> None:
+        """A line of the whole command (of no one server)."""
+        with self.lock:
+            self._log(message)
+
     def close(self) -> None:
-        for t in self.transports.values():
+        for t in self.transports.values() if self.owner else ():
             try:
                 t.close()
             except Exception:       # closing must not hide what happened
                 pass
-        self.ctx.log = self._log
+        self.ctx.log = self._before
 
     def __enter__(self):
         return self

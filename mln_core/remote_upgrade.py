@@ -60,8 +60,10 @@ def _local(plan) -> dict:
 
 
 def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, yes: bool = False,
-            live_hosts=frozenset(), keep: bool = False, confirm=None, show=None, project: str | None = None):
-    """``mln upgrade``: of a project spread over servers, on all of them; else as on one."""
+            live_hosts=frozenset(), keep: bool = False, confirm=None, show=None, project: str | None = None,
+            fleet=None):
+    """``mln upgrade``: of a project spread over servers, on all of them; else as on one
+    (``fleet``: the :class:`Fleet` of a first round, whose connections the second uses)."""
     from .lang.writer import write_tree
     from .placement import resolve
     from .project import load_project
@@ -94,7 +96,7 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 if s not in others and s != me]                  # are left there: removed
     leaving = [s for s in old_lay.servers if s not in lay.servers and s != me] + followed
     text = write_tree(loaded.doc.root)
-    with Fleet(engine, others + followed) as fleet:
+    with Fleet(engine, others + followed, reuse=fleet) as fleet:
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
         resolve_held(engine, fleet, name)
@@ -161,11 +163,12 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():  # switches)
             if isinstance(r, MlnError):
                 fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
-    ctx.log(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
-    if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
-        ctx.log(f"+---> switches {', '.join(s for s in lay.switches if during.switches[s] != lay.switches[s])}: "
-                "now only where their hosts are")
-        upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project)
+        fleet.note(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
+        if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
+            fleet.note(f"+---> switches {', '.join(s for s in lay.switches if during.switches[s] != lay.switches[s])}"
+                       ": now only where their hosts are")
+            upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project,
+                    fleet=fleet)
     return plan
 
 

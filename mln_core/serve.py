@@ -249,8 +249,25 @@ def _remove_leftover(engine, name: str, placement: dict | None) -> None:
     engine.remove(name)
 
 
-def serve_stdin(engine) -> int:
-    """``mln serve``: one request from standard input, the answer as JSON lines."""
+def serve_lines(make_engine, many: bool = False) -> int:
+    """``mln serve``: one request from standard input, the answer as JSON lines; ``many``
+    (``--many``): one request per line, each carried out by a fresh engine
+    (``make_engine()``) and answered in turn, until standard input ends (a transport keeps
+    one such process per server and command: no start-up per request)."""
+    if not many:
+        return _serve(sys.stdin.read(), make_engine)
+    status = 0
+    for line in sys.stdin:
+        if line.strip():
+            status = _serve(line, make_engine)
+            if status == 130:
+                break
+    return status
+
+
+def _serve(text: str, make_engine) -> int:
+    """Carry out the request ``text`` (JSON) with the engine ``make_engine()`` gives; its
+    log lines, then its answer, on standard output; the exit status."""
     out = sys.stdout
 
     lock = threading.Lock()
@@ -260,7 +277,6 @@ def serve_stdin(engine) -> int:
             out.write(json.dumps(obj) + "\n")
             out.flush()
 
-    engine.ctx.log = lambda message: emit({"log": message})
     done = threading.Event()
 
     def heartbeat():                 # the manager takes a silent server as gone
@@ -269,7 +285,9 @@ def serve_stdin(engine) -> int:
     threading.Thread(target=heartbeat, daemon=True).start()
     request = None
     try:
-        request = json.loads(sys.stdin.read())
+        engine = make_engine()
+        engine.ctx.log = lambda message: emit({"log": message})
+        request = json.loads(text)
         if not isinstance(request, dict):
             raise MlnError("a request is a JSON object")
         result = handle(request, engine)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shlex
+import threading
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError
@@ -43,6 +44,30 @@ class _Lines(io.TextIOBase):
         return len(text)
 
 
+class _Session:
+    """One ``mln serve --many`` there: a channel, and what it printed of a line so far."""
+
+    def __init__(self, chan):
+        self.chan, self.lines, self.err = chan, _Lines(None), []
+
+    def drain(self) -> None:
+        while self.chan.recv_stderr_ready():
+            self.err.append(self.chan.recv_stderr(65536).decode("utf-8", "replace"))
+
+    def end(self, wait: bool = True) -> str:
+        """Close it (its standard input ends: it exits); what it said on standard error, or
+        its exit status (``wait``: it ended without an answer)."""
+        status = None
+        try:
+            self.chan.shutdown_write()
+            if wait:
+                status = self.chan.recv_exit_status()
+                self.drain()
+        finally:
+            self.chan.close()
+        return " ".join("".join(self.err).split())[-300:] or f"exit status {status}"
+
+
 class SshTransport:
     def __init__(self, server, config):
         self.server = server
@@ -53,6 +78,8 @@ class SshTransport:
         self.command = opt.get("mln") or config.get("remote_mln") or "mln"
         self.timeout = float(opt.get("timeout") or config.get("remote_timeout") or DEFAULT_TIMEOUT)
         self.conn = None
+        self.idle: list[_Session] = []          # the mln serve processes there waiting for a request
+        self.lock = threading.Lock()
 
     def _connection(self):
         if self.conn is not None:
@@ -86,45 +113,46 @@ class SshTransport:
         return conn
 
     def request(self, request: dict, log) -> dict:
-        """Run ``mln serve`` there with ``request`` on its standard input; its JSON lines
-        come back as they are printed. A server silent for longer than the timeout (it
-        prints a heartbeat while it works) is taken as gone."""
+        """Ask one ``mln serve --many`` there (an idle one of this command, else a new one:
+        no process start per request) to carry out ``request``; its JSON lines come back as
+        they are printed. A server silent for longer than the timeout (it prints a heartbeat
+        while it works) is taken as gone."""
         conn = self._connection()
+        with self.lock:
+            session = self.idle.pop() if self.idle else None
         answer: list[dict] = []
-        lines = _Lines(lambda text: self._line(text, log, answer))
-        err_text: list[str] = []
         try:
-            chan = conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
-            chan.settimeout(self.timeout)
-            chan.exec_command(f"{self.command} serve")
-            chan.sendall(json.dumps(request).encode() + b"\n")
-            chan.shutdown_write()
-            status = None
-            while not answer:           # the answer is the last line (a process a hook script
-                data = chan.recv(65536)   # left behind may hold the channel open after it)
+            if session is None:
+                session = self._spawn(conn)
+            session.lines.each = lambda text: self._line(text, log, answer)
+            session.chan.sendall(json.dumps(request).encode() + b"\n")
+            while not answer:
+                data = session.chan.recv(65536)
                 if not data:
                     break
-                lines.write(data.decode("utf-8", "replace"))
-                while chan.recv_stderr_ready():
-                    err_text.append(chan.recv_stderr(65536).decode("utf-8", "replace"))
-            if not answer:
-                status = chan.recv_exit_status()
-            while chan.recv_stderr_ready():
-                err_text.append(chan.recv_stderr(65536).decode("utf-8", "replace"))
-            chan.close()
+                session.lines.write(data.decode("utf-8", "replace"))
+                session.drain()
         except TimeoutError:
             self.close()
             raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
             self.close()
             raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
-        if answer and answer[-1].get("ok"):
-            return answer[-1].get("result") or {}
         if answer:
+            with self.lock:
+                self.idle.append(session)
+            if answer[-1].get("ok"):
+                return answer[-1].get("result") or {}
             raise MlnError(answer[-1].get("error", "failed"))
-        said = " ".join("".join(err_text).split())[-300:] or f"exit status {status}"
+        said = session.end()
         raise MlnError(f"'{self.command} serve' did not answer ({said}); is mln installed there "
                        f"(remote_mln in mln.conf names the command)?")
+
+    def _spawn(self, conn) -> _Session:
+        session = _Session(conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT))
+        session.chan.settimeout(self.timeout)
+        session.chan.exec_command(f"{self.command} serve --many")
+        return session
 
     @staticmethod
     def _line(text: str, log, answer: list) -> None:
@@ -163,6 +191,13 @@ class SshTransport:
         os.chmod(local_path, 0o600)
 
     def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for session in idle:                    # standard input ends: each mln serve there exits
+            try:
+                session.end(wait=False)
+            except Exception:               # (a broken connection ends them anyway)
+                pass
         if self.conn is not None:
             self.conn.close()
             self.conn = None
