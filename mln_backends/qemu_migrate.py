@@ -35,6 +35,7 @@ from . import qemu_qmp
 
 TIMEOUT = 600.0            # seconds for the disk mirror and the migration together
 EXPORT = "mln-migration"
+ARRIVAL = 30               # seconds the target may take to read the end of what the source sent
 DOWNTIME_MS = 20           # mln.conf migrate_downtime_ms: the pause QEMU aims at
 BANDWIDTH_MB = 8192        # mln.conf migrate_bandwidth_mb: MiB/s at most (QEMU's own default: 128)
 
@@ -199,10 +200,17 @@ def arrived(m, qmp_sock: str, shared: bool = False) -> None:
     """On the target, once the source finished: drop the export, let the guest run. (On
     the source, after a move put back: the guest runs on here; not if it was sent on
     ``shared`` storage: then it runs on the other server.)"""
+    import asyncio
+
     async def work(c):
-        status = (await c.execute("query-status"))["status"]
-        if status == "inmigrate":                   # (cont would only set autostart)
-            raise qemu_qmp.QmpFailure("its guest has not arrived")
+        end = time.monotonic() + ARRIVAL
+        while (status := (await c.execute("query-status"))["status"]) == "inmigrate":   # (cont would only
+            info = await c.execute("query-migrate")     # set autostart) the source sent all: the last of it
+            if info.get("status") in ("failed", "cancelled"):                           # is still being read
+                raise qemu_qmp.QmpFailure(f"its guest did not arrive: {info.get('error-desc', info['status'])}")
+            if time.monotonic() > end:
+                raise qemu_qmp.QmpFailure(f"its guest has not arrived ({ARRIVAL:g} s after it was sent)")
+            await asyncio.sleep(0.05)
         if status == "postmigrate" and shared:
             raise qemu_qmp.QmpFailure("its guest was sent to the other server and runs there")
         for cmd, args in (("block-export-del", {"id": EXPORT}), ("nbd-server-stop", {})):
@@ -213,6 +221,6 @@ def arrived(m, qmp_sock: str, shared: bool = False) -> None:
         if (await c.execute("query-status"))["status"] != "running":
             await c.execute("cont")
     try:
-        qemu_qmp.run(m, qmp_sock, work, timeout=10)
+        qemu_qmp.run(m, qmp_sock, work, timeout=ARRIVAL + 10)
     except Exception as e:
-        raise MlnError(f"the guest arrived but does not run: {qemu_qmp.describe(e)}") from None
+        raise MlnError(f"the guest does not run here: {qemu_qmp.describe(e)}") from None

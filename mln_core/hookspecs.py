@@ -490,5 +490,7 @@ def mln_remote_transport(server, ctx):
     the result, or raises MlnError with the server's error or why it cannot be reached),
     ``put(local_path, remote_path)`` (copies a file to the server), ``get(remote_path,
     local_path)`` (copies a file of the server's ``templates/.incoming`` here: a host's disk
-    packed for a move to another server) and ``close()``; other plugins return None.
+    packed for a move to another server) and ``close()``; it may have ``prepare(n)``, called
+    before ``n`` requests are sent to that server at once (live moves), to make ready for
+    them in the background. Other plugins return None.
     """

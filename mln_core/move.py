@@ -85,7 +85,7 @@ def unpack(ctx, name: str, moved: dict) -> dict:
     return out
 
 
-#: live moves at once (those of the manager's own part: one after the other)
+#: live moves at once unless mln.conf says ``migrate_at_once N`` (the manager's own: one after the other)
 AT_ONCE = 2
 #: in the manager's project directory while live moves go on: {"hosts": {host: [from, to]}, "addresses"}
 MOVES = "spread.moves"
@@ -136,6 +136,14 @@ def discard_packed(ctx, name: str) -> None:
 
 
 # -- live moves, server side (the upgrade of each server holds at phase ready meanwhile) ----------
+
+def at_once(config) -> int:
+    """How many live moves at once: mln.conf ``migrate_at_once`` (1 to 64), else 2 (as oVirt)."""
+    value = str(config.get("migrate_at_once") or AT_ONCE).strip()
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise MlnError(f"mln.conf migrate_at_once {value}: give a whole number from 1 to 64")
+    return int(value)
+
 
 def _lock(engine, name: str, wait: float = 60):
     """The project's lock, waited for (another guest's move may hold it for a moment)."""
@@ -301,7 +309,7 @@ class Mover:
         Every server is asked what it has (which also lets each finish or undo an upgrade
         that was interrupted there): a host is moved from where it is."""
         self.e, self.fleet, self.name = engine, fleet, name
-        self.me = fleet.me
+        self.me, self.at_once = fleet.me, at_once(engine.ctx.config)
         self.sent: dict[str, dict] = {}
         self.stopped: list[str] = []
         self.switched: list[str] = []            # live hosts whose guests run on their new servers
@@ -338,6 +346,7 @@ class Mover:
                                                             ctx=engine.ctx)
                 if how:
                     self.live[h] = how
+        fleet.prepare({s: self.at_once for h in self.live for s in self.moved[h] if s != self.me})
 
     def _on(self, server: str, request: dict, local):
         return local() if server == self.me else self.fleet.request(server, request)
@@ -410,8 +419,8 @@ class Mover:
             discard_packed(self.e.ctx, self.name)
 
     def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float | None]]:
-        """Send the live hosts, two at a time, once every server's part is ready: each
-        waits on its new server and is sent by its old one (disk, then memory). On shared
+        """Send the live hosts, two at a time (:func:`at_once`), once every server's part is
+        ready: each waits on its new server and is sent by its old one (disk, then memory). On shared
         storage it runs there as soon as it arrived (:attr:`switched`); else it waits
         paused until the manager settles the upgrade. {host: (QEMU's downtime in ms, the
         time its send ended, None if it runs already)}; an error puts the upgrade back
@@ -427,6 +436,7 @@ class Mover:
         def one(h):
             src, dst = self.moved[h]
             start = time.monotonic()
+            self.fleet.say(dst, f"+---> {h}: moving here from {src} while it runs")
             incoming = self._on(dst, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[dst]},
                                 lambda: migrate_in(e, name, h, addresses[dst]))
             e.ctx.on().step(f"move {h}: send")        # where MLN_FAULTS can kill the manager mid-move
@@ -446,7 +456,7 @@ class Mover:
         mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine
         for h in mine:
             one(h)
-        with ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
+        with ThreadPoolExecutor(max_workers=self.at_once) as pool:
             for f in [pool.submit(one, h) for h in sorted(set(self.live) - set(mine))]:
                 f.result()
         return out

@@ -63,6 +63,17 @@ class Fleet:
         with self.lock:
             self._log(f"[{server}] {message}")
 
+    def prepare(self, counts: dict[str, int]) -> None:
+        """Let each server's transport make ready for ``counts[server]`` requests at once
+        (a transport's optional ``prepare(n)``: the ssh one starts its ``mln serve`` there)."""
+        for name, n in counts.items():
+            try:
+                prepare = getattr(self.transport(name), "prepare", None)
+                if prepare is not None:
+                    prepare(n)
+            except Exception:       # (only time is at stake: the request itself says what is wrong)
+                pass
+
     def note(self, message: str) -> None:
         """A line of the whole command (of no one server)."""
         with self.lock:

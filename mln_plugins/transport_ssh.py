@@ -79,7 +79,9 @@ class SshTransport:
         self.timeout = float(opt.get("timeout") or config.get("remote_timeout") or DEFAULT_TIMEOUT)
         self.conn = None
         self.idle: list[_Session] = []          # the mln serve processes there waiting for a request
-        self.lock = threading.Lock()
+        self.starting = 0                       # of those, being started by prepare()
+        self.generation = 0                     # how many times the connection was closed
+        self.ready = threading.Condition()      # guards the three above
 
     def _connection(self):
         if self.conn is not None:
@@ -118,7 +120,9 @@ class SshTransport:
         they are printed. A server silent for longer than the timeout (it prints a heartbeat
         while it works) is taken as gone."""
         conn = self._connection()
-        with self.lock:
+        with self.ready:
+            while not self.idle and self.starting:      # one that prepare() started comes
+                self.ready.wait()
             session = self.idle.pop() if self.idle else None
         answer: list[dict] = []
         try:
@@ -139,8 +143,9 @@ class SshTransport:
             self.close()
             raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
         if answer:
-            with self.lock:
+            with self.ready:
                 self.idle.append(session)
+                self.ready.notify()
             if answer[-1].get("ok"):
                 return answer[-1].get("result") or {}
             raise MlnError(answer[-1].get("error", "failed"))
@@ -153,6 +158,32 @@ class SshTransport:
         session.chan.settimeout(self.timeout)
         session.chan.exec_command(f"{self.command} serve --many")
         return session
+
+    def prepare(self, n: int) -> None:
+        """Have ``n`` ``mln serve`` there ready for requests sent at once (started in the
+        background now: a request waits for one of them rather than starting its own)."""
+        conn = self._connection()
+        with self.ready:
+            missing = max(0, n - len(self.idle) - self.starting)
+            self.starting += missing
+            generation = self.generation
+        for _ in range(missing):
+            threading.Thread(target=self._prepared, args=(conn, generation), daemon=True).start()
+
+    def _prepared(self, conn, generation: int) -> None:
+        try:
+            session = self._spawn(conn)
+        except Exception:           # (a request that needs it starts its own)
+            session = None
+        with self.ready:
+            if generation == self.generation:
+                self.starting -= 1
+                if session is not None:
+                    self.idle.append(session)
+                    session = None
+            self.ready.notify_all()
+        if session is not None:     # the connection was closed meanwhile
+            session.end(wait=False)
 
     @staticmethod
     def _line(text: str, log, answer: list) -> None:
@@ -191,8 +222,10 @@ class SshTransport:
         os.chmod(local_path, 0o600)
 
     def close(self) -> None:
-        with self.lock:
+        with self.ready:
             idle, self.idle = self.idle, []
+            self.starting, self.generation = 0, self.generation + 1
+            self.ready.notify_all()
         for session in idle:                    # standard input ends: each mln serve there exits
             try:
                 session.end(wait=False)

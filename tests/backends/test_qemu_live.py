@@ -414,3 +414,8 @@ def test_migration_settings_come_from_mln_conf_and_bad_ones_are_named():
     for key, bad in (("migrate_downtime_ms", "fast"), ("migrate_bandwidth_mb", "-3")):
         with pytest.raises(MlnError, match=f"mln.conf {key} {bad}: give a whole number"):
             tuning({key: bad})
+    from mln_core.move import at_once
+    assert at_once({}) == 2 and at_once({"migrate_at_once": "5"}) == 5
+    for bad in ("0", "two", "65"):
+        with pytest.raises(MlnError, match=f"mln.conf migrate_at_once {bad}: give a whole number from 1 to 64"):
+            at_once({"migrate_at_once": bad})

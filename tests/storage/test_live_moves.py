@@ -103,7 +103,10 @@ def wait_counting(kit, where: dict[str, str], above: dict[str, int], timeout: fl
                 all(len(counts(log(kit, s, h))) > 1 and counts(log(kit, s, h))[-2][1] == last[h][1]
                     for h, s in where.items()):
             return last
-        assert time.monotonic() < end, {h: log(kit, s, h)[-800:] for h, s in where.items()}
+        behind = [h for h, s in where.items() if last[h][0] <= above.get(h, 0) or len(counts(log(kit, s, h))) < 2
+                  or counts(log(kit, s, h))[-2][1] != last[h][1]]
+        assert time.monotonic() < end, "not counting on with its pings answered: " + "\n".join(
+            f"{h} on {where[h]} (above {above.get(h, 0)}):\n{log(kit, where[h], h)[-600:]}" for h in behind)
         time.sleep(0.3)
 
 
@@ -160,9 +163,14 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     assert qemus(kit, "sh2") == [] and qemus(kit, "sh1") == list("abcd"), r.stderr
     before = wait_counting(kit, WHERE, {h: before[h][0] + 3 for h in WHERE})     # the same guests count on
     assert not [h for h in WHERE if log(kit, "sh1", h).count("MLN-BOOTED") != 1]
-    # the move
+    # the move, all four at once (mln.conf migrate_at_once; two by default)
+    conf = kit.client_conf.read_text()
+    kit.client_conf.write_text(conf + "migrate_at_once 4\n")
     r = kit.mln("client", "upgrade", "-r", "-f", str(path))
+    kit.client_conf.write_text(conf)
     assert r.returncode == 0, r.stdout + r.stderr
+    began = [r.stderr.index(f"[sh2] +---> {h}: moving here from sh1 while it runs") for h in MOVED]
+    assert max(began) < r.stderr.index("arrived from sh1"), r.stderr       # all began before one arrived
     for h, to in MOVED.items():
         assert re.search(rf"\[{to}\] \+---> {h}: moved live from {WHERE[h]} \(the guest paused \d+ ms\)",
                          r.stderr), r.stderr
