@@ -206,7 +206,9 @@ def arrived(m, qmp_sock: str, shared: bool = False) -> None:
         end = time.monotonic() + ARRIVAL
         while (status := (await c.execute("query-status"))["status"]) == "inmigrate":   # (cont would only
             info = await c.execute("query-migrate")     # set autostart) the source sent all: the last of it
-            if info.get("status") in ("failed", "cancelled"):                           # is still being read
+            if info.get("status", "none") in ("none", "setup"):                         # is still being read
+                raise qemu_qmp.QmpFailure("its guest has not arrived")
+            if info.get("status") in ("failed", "cancelled"):
                 raise qemu_qmp.QmpFailure(f"its guest did not arrive: {info.get('error-desc', info['status'])}")
             if time.monotonic() > end:
                 raise qemu_qmp.QmpFailure(f"its guest has not arrived ({ARRIVAL:g} s after it was sent)")

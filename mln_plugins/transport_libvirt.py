@@ -4,17 +4,17 @@
     server sh3 libvirt sh3.example.org:2222 pool=vms    # another ssh port, another pool
     server sh4 libvirt sh4 uri=qemu+tls://sh4.example.org/system
 
-The manager carries out that server's part of a project itself: each request goes to an
-``mln serve`` of its own on the manager (:mod:`mln_core.serve`, a process per request as over
-ssh), whose configuration (``<projects>/.server-<NAME>/mln.conf``, written from the manager's)
+The manager carries out that server's part of a project itself: its requests go to an
+``mln serve --many`` of its own on the manager (:mod:`mln_core.serve`, one process for the
+command, as over ssh), whose configuration (``<projects>/.server-<NAME>/mln.conf``, written from the manager's)
 gives it its own projects directory (``<projects>/.server-<NAME>``, where the part's state and
 records stay), ``service_host`` that server's name and ``libvirt_uri`` that server's libvirtd,
 and the manager's templates and files directories. The
 ``libvirt`` backend sees a remote URI and does everything there through it
 (:mod:`mln_backends.libvirt_remote`): disks are made and individualized here and sent into a
 storage pool there, switches are libvirt networks there. Templates and ``files {}`` sources
-are the manager's own, so nothing is sent for them. (A process per request, not the manager's
-own: two engines in one process would share Python's temporary directory, which
+are the manager's own, so nothing is sent for them. (A process of its own, not the manager's:
+two engines in one process would share Python's temporary directory, which
 ``Store.private_tmp`` sets for the whole process.) ``mln console`` attaches to a guest's
 serial console there through libvirt's console stream.
 
@@ -194,6 +194,8 @@ class LibvirtTransport:
         self.server, self.ctx = server, ctx
         self.root = os.path.join(ctx.config.projects_dir, f".server-{server.name}")
         self._uri = None
+        self.proc = None                # its part's mln serve --many, for the whole command
+        self.lock = threading.Lock()
 
     @property
     def uri(self) -> str:
@@ -254,9 +256,9 @@ class LibvirtTransport:
                 raise MlnError(refusal(self.ctx.config, self.server.name, h.name, h.hypervisor))
 
     def request(self, request: dict, log) -> dict:
-        """Carry out ``request`` as that server's ``mln serve`` would, in an ``mln serve`` of
-        its own on this machine (a process per request, as over ssh: two engines in one
-        process would share Python's temporary directory setting)."""
+        """Carry out ``request`` as that server's ``mln serve`` would, in an ``mln serve
+        --many`` of its own on this machine (one for the command, as over ssh; not in this
+        process: two engines in one would share Python's temporary directory setting)."""
         verb = request.get("verb")
         if verb in NOT_HERE:
             raise MlnError(f"'{verb}' is not available for server {self.server.name}: it runs no mln, only a "
@@ -283,33 +285,35 @@ class LibvirtTransport:
     def _serve(self, request: dict, conf: str, log) -> dict:
         import json
         import sys
-        argv = [sys.executable, "-m", "mln_core.cli"] + (["--verbose"] if self.ctx.verbose else [])
-        for name in sorted(getattr(self.ctx.pm, "disabled", ()) or ()):
-            argv += ["--no-plugin", name]
-        env = dict(os.environ, MLN_CONFIG=conf)
-        p = self.ctx.on().popen([*argv, "serve"], what=f"the part of server {self.server.name}",
-                                stdin=-1, stdout=-1, env=env, text=True)     # -1: a pipe
-        answer = None
-        try:
-            p.stdin.write(json.dumps(request) + "\n")
-            p.stdin.close()
-            for line in p.stdout:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    log(line.rstrip("\n"))
-                    continue
-                if not isinstance(obj, dict) or "alive" in obj:
-                    continue
-                if "log" in obj:
-                    log(str(obj["log"]))
-                else:
-                    answer = obj
-        finally:
-            p.stdout.close()
-            status = p.wait()
-        if answer is None:
-            raise MlnError(f"'mln serve' for its part ended without an answer (exit status {status})")
+        with self.lock:
+            if self.proc is None:
+                argv = [sys.executable, "-m", "mln_core.cli"] + (["--verbose"] if self.ctx.verbose else [])
+                for name in sorted(getattr(self.ctx.pm, "disabled", ()) or ()):
+                    argv += ["--no-plugin", name]
+                env = dict(os.environ, MLN_CONFIG=conf)       # (read again for each request)
+                self.proc = self.ctx.on().popen([*argv, "serve", "--many"], stdin=-1, stdout=-1, env=env,
+                                                text=True, what=f"the part of server {self.server.name}")
+            p, answer = self.proc, None
+            try:
+                p.stdin.write(json.dumps(request) + "\n")
+                p.stdin.flush()
+                while answer is None and (line := p.stdout.readline()):
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        log(line.rstrip("\n"))
+                        continue
+                    if not isinstance(obj, dict) or "alive" in obj:
+                        continue
+                    if "log" in obj:
+                        log(str(obj["log"]))
+                    else:
+                        answer = obj
+            except OSError:             # (it ended: said below)
+                pass
+            if answer is None:
+                status = self.close()
+                raise MlnError(f"'mln serve' for its part ended without an answer (exit status {status})")
         if not answer.get("ok"):
             raise MlnError(str(answer.get("error", "failed")))
         return answer.get("result") or {}
@@ -359,5 +363,14 @@ class LibvirtTransport:
             con.close()
         return 0
 
-    def close(self) -> None:
-        pass
+    def close(self) -> int | None:
+        """The ``mln serve --many`` of its part ends (its exit status)."""
+        p, self.proc = self.proc, None
+        if p is None:
+            return None
+        for f in (p.stdin, p.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        return p.wait()

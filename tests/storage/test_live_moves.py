@@ -94,8 +94,10 @@ def counts(text: str) -> list[tuple[int, int]]:
     return [(int(i), int(lost)) for i, lost in re.findall(r"MLN-COUNT (\d+) lost (\d+)", text)]
 
 
-def wait_counting(kit, where: dict[str, str], above: dict[str, int], timeout: float = 120) -> dict[str, tuple]:
-    """Wait until each guest counted past ``above`` with its last ping answered; its last count."""
+def wait_counting(kit, where: dict[str, str], above: dict[str, int], timeout: float = 120,
+                  said: str = "") -> dict[str, tuple]:
+    """Wait until each guest counted past ``above`` with its last ping answered; its last count
+    (``said``: what the last command printed, shown if they do not)."""
     end = time.monotonic() + timeout
     while True:
         last = {h: (counts(log(kit, s, h)) or [(0, 0)])[-1] for h, s in where.items()}
@@ -106,7 +108,8 @@ def wait_counting(kit, where: dict[str, str], above: dict[str, int], timeout: fl
         behind = [h for h, s in where.items() if last[h][0] <= above.get(h, 0) or len(counts(log(kit, s, h))) < 2
                   or counts(log(kit, s, h))[-2][1] != last[h][1]]
         assert time.monotonic() < end, "not counting on with its pings answered: " + "\n".join(
-            f"{h} on {where[h]} (above {above.get(h, 0)}):\n{log(kit, where[h], h)[-600:]}" for h in behind)
+            f"{h} on {where[h]} (above {above.get(h, 0)}):\n{log(kit, where[h], h)[-600:]}" for h in behind) + \
+            "\nstatus: " + kit.mln("client", "status", "-p", "lm").stdout + "\nthe last command said:\n" + said
         time.sleep(0.3)
 
 
@@ -184,7 +187,7 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     assert not [p for p in processes(kit, "sh1") if "vde" in p], processes(kit, "sh1")
     assert "vx-" not in links(kit, "sh2"), links(kit, "sh2")
     # the same guests: they count on from where they were, without booting again
-    after = wait_counting(kit, MOVED, {h: before[h][0] + 10 for h in MOVED})
+    after = wait_counting(kit, MOVED, {h: before[h][0] + 10 for h in MOVED}, said=r.stderr)
     for h, s in MOVED.items():
         text = log(kit, s, h)
         seen = counts(text)
@@ -210,7 +213,7 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     for h in "ab":          # on shared storage they ran on sh1 as soon as they arrived: sent back live
         assert re.search(rf"\[sh2\] \+---> {h}: back from sh1 \(the guest paused \d+ ms\)", r.stderr), r.stderr
     assert qemus(kit, "sh1") == [] and qemus(kit, "sh2") == list("abcd")
-    after = wait_counting(kit, MOVED, {h: after[h][0] + 3 for h in MOVED})
+    after = wait_counting(kit, MOVED, {h: after[h][0] + 3 for h in MOVED}, said=r.stderr)
     # mln upgrade killed (-9) at each step of the moves in turn, then run again: every guest runs
     # exactly once, on one server, and counts on
     where, last = MOVED, after
@@ -219,6 +222,7 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
         path.write_text(project(kit, to))
         r = kit.mln("client", "upgrade", "-r", "-f", str(path), env={"MLN_FAULTS": f"kill@{step}"})
         assert r.returncode != 0 and "UPGRADED on" not in r.stderr, (step, r.stderr)
+        first = r.stderr
         r = kit.mln("client", "upgrade", "-r", "-f", str(path))
         assert r.returncode == 0, (step, r.stdout + r.stderr)
         if step == "move a: sent":      # a ran on its new server already: it came back before the put back
@@ -230,7 +234,7 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
         gone = ({"sh1", "sh2"} - set(where.values())).pop()
         assert qemus(kit, gone) == [] and qemus(kit, where["a"]) == list("abcd"), step
         assert not (kit.dir(gone) / "projects" / "lm").exists(), step
-        last = wait_counting(kit, where, {h: last[h][0] + 5 for h in where})
+        last = wait_counting(kit, where, {h: last[h][0] + 5 for h in where}, said=first + r.stderr)
         assert not [h for h, s in where.items() if "MLN-BOOTED" in log(kit, s, h)], step
     # a stopped host on shared storage moves cold: nothing is copied, its disk is the same file
     r = kit.mln("client", "stop", "-p", "lm", "-h", "a")
