@@ -491,6 +491,6 @@ def mln_remote_transport(server, ctx):
     ``put(local_path, remote_path)`` (copies a file to the server), ``get(remote_path,
     local_path)`` (copies a file of the server's ``templates/.incoming`` here: a host's disk
     packed for a move to another server) and ``close()``; it may have ``prepare(n)``, called
-    before ``n`` requests are sent to that server at once (live moves), to make ready for
-    them in the background. Other plugins return None.
+    when up to ``n`` requests are about to be sent to that server at once (live moves), to
+    make ready for them in the background. Other plugins return None.
     """

@@ -346,7 +346,6 @@ class Mover:
                                                             ctx=engine.ctx)
                 if how:
                     self.live[h] = how
-        fleet.prepare({s: self.at_once for h in self.live for s in self.moved[h] if s != self.me})
 
     def _on(self, server: str, request: dict, local):
         return local() if server == self.me else self.fleet.request(server, request)
@@ -432,6 +431,8 @@ class Mover:
             {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
             sync=True)
         self.switching = True
+        ends = [s for h in self.live for s in self.moved[h] if s != self.me]
+        self.fleet.prepare({s: min(self.at_once, ends.count(s)) for s in ends})    # their mln serve
 
         def one(h):
             src, dst = self.moved[h]

@@ -2,10 +2,11 @@
 server's own engine on its part of the project.
 
 Every transport carries the same requests (JSON objects) to :func:`handle`: ``ssh`` runs
-``mln serve`` on the server with the request on its standard input; the daemon calls it
-for each request it admits. ``mln serve`` writes one JSON object per line: ``{"log": LINE}``
-for each progress line, then ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
-MESSAGE}``.
+``mln serve --many`` on the server, one for the whole command, and writes each request as a
+line on its standard input; the daemon runs ``mln serve`` for each request it admits, the
+request on its standard input. ``mln serve`` writes one JSON object per line: ``{"log":
+LINE}`` for each progress line, then ``{"ok": true, "result": ...}`` or ``{"ok": false,
+"error": MESSAGE}``.
 
 Requests (``verb`` and its fields)::
 
@@ -255,20 +256,25 @@ def serve_lines(make_engine, many: bool = False) -> int:
     (``make_engine()``) and answered in turn, until standard input ends (a transport keeps
     one such process per server and command: no start-up per request)."""
     if not many:
-        return _serve(sys.stdin.read(), make_engine)
+        return _serve(sys.stdin.read(), make_engine, sys.stdout)
+    sys.stdout.flush()
+    requests = os.fdopen(os.dup(0), "r")    # (not inherited:) what this process runs, hook
+    answers = os.fdopen(os.dup(1), "w")     # scripts too, neither reads the next request nor
+    with open(os.devnull, "rb") as null:     # writes into the answers
+        os.dup2(null.fileno(), 0)
+    os.dup2(2, 1)
     status = 0
-    for line in sys.stdin:
+    for line in requests:
         if line.strip():
-            status = _serve(line, make_engine)
-            if status == 130:
+            status = _serve(line, make_engine, answers)
+            if status == 130:           # SIGINT: this server is stopping (said in the answer)
                 break
     return status
 
 
-def _serve(text: str, make_engine) -> int:
+def _serve(text: str, make_engine, out) -> int:
     """Carry out the request ``text`` (JSON) with the engine ``make_engine()`` gives; its
-    log lines, then its answer, on standard output; the exit status."""
-    out = sys.stdout
+    log lines, then its answer, on ``out``; the exit status."""
 
     lock = threading.Lock()
 

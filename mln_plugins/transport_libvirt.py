@@ -286,6 +286,8 @@ class LibvirtTransport:
         import json
         import sys
         with self.lock:
+            if self.proc is not None and self.proc.poll() is not None:
+                self._end()                 # it ended (Ctrl-C reached it too): a new one
             if self.proc is None:
                 argv = [sys.executable, "-m", "mln_core.cli"] + (["--verbose"] if self.ctx.verbose else [])
                 for name in sorted(getattr(self.ctx.pm, "disabled", ()) or ()):
@@ -312,7 +314,7 @@ class LibvirtTransport:
             except OSError:             # (it ended: said below)
                 pass
             if answer is None:
-                status = self.close()
+                status = self._end()
                 raise MlnError(f"'mln serve' for its part ended without an answer (exit status {status})")
         if not answer.get("ok"):
             raise MlnError(str(answer.get("error", "failed")))
@@ -363,7 +365,14 @@ class LibvirtTransport:
             con.close()
         return 0
 
-    def close(self) -> int | None:
+    def close(self) -> None:
+        if self.lock.acquire(timeout=5):    # (else a request of a thread given up still reads
+            try:                            # its answers: the process ends when this one does)
+                self._end()
+            finally:
+                self.lock.release()
+
+    def _end(self) -> int | None:
         """The ``mln serve --many`` of its part ends (its exit status)."""
         p, self.proc = self.proc, None
         if p is None:
@@ -373,4 +382,8 @@ class LibvirtTransport:
                 f.close()
             except OSError:
                 pass
-        return p.wait()
+        try:
+            return p.wait(timeout=30)
+        except Exception:                   # (timed out) a request it still carries out: ended
+            p.kill()
+            return p.wait()

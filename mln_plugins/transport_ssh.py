@@ -21,6 +21,7 @@ from mln_core.errors import MlnError
 
 CONNECT_TIMEOUT = 10
 DEFAULT_TIMEOUT = 60        # seconds without a line from a server before it is taken as gone
+SESSIONS = 8                # mln serve there at once per command at most (sshd's MaxSessions: 10)
 
 
 @hookimpl
@@ -45,10 +46,14 @@ class _Lines(io.TextIOBase):
 
 
 class _Session:
-    """One ``mln serve --many`` there: a channel, and what it printed of a line so far."""
+    """One ``mln serve --many`` there: a channel, and what it printed of a line so far;
+    ``generation``: the transport's connection it belongs to."""
 
-    def __init__(self, chan):
-        self.chan, self.lines, self.err = chan, _Lines(None), []
+    def __init__(self, chan, generation: int):
+        self.chan, self.lines, self.err, self.generation = chan, _Lines(None), [], generation
+
+    def alive(self) -> bool:
+        return not self.chan.closed and not self.chan.exit_status_ready()
 
     def drain(self) -> None:
         while self.chan.recv_stderr_ready():
@@ -79,13 +84,17 @@ class SshTransport:
         self.timeout = float(opt.get("timeout") or config.get("remote_timeout") or DEFAULT_TIMEOUT)
         self.conn = None
         self.idle: list[_Session] = []          # the mln serve processes there waiting for a request
+        self.count = 0                          # how many there are: idle, busy or being started
         self.starting = 0                       # of those, being started by prepare()
         self.generation = 0                     # how many times the connection was closed
-        self.ready = threading.Condition()      # guards the three above
+        self.ready = threading.Condition()      # guards the four above
+        self.connecting = threading.Lock()
 
     def _connection(self):
-        if self.conn is not None:
-            return self.conn
+        with self.connecting:
+            return self.conn if self.conn is not None else self._connect()
+
+    def _connect(self):
         import fabric
         import paramiko
         s = self.server
@@ -120,14 +129,12 @@ class SshTransport:
         they are printed. A server silent for longer than the timeout (it prints a heartbeat
         while it works) is taken as gone."""
         conn = self._connection()
-        with self.ready:
-            while not self.idle and self.starting:      # one that prepare() started comes
-                self.ready.wait()
-            session = self.idle.pop() if self.idle else None
+        session = self._take()
         answer: list[dict] = []
         try:
             if session is None:
                 session = self._spawn(conn)
+            session.err = []
             session.lines.each = lambda text: self._line(text, log, answer)
             session.chan.sendall(json.dumps(request).encode() + b"\n")
             while not answer:
@@ -137,35 +144,71 @@ class SshTransport:
                 session.lines.write(data.decode("utf-8", "replace"))
                 session.drain()
         except TimeoutError:
-            self.close()
+            self._drop(session)
             raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
-            self.close()
+            self._drop(session)
+            if not conn.client.get_transport() or not conn.client.get_transport().is_active():
+                self.close()
             raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
         if answer:
-            with self.ready:
-                self.idle.append(session)
-                self.ready.notify()
+            self._give_back(session)
             if answer[-1].get("ok"):
                 return answer[-1].get("result") or {}
             raise MlnError(answer[-1].get("error", "failed"))
-        said = session.end()
+        said = self._drop(session, wait=True)
         raise MlnError(f"'{self.command} serve' did not answer ({said}); is mln installed there "
                        f"(remote_mln in mln.conf names the command)?")
 
+    def _take(self) -> _Session | None:
+        """An idle session, or None: the caller starts one (counted already). Waits for one
+        that prepare() starts, or for a busy one when there are SESSIONS already."""
+        with self.ready:
+            waited = 0.0
+            while True:
+                while self.idle:
+                    session = self.idle.pop()
+                    if session.alive():
+                        return session
+                    self.count -= 1                 # (its mln serve ended: stopped there)
+                    session.chan.close()
+                if (not self.starting or waited >= CONNECT_TIMEOUT) and self.count < SESSIONS:
+                    self.count += 1
+                    return None
+                self.ready.wait(1)
+                waited += 1
+
+    def _give_back(self, session: _Session) -> None:
+        with self.ready:
+            if session.generation == self.generation and session.alive():
+                self.idle.append(session)
+                self.ready.notify()
+                return
+        self._drop(session)
+
+    def _drop(self, session: _Session | None, wait: bool = False) -> str:
+        """Close ``session`` (None: the one a request could not start); what it said."""
+        with self.ready:
+            if session is None or session.generation == self.generation:
+                self.count -= 1
+            self.ready.notify()
+        return session.end(wait) if session is not None else ""
+
     def _spawn(self, conn) -> _Session:
-        session = _Session(conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT))
+        session = _Session(conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT), self.generation)
         session.chan.settimeout(self.timeout)
         session.chan.exec_command(f"{self.command} serve --many")
         return session
 
     def prepare(self, n: int) -> None:
-        """Have ``n`` ``mln serve`` there ready for requests sent at once (started in the
-        background now: a request waits for one of them rather than starting its own)."""
+        """Have ``n`` ``mln serve`` there (SESSIONS at most) ready for requests sent at once,
+        started in the background now: a request waits for one of them rather than
+        starting its own."""
         conn = self._connection()
         with self.ready:
-            missing = max(0, n - len(self.idle) - self.starting)
+            missing = max(0, min(n - len(self.idle) - self.starting, SESSIONS - self.count))
             self.starting += missing
+            self.count += missing
             generation = self.generation
         for _ in range(missing):
             threading.Thread(target=self._prepared, args=(conn, generation), daemon=True).start()
@@ -178,9 +221,11 @@ class SshTransport:
         with self.ready:
             if generation == self.generation:
                 self.starting -= 1
-                if session is not None:
+                if session is not None and session.generation == generation:
                     self.idle.append(session)
                     session = None
+                else:
+                    self.count -= 1
             self.ready.notify_all()
         if session is not None:     # the connection was closed meanwhile
             session.end(wait=False)
@@ -224,7 +269,7 @@ class SshTransport:
     def close(self) -> None:
         with self.ready:
             idle, self.idle = self.idle, []
-            self.starting, self.generation = 0, self.generation + 1
+            self.count, self.starting, self.generation = 0, 0, self.generation + 1
             self.ready.notify_all()
         for session in idle:                    # standard input ends: each mln serve there exits
             try:

@@ -109,7 +109,9 @@ def wait_counting(kit, where: dict[str, str], above: dict[str, int], timeout: fl
                   or counts(log(kit, s, h))[-2][1] != last[h][1]]
         assert time.monotonic() < end, "not counting on with its pings answered: " + "\n".join(
             f"{h} on {where[h]} (above {above.get(h, 0)}):\n{log(kit, where[h], h)[-600:]}" for h in behind) + \
-            "\nstatus: " + kit.mln("client", "status", "-p", "lm").stdout + "\nthe last command said:\n" + said
+            "\nstatus: " + kit.mln("client", "status", "-p", "lm").stdout + "\nthe last command said:\n" + said + \
+            "".join(f"\n{s}: {kit.run(s, ['bridge', 'link']).stdout}{links(kit, s)}\n" + "\n".join(
+                p for p in processes(kit, s) if "qemu" in p or "vde" in p) for s in ("sh1", "sh2"))
         time.sleep(0.3)
 
 
