@@ -32,13 +32,13 @@ superclass node {
     startup {
         echo MLN-BOOTED
         dd if=/dev/urandom of=/root/fill bs=64k count=48 2> /dev/null; sync
-        ( i=0; lost=0
+        ( i=0; l0=0; l1=0
           while true
           do
               i=\$((i+1))
-              ping -c 1 -W 1 $peer0 > /dev/null || lost=\$((lost+1))
-              ping -c 1 -W 1 $peer1 > /dev/null || lost=\$((lost+1))
-              echo "MLN-COUNT \$i lost \$lost"
+              ping -c 1 -W 1 $peer0 > /dev/null || l0=\$((l0+1))
+              ping -c 1 -W 1 $peer1 > /dev/null || l1=\$((l1+1))
+              echo "MLN-COUNT \$i lost \$((l0+l1)) (lan \$l0, lan2 \$l1)"
               sleep 0.2
           done ) &
     }
