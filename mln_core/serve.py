@@ -250,6 +250,22 @@ def _remove_leftover(engine, name: str, placement: dict | None) -> None:
     engine.remove(name)
 
 
+def answer_of(line: str, log) -> dict | None:
+    """For a transport: one line ``mln serve`` printed; its answer, or None (a progress
+    line, given to ``log``; a heartbeat; anything else printed, given to ``log`` as it is)."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        log(line.rstrip("\n"))
+        return None
+    if not isinstance(obj, dict) or "alive" in obj:
+        return None
+    if "log" in obj:
+        log(str(obj["log"]))
+        return None
+    return obj
+
+
 def serve_lines(make_engine, many: bool = False) -> int:
     """``mln serve``: one request from standard input, the answer as JSON lines; ``many``
     (``--many``): one request per line, each carried out by a fresh engine

@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError, Problem
+from mln_core.serve import answer_of
 
 TRANSPORT = "libvirt"
 PART = "libvirt_server_part"          # set in the configuration of a server's part (no checks there)
@@ -300,17 +301,7 @@ class LibvirtTransport:
                 p.stdin.write(json.dumps(request) + "\n")
                 p.stdin.flush()
                 while answer is None and (line := p.stdout.readline()):
-                    try:
-                        obj = json.loads(line)
-                    except ValueError:
-                        log(line.rstrip("\n"))
-                        continue
-                    if not isinstance(obj, dict) or "alive" in obj:
-                        continue
-                    if "log" in obj:
-                        log(str(obj["log"]))
-                    else:
-                        answer = obj
+                    answer = answer_of(line, log)
             except OSError:             # (it ended: said below)
                 pass
             if answer is None:

@@ -18,6 +18,7 @@ import threading
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError
+from mln_core.serve import answer_of
 
 CONNECT_TIMEOUT = 10
 DEFAULT_TIMEOUT = 60        # seconds without a line from a server before it is taken as gone
@@ -135,7 +136,7 @@ class SshTransport:
             if session is None:
                 session = self._spawn(conn)
             session.err = []
-            session.lines.each = lambda text: self._line(text, log, answer)
+            session.lines.each = lambda text: answer.extend(filter(None, [answer_of(text, log)]))
             session.chan.sendall(json.dumps(request).encode() + b"\n")
             while not answer:
                 data = session.chan.recv(65536)
@@ -229,20 +230,6 @@ class SshTransport:
             self.ready.notify_all()
         if session is not None:     # the connection was closed meanwhile
             session.end(wait=False)
-
-    @staticmethod
-    def _line(text: str, log, answer: list) -> None:
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            log(text)
-            return
-        if not isinstance(obj, dict) or "alive" in obj:
-            return
-        if "log" in obj:
-            log(obj["log"])
-        else:
-            answer.append(obj)
 
     def console(self, project: str, host: str, options: list[str]) -> int:
         """``mln console`` run there: with a terminal, on a remote terminal (Ctrl-] leaves);
