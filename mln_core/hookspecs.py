@@ -86,9 +86,10 @@ def mln_validate(project, ctx):
 def mln_runnable(host, ctx):
     """Can ``host`` run on this machine as it is configured?
 
-    Called by ``mln check`` for every host. The backend of ``host.hypervisor`` returns
-    None when it can (or when the host is not yours), else one sentence saying why not
-    and what to do; ``check`` prints it as a warning on the host.
+    Called by ``mln check`` for every host, and by ``start`` for the hosts it is to start,
+    before it starts anything. The backend of ``host.hypervisor`` returns None when it can
+    (or when the host is not yours), else one sentence saying why not and what to do;
+    ``check`` prints it as a warning on the host, ``start`` refuses with it (nothing started).
     """
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from . import commit, owners
 from .errors import MlnError
-from .progress import Progress, parallel as _parallel
+from .progress import Pacer, Progress, parallel as _parallel
 from .guest import detect_family
 from .lang.writer import write_tree
 from .private import make_dir, tighten, write_file
@@ -329,9 +329,11 @@ class Engine:
                     h = self._host(project, host)
                     if self.host_status(h).startswith("up"):
                         raise MlnError(f"host '{host}' of project '{project.name}' is already running")
+                    self._runnable([h])
                     self._start_switches(project, [h], started)
                     self._start_host(h)
                     return
+                self._runnable([h for h in project.hosts.values() if not self.host_status(h).startswith("up")])
                 self.run_hook_script("beforeProjectStart", abort=True)
                 self._start_switches(project, list(project.hosts.values()), started)
                 self.run_hook_script("beforeHostsStart")
@@ -353,6 +355,16 @@ class Engine:
                 raise
             self.run_hook_script("afterHostsStart")
             self.run_hook_script("afterProjectStart")
+
+    def _runnable(self, hosts: list[Host]) -> None:
+        """Refuse the start before anything starts if a host cannot run here (``mln_runnable``)."""
+        why: dict[str, list[str]] = {}
+        for h in hosts:
+            said = self.hook.mln_runnable(host=h, ctx=self.ctx)
+            if said:
+                why.setdefault(said, []).append(h.name)
+        if why:
+            raise MlnError("; ".join(f"host{'s' * (len(n) > 1)} {', '.join(n)}: {w}" for w, n in why.items()))
 
     def _start_switches(self, project: Project, hosts: list[Host], started: list[Switch]) -> None:
         needed = {i.switch for h in hosts for i in h.interfaces if i.switch in project.switches}
@@ -539,19 +551,6 @@ class Engine:
                 raise MlnError("not removed")
             commit.remove(self, loaded, self.held)
         self.ctx.log(f"+---> project {project_name} removed")
-
-
-class Pacer:
-    """``pace()`` before each host of ``start -s``/``stop -s``: sleeps ``seconds``, except
-    before the first host."""
-
-    def __init__(self, seconds: float, sleep=time.sleep):
-        self.seconds, self.sleep, self.first = seconds, sleep, True
-
-    def __call__(self) -> None:
-        if self.seconds and not self.first:
-            self.sleep(self.seconds)
-        self.first = False
 
 
 def _state(status: str) -> tuple[str, str]:

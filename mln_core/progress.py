@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 
@@ -178,3 +179,15 @@ def parallel(items, fn, jobs: int) -> None:
                 errors.append(exc)
     if errors:
         raise errors[0]
+
+
+class Pacer:
+    """``pace()`` before each host of ``start -s``/``stop -s``: sleeps ``seconds``, except
+    before the first host."""
+    def __init__(self, seconds: float, sleep=time.sleep):
+        self.seconds, self.sleep, self.first = seconds, sleep, True
+
+    def __call__(self) -> None:
+        if self.seconds and not self.first:
+            self.sleep(self.seconds)
+        self.first = False
