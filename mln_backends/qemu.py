@@ -159,7 +159,7 @@ def command_line(host, ctx, resume: bool = False, memory_mb: int | None = None, 
     log = os.path.join(ctx.host_dir(host), "console.log")
     chardev = qemu_live.chardev_path
     argv = [QEMU, "-name", host.fqname, "-accel", b.get("accel", "tcg"),
-            "-m", str(memory_mb or b.get("memory_mb", 128)),
+            "-m", qemu_live.ram_arg(memory_mb or b.get("memory_mb", 128), b.get("accel", "tcg")),
             "-smp", str(b.get("vcpus", 1)), "-nodefaults", "-no-user-config", "-display", "none",
             "-daemonize", "-pidfile", pidfile, "-qmp", f"unix:{qmp_sock},server=on,wait=off",
             "-chardev", f"socket,id=serial0,path={chardev(_console_socket(d))},server=on,wait=off,"
@@ -193,8 +193,11 @@ def mln_start_host(host, ctx):
     try:
         if resume:   # as it ran when saved: its RAM size, with the NICs hot-plugged since its boot
             configured = ctx.host_state(host).get("backend", {}).get("memory_mb", 128)
-            argv = command_line(host, ctx, resume=True,
-                                memory_mb=qemu_live.resume_memory(host, ctx, configured, saved))
+            mb = qemu_live.resume_memory(host, ctx, configured, saved)
+            argv = command_line(host, ctx, resume=True, memory_mb=mb)
+            was = qemu_live.saved_ram_arg(host, ctx)     # (as it was saved: by an older mln too)
+            if was is not None and qemu_live.ram_mb(was) == mb:
+                argv[argv.index("-m") + 1] = was
         else:
             qemu_live.drop_shape(host, ctx)      # a cold start: the guest is as the project says
             argv = command_line(host, ctx)

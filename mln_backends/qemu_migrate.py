@@ -146,6 +146,7 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
     async def work(c):
         start = time.monotonic()
         end = start + TIMEOUT
+        await _no_export(c)       # (one left from its arrival here: a guest sent back before it ran)
         try:
             if mirror:
                 await c.execute("drive-mirror", {"device": "drive0", "job-id": "mln-mirror", "target": to["disk"],
@@ -175,8 +176,8 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
                 gone.append(shared and status == "postmigrate")     # it runs there now
                 if status != "running" and not gone[-1]:
                     await c.execute("cont")
-            except Exception:
-                pass
+            except Exception as e:
+                held.append(qemu_qmp.describe(e))
             raise
         if mirror:
             await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
@@ -185,11 +186,23 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
                 "switched": shared,           # shared: it runs there now (started without -S)
                 "resumable": not shared}      # else it may run there now (arrived): its disk is complete
     gone: list[bool] = []
+    held: list[str] = []
     try:
         return qemu_qmp.run(m, qmp_sock, work, timeout=TIMEOUT + 120)
     except Exception as e:
-        where = "it was sent already and runs on the other server" if any(gone) else "the guest runs on here"
+        where = "it was sent already and runs on the other server" if any(gone) else \
+            f"the guest is paused here (it could not run on: {held[0]})" if held else "the guest runs on here"
         raise MlnError(f"live migration failed, {where}: {qemu_qmp.describe(e)}") from None
+
+
+async def _no_export(c) -> None:
+    """End the export of the disk to the server it came from, and its NBD server (none on
+    shared storage, or once it ran here)."""
+    for cmd, args in (("block-export-del", {"id": EXPORT}), ("nbd-server-stop", {})):
+        try:
+            await c.execute(cmd, args)
+        except Exception:
+            pass
 
 
 async def _no_jobs(c) -> bool:
@@ -215,11 +228,7 @@ def arrived(m, qmp_sock: str, shared: bool = False) -> None:
             await asyncio.sleep(0.05)
         if status == "postmigrate" and shared:
             raise qemu_qmp.QmpFailure("its guest was sent to the other server and runs there")
-        for cmd, args in (("block-export-del", {"id": EXPORT}), ("nbd-server-stop", {})):
-            try:
-                await c.execute(cmd, args)
-            except Exception:
-                pass                                  # (none on shared storage)
+        await _no_export(c)
         if (await c.execute("query-status"))["status"] != "running":
             await c.execute("cont")
     try:

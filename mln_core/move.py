@@ -444,6 +444,7 @@ class Mover:
             sent = self._on(src, {"verb": "migrate_out", "project": name, "host": h, "incoming": incoming},
                             lambda: migrate_out(e, name, h, incoming))
             ended = time.monotonic()
+            e.ctx.on().step(f"move {h}: received")    # there, not yet let run (unless on shared storage)
             if sent.get("resumable"):             # its disk and memory are complete there: it runs on
                 self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
             if sent.get("switched") or sent.get("resumable"):

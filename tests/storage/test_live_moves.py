@@ -219,7 +219,8 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     # mln upgrade killed (-9) at each step of the moves in turn, then run again: every guest runs
     # exactly once, on one server, and counts on
     where, last = MOVED, after
-    for step in ("move a: sent",):        # (CI time: "move a: send" and "upgrade: decided" run as this one)
+    for step in ("move a: sent", "move c: received", "upgrade: decided"):   # (a: shared, running there; c:
+        # mirrored, complete there but paused; decided: after all moves, before any server heard the word)
         to = WHERE if where is MOVED else MOVED
         path.write_text(project(kit, to))
         r = kit.mln("client", "upgrade", "-r", "-f", str(path), env={"MLN_FAULTS": f"kill@{step}"})
