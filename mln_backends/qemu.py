@@ -397,10 +397,10 @@ def mln_host_status(host, ctx):
     d, qmp_sock, pidfile = _paths(host, ctx)
     if not m.alive(m.read_pid(pidfile)):
         return "down: saved" if os.path.exists(saved_state_path(host, ctx)) else "down"
-    st = qmp(m, qmp_sock, "query-status", timeout=3)
-    if st is None:
+    status = qemu_migrate.settled(m, qmp_sock)        # (a guest on its way here: once it arrived)
+    if status is None:
         return "up: not answering on QMP"
-    return "up" if st.get("status") == "running" else f"up: {st.get('status')}"
+    return "up" if status == "running" else f"up: {status}"
 
 
 @hookimpl

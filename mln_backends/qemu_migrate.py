@@ -195,6 +195,29 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
         raise MlnError(f"live migration failed, {where}: {qemu_qmp.describe(e)}") from None
 
 
+def settled(m, qmp_sock: str) -> str | None:
+    """QEMU's status here once a guest it is receiving arrived (up to :data:`ARRIVAL`
+    seconds): a move whose manager was killed may still be under way, and what runs where
+    is known only after it (None: QEMU does not answer)."""
+    import asyncio
+    import os
+
+    async def work(c):
+        async def ask(command: str) -> dict:
+            return await asyncio.wait_for(c.execute(command), 3)
+        end = time.monotonic() + ARRIVAL
+        while (status := (await ask("query-status"))["status"]) == "inmigrate" and \
+                (await ask("query-migrate")).get("status") == "active" and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        return status
+    if not os.path.exists(qmp_sock):
+        return None
+    try:
+        return qemu_qmp.run(m, qmp_sock, work, timeout=3)
+    except Exception:
+        return None
+
+
 async def _no_export(c) -> None:
     """End the export of the disk to the server it came from, and its NBD server (none on
     shared storage, or once it ran here)."""

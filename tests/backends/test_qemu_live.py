@@ -386,6 +386,43 @@ def test_tcg_guests_get_ram_that_qemu_migrates_page_by_page(tmp_path):
     assert qemu_live.saved_ram_arg(host, ctx) == "96"
 
 
+def test_a_guest_on_its_way_here_is_reported_once_it_arrived(tmp_path):
+    """The status of a QEMU receiving a guest (a rerun after a killed upgrade looks while a
+    move is still under way) is what it is once the guest arrived, not "inmigrate": two
+    real QEMUs on loopback, the migration slowed down to take a second or more."""
+    import subprocess
+    from mln_backends import qemu_migrate
+    machine = Machine(env={})
+    socks = [str(tmp_path / f"{n}.qmp") for n in ("src", "dst")]
+    port = machine.free_port("127.0.0.1")
+    base = ["qemu-system-x86_64", "-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none", "-S"]
+    procs = [subprocess.Popen(base + ["-qmp", f"unix:{socks[0]},server=on,wait=off"]),
+             subprocess.Popen(base + ["-qmp", f"unix:{socks[1]},server=on,wait=off",
+                                      "-incoming", f"tcp:127.0.0.1:{port}"])]
+    try:
+        end = time.monotonic() + 20
+        while not all(os.path.exists(s) for s in socks):
+            assert time.monotonic() < end and all(p.poll() is None for p in procs), "QEMU did not start"
+            time.sleep(0.05)
+        assert qemu_migrate.settled(machine, socks[1]) == "inmigrate"      # nothing on its way: at once
+
+        async def send(c):
+            await c.execute("migrate-set-parameters", {"max-bandwidth": 100 * 1024})
+            await c.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+            while (await c.execute("query-migrate")).get("status") != "active":
+                await asyncio.sleep(0.01)
+        import asyncio
+        qemu_qmp.run(machine, socks[0], send)
+        t0 = time.monotonic()
+        assert qemu_migrate.settled(machine, socks[1]) == "prelaunch"    # (as the source was: -S)
+        assert time.monotonic() - t0 > 0.3, "the migration was not under way"
+        assert qemu_qmp.qmp(machine, socks[0], "query-migrate")["status"] == "completed"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_the_channel_skips_late_answers_and_reports_errors(tmp_path):
     import threading
     sock = str(tmp_path / "channel.sock")
