@@ -97,11 +97,11 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
         await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
     try:
         qemu_qmp.run(m, qmp_sock, work, timeout=10)
+        ram = (qemu_qmp.qmp(m, qmp_sock, "query-memory-size-summary") or {}).get("base-memory")
     except Exception as e:
         raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
-    if shared:
-        return {"migration": f"tcp:{address}:{mig}"}
-    return {"migration": f"tcp:{address}:{mig}", "disk": f"nbd://{address}:{nbd}/drive0"}
+    where = {"migration": f"tcp:{address}:{mig}", "ram": ram}
+    return where if shared else dict(where, disk=f"nbd://{address}:{nbd}/drive0")
 
 
 def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: dict | None = None) -> dict:
@@ -146,6 +146,12 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
     async def work(c):
         start = time.monotonic()
         end = start + TIMEOUT
+        ram = (await c.execute("query-memory-size-summary"))["base-memory"]
+        if isinstance(to.get("ram"), int) and to["ram"] != ram:
+            raise qemu_qmp.QmpFailure(
+                f"the other server's QEMU waits for a guest of {to['ram'] // 1024} KiB of RAM, and it has "
+                f"{ram // 1024} KiB here (its memory was changed live, or it was started by an older mln, "
+                "or one server runs KVM and the other not): restart it (mln stop, mln start) to move it live")
         await _no_export(c)       # (one left from its arrival here: a guest sent back before it ran)
         try:
             if mirror:
@@ -175,9 +181,12 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
                 status = (await c.execute("query-status"))["status"]
                 gone.append(shared and status == "postmigrate")     # it runs there now
                 if status != "running" and not gone[-1]:
-                    await c.execute("cont")
-            except Exception as e:
-                held.append(qemu_qmp.describe(e))
+                    try:
+                        await c.execute("cont")
+                    except Exception as e:
+                        held.append(qemu_qmp.describe(e))
+            except Exception:
+                pass
             raise
         if mirror:
             await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
@@ -206,10 +215,12 @@ def settled(m, qmp_sock: str) -> str | None:
         async def ask(command: str) -> dict:
             return await asyncio.wait_for(c.execute(command), 3)
         end = time.monotonic() + ARRIVAL
-        while (status := (await ask("query-status"))["status"]) == "inmigrate" and \
-                (await ask("query-migrate")).get("status") == "active" and time.monotonic() < end:
+        while True:     # (the migration first: a status read after it is not older than it)
+            receiving = (await ask("query-migrate")).get("status") == "active"
+            status = (await ask("query-status"))["status"]
+            if status != "inmigrate" or not receiving or time.monotonic() > end:
+                return status
             await asyncio.sleep(0.05)
-        return status
     if not os.path.exists(qmp_sock):
         return None
     try:

@@ -107,7 +107,8 @@ def _cannot_run(kernel: str, machine) -> str | None:
 def mln_runnable(host, ctx):
     if not _mine(host):
         return None
-    return _cannot_run(_kernel_name(host, ctx), ctx.on(host)) or _no_slirp(host)
+    built = ctx.host_state(host).get("backend", {}).get("kernel")   # (a built host: what start runs)
+    return _cannot_run(built or _kernel_name(host, ctx), ctx.on(host)) or _no_slirp(host)
 
 
 SLIRP_PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu/vdeplug", "/usr/lib/aarch64-linux-gnu/vdeplug",

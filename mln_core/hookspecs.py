@@ -237,7 +237,13 @@ def mln_start_host(host, ctx):
 
 @hookspec(firstresult=True)
 def mln_host_status(host, ctx):
-    """Is the host running? Return "up" or "down" (optionally "up: detail"), None if not yours."""
+    """Is the host running? Return "up" or "down" (optionally "up: detail"), None if not yours.
+
+    A backend that moves guests live says "up: inmigrate" for a host waiting for its
+    guest (once a guest already on its way arrived: answer after it), and "up: postmigrate"
+    for one whose guest was sent away; ``mln upgrade`` tells by these two which copy of a
+    moving guest runs (:data:`mln_core.move.NOT_RUNNING`).
+    """
 
 
 @hookspec(firstresult=True)

@@ -364,7 +364,8 @@ class Engine:
             if said:
                 why.setdefault(said, []).append(h.name)
         if why:
-            raise MlnError("; ".join(f"host{'s' * (len(n) > 1)} {', '.join(n)}: {w}" for w, n in why.items()))
+            also = {w: f" (and {', '.join(n[1:])})" if len(n) > 1 else "" for w, n in why.items()}
+            raise MlnError("; ".join(f"host {n[0]}{also[w]}: {w}" for w, n in why.items()))
 
     def _start_switches(self, project: Project, hosts: list[Host], started: list[Switch]) -> None:
         needed = {i.switch for h in hosts for i in h.interfaces if i.switch in project.switches}

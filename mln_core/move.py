@@ -89,6 +89,7 @@ def unpack(ctx, name: str, moved: dict) -> dict:
 AT_ONCE = 2
 #: in the manager's project directory while live moves go on: {"hosts": {host: [from, to]}, "addresses"}
 MOVES = "spread.moves"
+NOT_RUNNING = ("inmigrate", "postmigrate")    # status details of a host whose guest runs elsewhere
 #: what a move of an upgrade request may say (note_moves)
 KEYS = ("from", "to", "run", "live", "shared", "disk", "archive", "sha256")
 
@@ -522,7 +523,7 @@ def bring_back(engine, fleet, name: str, moved: dict, addresses: dict[str, str])
                 rows[dst] = on(dst, {"verb": "status", "project": name},
                                lambda: {"rows": engine.status(name)})["rows"]
             if not any(r["kind"] == "host" and r["name"] == h and r["state"] == "up" and
-                       r["detail"] not in ("inmigrate", "postmigrate") for r in rows[dst]):
+                       r["detail"] not in NOT_RUNNING for r in rows[dst]):
                 continue                          # it does not run there: the put back ends it there
             fleet.say(src, f"+---> {h}: taking its guest back from {dst}")
             incoming = on(src, {"verb": "migrate_in", "project": name, "host": h, "address": addresses[src],

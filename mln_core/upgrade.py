@@ -33,7 +33,7 @@ from .journal import Journal as _Journal
 from .lang.writer import write_tree
 from .lifecycle import recorded_disk
 from .model import Disk, Project
-from .move import arriving_disk, note_moves
+from .move import NOT_RUNNING, arriving_disk, note_moves
 from .plan import Plan, make_plan
 from .private import make_dir, tighten, write_file
 from .progress import Progress, parallel
@@ -372,7 +372,7 @@ def undo(engine, name: str, journal: Journal) -> None:
             started = [new.hosts[n] for n in data.get("started", []) if n in new.hosts]
             up = [h for h in started if engine.host_status(h).startswith("up")]
             runs = [h.name for h in up if h.name in data.get("live_moves", []) and
-                    engine.host_status(h) not in ("up: inmigrate", "up: postmigrate")]
+                    engine.host_status(h) not in [f"up: {w}" for w in NOT_RUNNING]]
             if runs:                             # arrived live and runs: its only guest (move.bring_back)
                 raise MlnError(f"host {', '.join(runs)}: its guest arrived here live and runs here; it is not "
                                "ended to put the upgrade back (run the upgrade again: it takes the guest back)")

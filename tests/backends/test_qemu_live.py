@@ -405,12 +405,20 @@ def test_a_guest_on_its_way_here_is_reported_once_it_arrived(tmp_path):
             assert time.monotonic() < end and all(p.poll() is None for p in procs), "QEMU did not start"
             time.sleep(0.05)
         assert qemu_migrate.settled(machine, socks[1]) == "inmigrate"      # nothing on its way: at once
+        # a target with other RAM than the guest's (an older mln's -m, a live memory change): refused
+        with pytest.raises(MlnError, match="waits for a guest of 65544 KiB of RAM, and it has 65536 KiB here"):
+            qemu_migrate.send(machine, socks[0], {"migration": f"tcp:127.0.0.1:{port}", "ram": 65544 * 1024}, "g",
+                              shared=True)
+        assert qemu_qmp.qmp(machine, socks[0], "query-migrate") == {}
 
         async def send(c):
             await c.execute("migrate-set-parameters", {"max-bandwidth": 100 * 1024})
             await c.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-            while (await c.execute("query-migrate")).get("status") != "active":
+            end = time.monotonic() + 10
+            while (status := (await c.execute("query-migrate")).get("status")) in ("none", "setup"):
+                assert time.monotonic() < end, "the migration did not begin"
                 await asyncio.sleep(0.01)
+            assert status == "active", status
         import asyncio
         qemu_qmp.run(machine, socks[0], send)
         t0 = time.monotonic()

@@ -235,6 +235,14 @@ def test_start_with_a_crashing_uml_fails_at_once_and_leaves_nothing(mln_env):
     r = mln_env.mln("start", "-p", "amx", "-h", "beta")
     assert r.returncode == 1 and "cannot run on this machine" in r.stderr
     assert mln_env.processes() == [] and mln_env.runtime_dirs() == []
+    # a QEMU host on the same switch: refused before it or the switch starts
+    text = mln_env.quickstart("uml", project="amix").read_text()
+    path = mln_env.write("amix.mln", text.replace("host beta {\n    superclass node",
+                                                  "host beta {\n    superclass node\n    hypervisor qemu"))
+    assert mln_env.mln("build", "-f", str(path)).returncode == 0
+    r = mln_env.mln("start", "-p", "amix")
+    assert r.returncode == 1 and "host alpha: " in r.stderr and "cannot run on this machine" in r.stderr, r.output
+    assert mln_env.processes() == [] and mln_env.runtime_dirs() == []
 
 
 def test_status_says_a_guest_crashed_and_why(mln_env):

@@ -118,7 +118,7 @@ def test_unreachable_libvirt(mln_env, tmp_path):
     r = env.mln("start", "-p", "nolv")
     msg = _one_error_line(r)
     assert r.returncode == 1 and ("host alpha" in msg or "host beta" in msg), r.output
-    assert "start: cannot connect to libvirt" in msg, r.output
+    assert "cannot connect to libvirt" in msg, r.output
     r = env.mln("status", "-p", "nolv")          # never started: down, without asking libvirt
     assert r.returncode == 1 and "nolv host alpha down" in r.stdout, r.output
     found = _doctor(env)
