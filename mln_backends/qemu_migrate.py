@@ -85,19 +85,20 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
                      if b.get("device") == "drive0" and b.get("inserted")), None)
         if node is None:
             raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
+        ram = (await c.execute("query-memory-size-summary"))["base-memory"]     # (send compares)
         if shared:                  # the disk is taken over only once the guest runs here
             await c.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "late-block-activate", "state": True}]})
             await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
-            return                    # started without -S: it runs as soon as it arrived
+            return ram                # started without -S: it runs as soon as it arrived
         await c.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
                                                                               "port": str(nbd)}}})
         await c.execute("block-export-add", {"type": "nbd", "id": EXPORT, "node-name": node,
                                              "name": "drive0", "writable": True})
         await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
+        return ram
     try:
-        qemu_qmp.run(m, qmp_sock, work, timeout=10)
-        ram = (qemu_qmp.qmp(m, qmp_sock, "query-memory-size-summary") or {}).get("base-memory")
+        ram = qemu_qmp.run(m, qmp_sock, work, timeout=10)
     except Exception as e:
         raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
     where = {"migration": f"tcp:{address}:{mig}", "ram": ram}
@@ -205,28 +206,35 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
 
 
 def settled(m, qmp_sock: str) -> str | None:
-    """QEMU's status here once a guest it is receiving arrived (up to :data:`ARRIVAL`
-    seconds): a move whose manager was killed may still be under way, and what runs where
-    is known only after it (None: QEMU does not answer)."""
-    import asyncio
+    """QEMU's status here once a guest it is receiving arrived (:func:`_arrival`): a move
+    whose manager was killed may still be under way, and what runs where is known only
+    after it (None: QEMU does not answer)."""
     import os
 
     async def work(c):
-        async def ask(command: str) -> dict:
-            return await asyncio.wait_for(c.execute(command), 3)
-        end = time.monotonic() + ARRIVAL
-        while True:     # (the migration first: a status read after it is not older than it)
-            receiving = (await ask("query-migrate")).get("status") == "active"
-            status = (await ask("query-status"))["status"]
-            if status != "inmigrate" or not receiving or time.monotonic() > end:
-                return status
-            await asyncio.sleep(0.05)
+        return (await _arrival(c, answer=3))[0]
     if not os.path.exists(qmp_sock):
         return None
     try:
         return qemu_qmp.run(m, qmp_sock, work, timeout=3)
     except Exception:
         return None
+
+
+async def _arrival(c, answer: float | None = None) -> tuple[str, dict]:
+    """Wait (up to :data:`ARRIVAL` seconds) while a guest is being received here; QEMU's
+    status and the incoming migration's (``answer``: seconds QEMU has for each reply)."""
+    import asyncio
+
+    async def ask(command: str) -> dict:
+        return await asyncio.wait_for(c.execute(command), answer)
+    end = time.monotonic() + ARRIVAL
+    while True:         # (the migration first: a status read after it is not older than it)
+        info = await ask("query-migrate")
+        status = (await ask("query-status"))["status"]
+        if status != "inmigrate" or info.get("status") != "active" or time.monotonic() > end:
+            return status, info
+        await asyncio.sleep(0.05)
 
 
 async def _no_export(c) -> None:
@@ -247,19 +255,14 @@ def arrived(m, qmp_sock: str, shared: bool = False) -> None:
     """On the target, once the source finished: drop the export, let the guest run. (On
     the source, after a move put back: the guest runs on here; not if it was sent on
     ``shared`` storage: then it runs on the other server.)"""
-    import asyncio
-
     async def work(c):
-        end = time.monotonic() + ARRIVAL
-        while (status := (await c.execute("query-status"))["status"]) == "inmigrate":   # (cont would only
-            info = await c.execute("query-migrate")     # set autostart) the source sent all: the last of it
-            if info.get("status", "none") in ("none", "setup"):                         # is still being read
+        status, info = await _arrival(c)      # (cont would only set autostart): the source sent
+        if status == "inmigrate":             # all, the last of it may still be being read
+            if info.get("status", "none") in ("none", "setup"):
                 raise qemu_qmp.QmpFailure("its guest has not arrived")
             if info.get("status") in ("failed", "cancelled"):
                 raise qemu_qmp.QmpFailure(f"its guest did not arrive: {info.get('error-desc', info['status'])}")
-            if time.monotonic() > end:
-                raise qemu_qmp.QmpFailure(f"its guest has not arrived ({ARRIVAL:g} s after it was sent)")
-            await asyncio.sleep(0.05)
+            raise qemu_qmp.QmpFailure(f"its guest has not arrived ({ARRIVAL:g} s after it was sent)")
         if status == "postmigrate" and shared:
             raise qemu_qmp.QmpFailure("its guest was sent to the other server and runs there")
         await _no_export(c)

@@ -184,6 +184,7 @@ def parallel(items, fn, jobs: int) -> None:
 class Pacer:
     """``pace()`` before each host of ``start -s``/``stop -s``: sleeps ``seconds``, except
     before the first host."""
+
     def __init__(self, seconds: float, sleep=time.sleep):
         self.seconds, self.sleep, self.first = seconds, sleep, True
 

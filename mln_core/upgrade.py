@@ -370,9 +370,10 @@ def undo(engine, name: str, journal: Journal) -> None:
             engine._bind(new, pdir)
             new_state = copy.deepcopy(ctx.state)
             started = [new.hosts[n] for n in data.get("started", []) if n in new.hosts]
-            up = [h for h in started if engine.host_status(h).startswith("up")]
+            said = {h.name: engine.host_status(h) for h in started}
+            up = [h for h in started if said[h.name].startswith("up")]
             runs = [h.name for h in up if h.name in data.get("live_moves", []) and
-                    engine.host_status(h) not in [f"up: {w}" for w in NOT_RUNNING]]
+                    said[h.name] not in [f"up: {w}" for w in NOT_RUNNING]]
             if runs:                             # arrived live and runs: its only guest (move.bring_back)
                 raise MlnError(f"host {', '.join(runs)}: its guest arrived here live and runs here; it is not "
                                "ended to put the upgrade back (run the upgrade again: it takes the guest back)")
