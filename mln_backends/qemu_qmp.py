@@ -17,19 +17,36 @@ class QmpFailure(Exception):
     """A QMP exchange did not go as it must (the message says what happened)."""
 
 
+#: a QMP connection that QEMU closes before its greeting is tried again (QEMU takes one
+#: client at a time: one that came while the last was still being let go is dropped)
+CLOSED_RETRIES = 3
+
+
 async def session(machine, sock: str, work, timeout: float = 5.0):
     """Connect to ``sock`` (through ``machine``), run ``await work(client)``, disconnect."""
     import asyncio      # here, not at the top: most commands never talk QMP
     from qemu.qmp import ConnectError, QMPClient
-    client = QMPClient("mln")
+    for attempt in range(CLOSED_RETRIES):
+        client = QMPClient("mln")
+        try:
+            conn = machine.connect_unix(sock, timeout)
+        except TimeoutError:
+            raise
+        except OSError as e:       # as the client says it when it connects by itself
+            raise ConnectError("Failed to establish connection", e) from None
+        try:
+            await asyncio.wait_for(client.connect(conn), timeout)
+            break
+        except BaseException as e:
+            try:
+                await asyncio.wait_for(client.disconnect(), timeout)
+            except Exception:
+                pass
+            conn.close()
+            if not _closed(e) or attempt == CLOSED_RETRIES - 1:
+                raise
+            await asyncio.sleep(0.1)
     try:
-        conn = machine.connect_unix(sock, timeout)
-    except TimeoutError:
-        raise
-    except OSError as e:       # as the client says it when it connects by itself
-        raise ConnectError("Failed to establish connection", e) from None
-    try:
-        await asyncio.wait_for(client.connect(conn), timeout)
         return await work(client)
     finally:
         try:
@@ -37,6 +54,14 @@ async def session(machine, sock: str, work, timeout: float = 5.0):
         except Exception:
             pass
         conn.close()
+
+
+def _closed(e: BaseException) -> bool:
+    """Did QEMU close the connection before the session was set up?"""
+    from qemu.qmp import ConnectError
+    while isinstance(e, ConnectError):
+        e = e.exc
+    return isinstance(e, EOFError)
 
 
 def run(machine, sock: str, work, timeout: float = 5.0):

@@ -414,14 +414,19 @@ def mln_migrate_out(host, incoming, ctx):
     host in it). Copy what the other server lacks (the disk, unless both reach the same
     storage), then the memory; the guest must keep running here if anything fails (raise
     MlnError). On success the guest runs there and is paused here (``mln_stop_host`` with
-    ``hard`` ends it later). Return a dict with ``downtime_ms`` and ``total_ms``.
+    ``hard`` ends it later: once ``mln_migrate_done`` there succeeded, if this server's
+    status of the host then says ``up: postmigrate``; else when the upgrade settles).
+    Return a dict with ``downtime_ms`` and ``total_ms``, and ``switched: True`` if the guest
+    runs there already, or ``resumable: True`` if it may be let run there at once (then
+    ``mln_migrate_done`` is called there at once; else when the upgrade settles).
     """
 
 
 @hookspec(firstresult=True)
 def mln_migrate_done(host, ctx):
     """The guest arrived (``mln_migrate_out`` succeeded): drop what only the migration
-    needed (a disk export) on the server the host moved to. Return True if yours."""
+    needed (a disk export) on the server the host moved to, and let the guest run if it
+    waits paused. Raise MlnError if it does not run here. Return True if yours."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -219,6 +219,19 @@ def arrived(engine, name: str, host: str) -> dict:
     return {}
 
 
+def left(engine, name: str, host: str) -> dict:
+    """On the server a host left, once its guest runs on the new one: end what is left of
+    it here (a QEMU whose guest went away holds its memory, and slows the moves that
+    follow). Only a host whose status says its guest went elsewhere (``postmigrate``) is
+    ended; the settle removes the rest. ``{"ended": bool}``."""
+    with _lock(engine, name):
+        h = _host(engine, name, host, old=True)
+        if engine.host_status(h) != f"up: {NOT_RUNNING[1]}":
+            return {"ended": False}
+        engine.ctx.pm.hook.mln_stop_host(host=h, hard=True, ctx=engine.ctx)
+    return {"ended": True}
+
+
 def migrate_out(engine, name: str, host: str, incoming: dict, back: bool = False) -> dict:
     """On the server the host leaves: send its running guest (``mln_migrate_out``); the
     host is the project's as it was before the held upgrade (``back``: as it is in it, the
@@ -315,6 +328,7 @@ class Mover:
         self.stopped: list[str] = []
         self.switched: list[str] = []            # live hosts whose guests run on their new servers
         self.switching = False                   # live moves began (spread.moves is written)
+        self.span = (0.0, 0.0)                   # when the first live move began, the last ended
         rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name, "disks": True}
                                              for s in fleet.servers},
                                             lambda: {"rows": engine.status(name),
@@ -426,14 +440,14 @@ class Mover:
         time its send ended, None if it runs already)}; an error puts the upgrade back
         everywhere (:meth:`bring_back`, then the settle: the guests run on where they were).
         Which hosts move is written down first (``spread.moves``), for a rerun after a kill."""
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
         e, name, out = self.e, self.name, {}
         write_file(os.path.join(e.store.project_dir(name), MOVES), json.dumps(
             {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
             sync=True)
         self.switching = True
-        ends = [s for h in self.live for s in self.moved[h] if s != self.me]
-        self.fleet.prepare({s: min(self.at_once, ends.count(s)) for s in ends})    # their mln serve
+        self.ready()
+        self.span = (time.monotonic(), time.monotonic())
 
         def one(h):
             src, dst = self.moved[h]
@@ -446,12 +460,17 @@ class Mover:
                             lambda: migrate_out(e, name, h, incoming))
             ended = time.monotonic()
             e.ctx.on().step(f"move {h}: received")    # there, not yet let run (unless on shared storage)
-            if sent.get("resumable"):             # its disk and memory are complete there: it runs on
-                self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
-            if sent.get("switched") or sent.get("resumable"):
+            runs = bool(sent.get("switched") or sent.get("resumable"))
+            if sent.get("switched"):              # (shared storage: it runs there already)
                 self.switched.append(h)
+            if runs:            # complete there: let run (resumable), or seen running (switched)
+                self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
+                if h not in self.switched:
+                    self.switched.append(h)
             out[h] = (int(sent.get("downtime_ms", 0)) + int((time.monotonic() - ended) * 1000) *
                       bool(sent.get("resumable")), None if h in self.switched else time.monotonic())
+            if runs:
+                self._left(src, h)
             e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
             self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "
                                 f"from {src} in {time.monotonic() - start:.1f} s" +
@@ -460,9 +479,31 @@ class Mover:
         for h in mine:
             one(h)
         with ThreadPoolExecutor(max_workers=self.at_once) as pool:
-            for f in [pool.submit(one, h) for h in sorted(set(self.live) - set(mine))]:
-                f.result()
+            futures = [pool.submit(one, h) for h in sorted(set(self.live) - set(mine))]
+            try:            # the first move that fails: those not begun yet do not begin
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for f in futures:
+                    if f.done() and f.exception() is not None:
+                        raise f.exception()
+            finally:
+                for f in futures:
+                    f.cancel()
+        self.span = (self.span[0], time.monotonic())
         return out
+
+    def _left(self, src: str, h: str) -> None:
+        """The guest of ``h`` runs on its new server: what is left of it on ``src`` ends
+        (else the settle ends it)."""
+        try:
+            self._on(src, {"verb": "left", "project": self.name, "host": h}, lambda: left(self.e, self.name, h))
+        except MlnError as e:
+            self.fleet.say(src, f"warning: {h}: what is left of it here ends with the upgrade: {e}")
+
+    def ready(self) -> None:
+        """Have the servers of the live moves ready for as many requests at once as moves
+        go on (their ``mln serve`` started in the background, while the plans are made)."""
+        ends = [s for h in self.live for s in self.moved[h] if s != self.me]
+        self.fleet.prepare({s: min(self.at_once, ends.count(s)) for s in ends})
 
     def bring_back(self, addresses: dict[str, str]) -> list[str]:
         """Before the upgrade is put back: each guest that already runs on its new server
@@ -486,7 +527,9 @@ class Mover:
             self.fleet.say(self.moved[h][1], f"+---> {h}: moved live from {self.moved[h][0]} "
                                              f"(the guest paused {down} ms)")
         if downs:
-            self.fleet.say(self.me, f"+---> {len(downs)} host{'s' * (len(downs) != 1)} moved live; guests paused "
+            last = now if any(ended is not None for _, ended in sent.values()) else self.span[1]
+            self.fleet.say(self.me, f"+---> {len(downs)} host{'s' * (len(downs) != 1)} moved live in "
+                                    f"{last - self.span[0]:.1f} s; guests paused "
                                     f"{min(downs.values())} to {max(downs.values())} ms")
 
     def arriving(self) -> set[str]:

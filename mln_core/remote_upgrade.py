@@ -101,6 +101,8 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         fleet.send_templates(new, lay)           # also: does every server answer?
         resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
+        if not simulate:
+            mover.ready()
         manager = engine.store.identity()
         during = _during(new, lay, old_lay, mover.live)
         parts = {s: dict(during.placement(name, s, addresses), manager=manager) for s in [*others, me]}

@@ -25,7 +25,9 @@ Requests (``verb`` and its fields)::
     migrate_in project, host, address, back  -> what migrate_out needs; migrate_out project, host,
              incoming, back -> {"downtime_ms", "total_ms", "switched"} (the guest runs there at
              the settle, or at once if "switched"; back: a switched guest returns, mln_core.move)
-    arrived  project, host                      -> {} (a guest sent "resumable" runs there now)
+    arrived  project, host                      -> {} (a guest sent runs there now: let run if "resumable")
+    left     project, host                      -> {"ended"} (on the server it left, once it runs on the
+             new one: what is left of it ends, mln_core.move.left)
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
     remove   project                            -> {}
@@ -50,7 +52,7 @@ from .servers import here
 
 HEARTBEAT = 5          # seconds between the lines that say this server still works
 VERBS = ("ping", "need", "register", "build", "upgrade", "settle", "pack", "migrate_in", "migrate_out", "arrived",
-         "start", "stop", "status", "remove", "capacity")
+         "left", "start", "stop", "status", "remove", "capacity")
 
 
 def sha256_of(path: str) -> str:
@@ -127,9 +129,9 @@ def handle(request: dict, engine) -> dict:
     if verb == "pack":
         from .move import pack
         return pack(engine, name, str(request.get("host", "")))
-    if verb == "arrived":
-        from .move import arrived
-        return arrived(engine, name, str(request.get("host", "")))
+    if verb in ("arrived", "left"):
+        from . import move
+        return getattr(move, verb)(engine, name, str(request.get("host", "")))
     if verb in ("migrate_in", "migrate_out"):
         from . import move
         args = {"migrate_in": ("address",), "migrate_out": ("incoming",)}[verb]

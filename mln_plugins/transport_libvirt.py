@@ -44,7 +44,7 @@ from mln_core.serve import answer_of
 
 TRANSPORT = "libvirt"
 PART = "libvirt_server_part"          # set in the configuration of a server's part (no checks there)
-NOT_HERE = ("pack", "migrate_in", "migrate_out", "arrived")
+NOT_HERE = ("pack", "migrate_in", "migrate_out", "arrived", "left")
 
 
 @hookimpl
