@@ -18,6 +18,7 @@ Commands run in the guest through its serial console (the busybox shell on ttyS0
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -480,3 +481,63 @@ def test_migration_settings_come_from_mln_conf_and_bad_ones_are_named():
     for bad in ("0", "two", "65"):
         with pytest.raises(MlnError, match=f"mln.conf migrate_at_once {bad}: give a whole number from 1 to 64"):
             at_once({"migrate_at_once": bad})
+
+
+def test_a_qmp_connection_qemu_closes_before_its_greeting_is_tried_again(tmp_path):
+    """QEMU takes one QMP client at a time; a connection it closed at once (seen once during
+    a live move) is tried again. A real QEMU, reached through a relay that closes the first
+    connections it gets (a fake of that moment only: it cannot be brought about at will)."""
+    import subprocess
+    import threading
+    machine = Machine(env={})
+    real, relay = str(tmp_path / "qmp.sock"), str(tmp_path / "relay.sock")
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none",
+                             "-S", "-qmp", f"unix:{real},server=on,wait=off"])
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(relay)
+    server.listen(8)
+    seen = {"connections": 0, "close": 0}
+
+    def pipe(a, b):
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def closing_first_connections_fake():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            seen["connections"] += 1
+            if seen["close"]:
+                seen["close"] -= 1
+                conn.close()
+                continue
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            up.connect(real)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=closing_first_connections_fake, daemon=True).start()
+    try:
+        end = time.monotonic() + 20
+        while not os.path.exists(real):
+            assert time.monotonic() < end and qemu.poll() is None, "QEMU did not start"
+            time.sleep(0.05)
+        seen["close"] = qemu_qmp.CLOSED_RETRIES - 1         # closed twice, then let through
+        assert qemu_qmp.qmp(machine, relay, "query-status")["status"] == "prelaunch"
+        assert seen == {"connections": qemu_qmp.CLOSED_RETRIES, "close": 0}
+        seen.update(connections=0, close=qemu_qmp.CLOSED_RETRIES)     # closed every time: a clear error
+        with pytest.raises(Exception) as e:
+            qemu_qmp.run(machine, relay, lambda c: c.execute("query-status"))
+        assert seen["connections"] == qemu_qmp.CLOSED_RETRIES
+        assert qemu_qmp.describe(e.value) == "ConnectError: Failed to establish session: EOFError"
+        assert qemu_qmp.qmp(machine, relay, "query-status")["status"] == "prelaunch"   # (and it answers again)
+    finally:
+        server.close()
+        qemu.kill()
+        qemu.wait()

@@ -179,6 +179,8 @@ def test_a_running_project_moves_live_to_another_server_on_nfs_on_iscsi_and_with
     for h, to in MOVED.items():
         assert re.search(rf"\[{to}\] \+---> {h}: moved live from {WHERE[h]} \(the guest paused \d+ ms\)",
                          r.stderr), r.stderr
+    assert re.search(rf"\[client\] \+---> {len(MOVED)} hosts moved live in \d+\.\d s; guests paused \d+ to \d+ ms",
+                     r.stderr), r.stderr
     rows = json.loads(kit.mln("client", "status", "-p", "lm", "--format", "json").stdout)
     assert {(x["name"], x["server"], x["state"]) for x in rows if x["kind"] == "host"} == \
         {(h, s, "up") for h, s in MOVED.items()}
