@@ -131,19 +131,10 @@ class SshTransport:
         while it works) is taken as gone."""
         conn = self._connection()
         session = self._take()
-        answer: list[dict] = []
         try:
             if session is None:
                 session = self._spawn(conn)
-            session.err = []
-            session.lines.each = lambda text: answer.extend(filter(None, [answer_of(text, log)]))
-            session.chan.sendall(json.dumps(request).encode() + b"\n")
-            while not answer:
-                data = session.chan.recv(65536)
-                if not data:
-                    break
-                session.lines.write(data.decode("utf-8", "replace"))
-                session.drain()
+            answer = self._exchange(session, request, log)
         except TimeoutError:
             self._drop(session)
             raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
@@ -160,6 +151,21 @@ class SshTransport:
         said = self._drop(session, wait=True)
         raise MlnError(f"'{self.command} serve' did not answer ({said}); is mln installed there "
                        f"(remote_mln in mln.conf names the command)?")
+
+    @staticmethod
+    def _exchange(session: _Session, request: dict, log) -> list[dict]:
+        """Send ``request`` to the session's mln serve; its answer ([] if it ended first)."""
+        answer: list[dict] = []
+        session.err = []
+        session.lines.each = lambda text: answer.extend(filter(None, [answer_of(text, log)]))
+        session.chan.sendall(json.dumps(request).encode() + b"\n")
+        while not answer:
+            data = session.chan.recv(65536)
+            if not data:
+                break
+            session.lines.write(data.decode("utf-8", "replace"))
+            session.drain()
+        return answer
 
     def _take(self) -> _Session | None:
         """An idle session, or None: the caller starts one (counted already). Waits for one
@@ -203,8 +209,8 @@ class SshTransport:
 
     def prepare(self, n: int) -> None:
         """Have ``n`` ``mln serve`` there (SESSIONS at most) ready for requests sent at once,
-        started in the background now: a request waits for one of them rather than
-        starting its own."""
+        started in the background now (each is idle once it answered a ``ping``): a request
+        waits for one of them rather than starting its own."""
         conn = self._connection()
         with self.ready:
             missing = max(0, min(n - len(self.idle) - self.starting, SESSIONS - self.count))
@@ -215,9 +221,14 @@ class SshTransport:
             threading.Thread(target=self._prepared, args=(conn, generation), daemon=True).start()
 
     def _prepared(self, conn, generation: int) -> None:
-        try:
+        session = None
+        try:            # ready once its mln serve answered (a request would wait for its start)
             session = self._spawn(conn)
+            if not (self._exchange(session, {"verb": "ping"}, lambda line: None) or [{}])[-1].get("ok"):
+                raise MlnError("no answer")
         except Exception:           # (a request that needs it starts its own)
+            if session is not None:
+                session.end(wait=False)
             session = None
         with self.ready:
             if generation == self.generation:
