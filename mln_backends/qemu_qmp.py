@@ -17,8 +17,9 @@ class QmpFailure(Exception):
     """A QMP exchange did not go as it must (the message says what happened)."""
 
 
-#: a QMP connection that QEMU closes before its greeting is tried again (QEMU takes one
-#: client at a time: one that came while the last was still being let go is dropped)
+#: a QMP connection that QEMU closes, or whose capabilities negotiation it answers
+#: wrongly, is tried again (seen right after a guest arrived by live migration): up to
+#: this many connections, 0.1 s, then 0.3 s apart
 CLOSED_RETRIES = 3
 
 
@@ -45,7 +46,7 @@ async def session(machine, sock: str, work, timeout: float = 5.0):
             conn.close()
             if not _closed(e) or attempt == CLOSED_RETRIES - 1:
                 raise
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1 * 3 ** attempt)
     try:
         return await work(client)
     finally:
@@ -57,11 +58,13 @@ async def session(machine, sock: str, work, timeout: float = 5.0):
 
 
 def _closed(e: BaseException) -> bool:
-    """Did QEMU close the connection before the session was set up?"""
+    """Did QEMU close the connection, or answer the negotiation wrongly, before the
+    session was set up?"""
     from qemu.qmp import ConnectError
-    while isinstance(e, ConnectError):
+    from qemu.qmp.qmp_client import NegotiationError
+    while isinstance(e, ConnectError) and not isinstance(e, NegotiationError):
         e = e.exc
-    return isinstance(e, EOFError)
+    return isinstance(e, (EOFError, NegotiationError))
 
 
 def run(machine, sock: str, work, timeout: float = 5.0):

@@ -502,7 +502,8 @@ def mln_remote_transport(server, ctx):
     the result, or raises MlnError with the server's error or why it cannot be reached),
     ``put(local_path, remote_path)`` (copies a file to the server), ``get(remote_path,
     local_path)`` (copies a file of the server's ``templates/.incoming`` here: a host's disk
-    packed for a move to another server) and ``close()``; it may have ``prepare(n)``, called
-    when up to ``n`` requests are about to be sent to that server at once (live moves), to
-    make ready for them in the background. Other plugins return None.
+    packed for a move to another server) and ``close()``; it may have ``prepare(n, wait)``,
+    called when up to ``n`` requests are about to be sent to that server at once (live
+    moves), to make ready for them in the background (``wait``: return once ready). Other
+    plugins return None.
     """

@@ -446,7 +446,7 @@ class Mover:
             {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
             sync=True)
         self.switching = True
-        self.ready()
+        self.ready(wait=True)
         self.span = (time.monotonic(), time.monotonic())
 
         def one(h):
@@ -499,11 +499,12 @@ class Mover:
         except MlnError as e:
             self.fleet.say(src, f"warning: {h}: what is left of it here ends with the upgrade: {e}")
 
-    def ready(self) -> None:
+    def ready(self, wait: bool = False) -> None:
         """Have the servers of the live moves ready for as many requests at once as moves
-        go on (their ``mln serve`` started in the background, while the plans are made)."""
+        go on (their ``mln serve`` started in the background, while the plans are made;
+        ``wait``: until they are, before the first move begins)."""
         ends = [s for h in self.live for s in self.moved[h] if s != self.me]
-        self.fleet.prepare({s: min(self.at_once, ends.count(s)) for s in ends})
+        self.fleet.prepare({s: min(self.at_once, ends.count(s)) for s in ends}, wait=wait)
 
     def bring_back(self, addresses: dict[str, str]) -> list[str]:
         """Before the upgrade is put back: each guest that already runs on its new server

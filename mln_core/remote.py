@@ -63,14 +63,15 @@ class Fleet:
         with self.lock:
             self._log(f"[{server}] {message}")
 
-    def prepare(self, counts: dict[str, int]) -> None:
+    def prepare(self, counts: dict[str, int], wait: bool = False) -> None:
         """Let each server's transport make ready for ``counts[server]`` requests at once
-        (a transport's optional ``prepare(n)``: the ssh one starts its ``mln serve`` there)."""
+        (a transport's optional ``prepare(n, wait)``: the ssh one starts its ``mln serve``
+        there; ``wait``: until they are ready)."""
         for name, n in counts.items():
             try:
                 prepare = getattr(self.transport(name), "prepare", None)
                 if prepare is not None:
-                    prepare(n)
+                    prepare(n, wait=wait)
             except Exception:       # (only time is at stake: the request itself says what is wrong)
                 pass
 

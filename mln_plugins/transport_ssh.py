@@ -207,10 +207,11 @@ class SshTransport:
         session.chan.exec_command(f"{self.command} serve --many")
         return session
 
-    def prepare(self, n: int) -> None:
+    def prepare(self, n: int, wait: bool = False) -> None:
         """Have ``n`` ``mln serve`` there (SESSIONS at most) ready for requests sent at once,
         started in the background now (each is idle once it answered a ``ping``): a request
-        waits for one of them rather than starting its own."""
+        waits for one of them rather than starting its own. ``wait``: return once they are
+        ready."""
         conn = self._connection()
         with self.ready:
             missing = max(0, min(n - len(self.idle) - self.starting, SESSIONS - self.count))
@@ -219,6 +220,10 @@ class SshTransport:
             generation = self.generation
         for _ in range(missing):
             threading.Thread(target=self._prepared, args=(conn, generation), daemon=True).start()
+        if wait:                    # until every one started answered (or could not start)
+            with self.ready:
+                self.ready.wait_for(lambda: not self.starting or self.generation != generation,
+                                    timeout=CONNECT_TIMEOUT)
 
     def _prepared(self, conn, generation: int) -> None:
         session = None

@@ -483,10 +483,11 @@ def test_migration_settings_come_from_mln_conf_and_bad_ones_are_named():
             at_once({"migrate_at_once": bad})
 
 
-def test_a_qmp_connection_qemu_closes_before_its_greeting_is_tried_again(tmp_path):
-    """QEMU takes one QMP client at a time; a connection it closed at once (seen once during
-    a live move) is tried again. A real QEMU, reached through a relay that closes the first
-    connections it gets (a fake of that moment only: it cannot be brought about at will)."""
+def test_a_qmp_connection_qemu_drops_is_tried_again(tmp_path):
+    """A QMP connection that QEMU closed at once, or whose negotiation it answered with an
+    error (seen right after a guest arrived by live migration), is tried again. A real
+    QEMU, reached through a relay that closes or answers wrongly the first connections it
+    gets (a fake of that moment only: it cannot be brought about at will)."""
     import subprocess
     import threading
     machine = Machine(env={})
@@ -496,7 +497,7 @@ def test_a_qmp_connection_qemu_closes_before_its_greeting_is_tried_again(tmp_pat
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(relay)
     server.listen(8)
-    seen = {"connections": 0, "close": 0}
+    seen = {"connections": 0, "close": 0, "wrong": 0}
 
     def pipe(a, b):
         with contextlib.suppress(OSError):
@@ -517,6 +518,14 @@ def test_a_qmp_connection_qemu_closes_before_its_greeting_is_tried_again(tmp_pat
                 seen["close"] -= 1
                 conn.close()
                 continue
+            if seen["wrong"]:               # a greeting, then an error for qmp_capabilities
+                seen["wrong"] -= 1
+                with conn:
+                    conn.sendall(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                                 b'"package": ""}, "capabilities": []}}\r\n')
+                    conn.recv(4096)
+                    conn.sendall(b'{"error": {"class": "GenericError", "desc": "not now"}}\r\n')
+                continue
             up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             up.connect(real)
             for a, b in ((conn, up), (up, conn)):
@@ -530,7 +539,10 @@ def test_a_qmp_connection_qemu_closes_before_its_greeting_is_tried_again(tmp_pat
             time.sleep(0.05)
         seen["close"] = qemu_qmp.CLOSED_RETRIES - 1         # closed twice, then let through
         assert qemu_qmp.qmp(machine, relay, "query-status")["status"] == "prelaunch"
-        assert seen == {"connections": qemu_qmp.CLOSED_RETRIES, "close": 0}
+        assert seen == {"connections": qemu_qmp.CLOSED_RETRIES, "close": 0, "wrong": 0}
+        seen.update(connections=0, close=1, wrong=1)       # closed, then answered wrongly, then through
+        assert qemu_qmp.qmp(machine, relay, "query-status")["status"] == "prelaunch"
+        assert seen == {"connections": 3, "close": 0, "wrong": 0}
         seen.update(connections=0, close=qemu_qmp.CLOSED_RETRIES)     # closed every time: a clear error
         with pytest.raises(Exception) as e:
             qemu_qmp.run(machine, relay, lambda c: c.execute("query-status"))
