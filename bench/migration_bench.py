@@ -19,8 +19,9 @@ with qemu.qmp, two at a time (as mln): ``nbd-server-start`` + ``block-export-add
 completed, ``block-job-cancel`` on the source; ``block-export-del``, ``nbd-server-stop``
 and ``cont`` on the target, then ``quit`` of the source. A bare guest's pause is QEMU's
 ``downtime`` (from ``query-migrate``) plus the time from the migration's completion
-(``migrate`` + its ``total-time``) until ``cont`` returned on the target; it is also shown
-counted as mln counts it (``downtime`` plus the target's step alone).
+(``migrate`` + its ``total-time``) until ``cont`` returned on the target, as mln counts
+its own (mln: QEMU's ``downtime``, the source's time from the completion until its
+answer, and the time from that answer until the target let the guest run).
 
 Every guest, on both sides, prints a line on its console every 10 ms (mln's: its startup
 block; bare: typed into the console's shell), and another process times the growth of the
@@ -388,7 +389,6 @@ class Bare:
                 await asyncio.sleep(0.05)
             return info
         info = self.qmp(src, send)
-        before_target = time.monotonic()
 
         async def arrived(c):
             for cmd in (("block-export-del", {"id": "bench"}), ("nbd-server-stop", {})):
@@ -403,7 +403,6 @@ class Bare:
         # QEMU stopped the guest downtime ms before the migration completed, at migrate + total-time
         completed = marks["migrate"] + info.get("total-time", 0) / 1000
         return {"down": qemu_down + int((running - completed) * 1000),
-                "down_as_mln": qemu_down + int((running - before_target) * 1000),
                 "qemu_downtime": qemu_down, "each": time.monotonic() - start}
 
     def quit(self, d: Path) -> None:
@@ -444,7 +443,7 @@ class Bare:
 
         self.quit(src)
         down = int(info.get("downtime", 0))
-        return {"down": down, "down_as_mln": down, "qemu_downtime": down, "each": time.monotonic() - start}
+        return {"down": down, "qemu_downtime": down, "each": time.monotonic() - start}
 
     def move_all(self) -> tuple[float, list[dict]]:
         logs = [(self.root / "sh1" / f"g{i}" / "console.log", self.root / "sh2" / f"g{i}" / "console.log")
@@ -551,8 +550,7 @@ def main() -> int:
         if m["down"]:
             print(f"mln per guest (ms paused, as mln reports it): {', '.join(map(str, m['down']))}")
         print(f"bare per guest (ms paused): {', '.join(str(x['down']) for x in b)}; QEMU's downtime alone: "
-              f"{', '.join(str(x['qemu_downtime']) for x in b)}; counted as mln counts: "
-              f"{', '.join(str(x['down_as_mln']) for x in b)}")
+              f"{', '.join(str(x['qemu_downtime']) for x in b)}")
         seen = lambda xs: ", ".join("-" if x is None else str(x) for x in xs)   # noqa: E731
         print(f"seen on the consoles (ms from the last heartbeat line on sh1 to the first on sh2; a line "
               f"every {m['beat']:.0f} ms (mln), {bare.beat:.0f} ms (bare) while running): "

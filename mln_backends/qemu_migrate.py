@@ -166,6 +166,7 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
                 await c.execute("migrate-set-parameters", params)
             await c.execute("migrate", {"uri": to["migration"]})
             info = await until(c, migrated, "the migration", end)
+            completed = time.monotonic()          # the guest is paused on both sides from here
         except BaseException:
             for cmd, args in (("migrate_cancel", {}), ("block-job-cancel", {"device": "mln-mirror",
                                                                             "force": True})):
@@ -193,6 +194,7 @@ def send(m, qmp_sock: str, to: dict, name: str, shared: bool = False, params: di
             await c.execute("block-job-cancel", {"device": "mln-mirror"})   # ready: the last writes go over
             await until(c, lambda c: _no_jobs(c), "finishing the disk mirror", end + 60)
         return {"downtime_ms": int(info.get("downtime", 0)), "total_ms": int((time.monotonic() - start) * 1000),
+                "tail_ms": int((time.monotonic() - completed) * 1000),    # (the mirror's end)
                 "switched": shared,           # shared: it runs there now (started without -S)
                 "resumable": not shared}      # else it may run there now (arrived): its disk is complete
     gone: list[bool] = []

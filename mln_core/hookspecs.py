@@ -416,9 +416,11 @@ def mln_migrate_out(host, incoming, ctx):
     MlnError). On success the guest runs there and is paused here (``mln_stop_host`` with
     ``hard`` ends it later: once ``mln_migrate_done`` there succeeded, if this server's
     status of the host then says ``up: postmigrate``; else when the upgrade settles).
-    Return a dict with ``downtime_ms`` and ``total_ms``, and ``switched: True`` if the guest
-    runs there already, or ``resumable: True`` if it may be let run there at once (then
-    ``mln_migrate_done`` is called there at once; else when the upgrade settles).
+    Return a dict with ``downtime_ms`` and ``total_ms`` (and ``tail_ms``: how long the
+    guest has been paused since the migration completed), and ``switched: True`` if the
+    guest runs there already, or ``resumable: True`` if it may be let run there at once:
+    in both cases ``mln_migrate_done`` is called there at once; else when the upgrade
+    settles.
     """
 
 
@@ -426,7 +428,8 @@ def mln_migrate_out(host, incoming, ctx):
 def mln_migrate_done(host, ctx):
     """The guest arrived (``mln_migrate_out`` succeeded): drop what only the migration
     needed (a disk export) on the server the host moved to, and let the guest run if it
-    waits paused. Raise MlnError if it does not run here. Return True if yours."""
+    waits paused; raise MlnError if it cannot run here. Also called on the server a guest
+    was sent back to, after a move that did not happen. Return True if yours."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -223,12 +223,12 @@ def left(engine, name: str, host: str) -> dict:
     """On the server a host left, once its guest runs on the new one: end what is left of
     it here (a QEMU whose guest went away holds its memory, and slows the moves that
     follow). Only a host whose status says its guest went elsewhere (``postmigrate``) is
-    ended; the settle removes the rest. ``{"ended": bool}``."""
+    ended (else the settle ends it). ``{"ended": bool}``."""
     with _lock(engine, name):
         h = _host(engine, name, host, old=True)
         if engine.host_status(h) != f"up: {NOT_RUNNING[1]}":
             return {"ended": False}
-        engine.ctx.pm.hook.mln_stop_host(host=h, hard=True, ctx=engine.ctx)
+        engine._stop_hosts([h], hard=True, wait_s=5)     # (as the settle would: its taps, disk, files)
     return {"ended": True}
 
 
@@ -435,9 +435,11 @@ class Mover:
     def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float | None]]:
         """Send the live hosts, two at a time (:func:`at_once`), once every server's part is
         ready: each waits on its new server and is sent by its old one (disk, then memory). On shared
-        storage it runs there as soon as it arrived (:attr:`switched`); else it waits
-        paused until the manager settles the upgrade. {host: (QEMU's downtime in ms, the
-        time its send ended, None if it runs already)}; an error puts the upgrade back
+        storage it runs there as soon as it arrived (:attr:`switched`, seen by ``arrived``);
+        a guest whose disk and memory are complete there (``resumable``) is let run there
+        at once; else it waits paused until the manager settles the upgrade. Once it runs
+        there, what is left of it on the old server ends (``left``). {host: (its pause in
+        ms so far, the time its send ended, None if it runs already)}; an error puts the upgrade back
         everywhere (:meth:`bring_back`, then the settle: the guests run on where they were).
         Which hosts move is written down first (``spread.moves``), for a rerun after a kill."""
         from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -467,8 +469,9 @@ class Mover:
                 self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
                 if h not in self.switched:
                     self.switched.append(h)
-            out[h] = (int(sent.get("downtime_ms", 0)) + int((time.monotonic() - ended) * 1000) *
-                      bool(sent.get("resumable")), None if h in self.switched else time.monotonic())
+            out[h] = (int(sent.get("downtime_ms", 0)) + (int(sent.get("tail_ms", 0)) + int(
+                (time.monotonic() - ended) * 1000)) * bool(sent.get("resumable")),
+                None if h in self.switched else time.monotonic())
             if runs:
                 self._left(src, h)
             e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
@@ -510,7 +513,7 @@ class Mover:
         """Before the upgrade is put back: each guest that already runs on its new server
         (:attr:`switched`, or one whose answer got lost: the new server's status says) is
         sent back live to the server it left (a new QEMU there takes it; the one it left
-        from is an empty shell). The hosts that could not go back (they run on where they
+        from has ended, or is an empty shell). The hosts that could not go back (they run on where they
         are: the upgrade must stay held)."""
         return bring_back(self.e, self.fleet, self.name, self._may_switch(), addresses)
 

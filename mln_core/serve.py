@@ -23,8 +23,9 @@ Requests (``verb`` and its fields)::
              (join: this server is new to the project; moves: mln_core.move, mln_core.upgrade)
     pack     project, host                      -> {"archive", "sha256", "disk"} (mln_core.move)
     migrate_in project, host, address, back  -> what migrate_out needs; migrate_out project, host,
-             incoming, back -> {"downtime_ms", "total_ms", "switched"} (the guest runs there at
-             the settle, or at once if "switched"; back: a switched guest returns, mln_core.move)
+             incoming, back -> {"downtime_ms", "total_ms", "tail_ms", "switched", "resumable"} (the
+             guest runs there at the settle, or at once if "switched" or "resumable"; back: a
+             switched guest returns, mln_core.move)
     arrived  project, host                      -> {} (a guest sent runs there now: let run if "resumable")
     left     project, host                      -> {"ended"} (on the server it left, once it runs on the
              new one: what is left of it ends, mln_core.move.left)

@@ -233,7 +233,10 @@ class SshTransport:
                 raise MlnError("no answer")
         except Exception:           # (a request that needs it starts its own)
             if session is not None:
-                session.end(wait=False)
+                try:
+                    session.end(wait=False)
+                except Exception:   # (a broken connection)
+                    pass
             session = None
         with self.ready:
             if generation == self.generation:
