@@ -159,7 +159,7 @@ def _lock(engine, name: str, wait: float = 60):
         except ProjectBusy:
             if time.monotonic() > end:
                 raise
-            time.sleep(0.1)
+            time.sleep(0.02)
 
 
 def _host(engine, name: str, host: str, old: bool):
