@@ -311,6 +311,13 @@ def test_live_changes_of_a_running_qemu_guest(mln_env):
     assert r.returncode == 0, r.output
     cmdline = (hdir / "cmdline").read_text()
     assert f" -m {qemu_live.ram_arg(112, 'tcg')} " in cmdline and "-incoming" not in cmdline and not (hdir / "shape.json").exists()
+    # a live move's "left" (the guest runs on the new server: end what is left of it here)
+    # never ends a guest that runs here
+    from mln_core.move import left
+    ctx, engine = open_project(mln_env)
+    pid = int((hdir / "pid").read_text())
+    assert left(engine, "lv", "dut") == {"ended": False}
+    assert os.path.exists(f"/proc/{pid}") and engine.host_status(ctx.project.hosts["dut"]) == "up"
     r = mln_env.mln("stop", "-p", "lv", "-H")
     assert r.returncode == 0, r.output
 
