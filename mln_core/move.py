@@ -462,17 +462,15 @@ class Mover:
                             lambda: migrate_out(e, name, h, incoming))
             ended = time.monotonic()
             e.ctx.on().step(f"move {h}: received")    # there, not yet let run (unless on shared storage)
-            runs = bool(sent.get("switched") or sent.get("resumable"))
-            if sent.get("switched"):              # (shared storage: it runs there already)
-                self.switched.append(h)
-            if runs:            # complete there: let run (resumable), or seen running (switched)
+            # complete there: seen running (switched: shared storage) or let run (resumable)
+            if sent.get("switched") or sent.get("resumable"):
                 self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
-                if h not in self.switched:
-                    self.switched.append(h)
-            out[h] = (int(sent.get("downtime_ms", 0)) + (int(sent.get("tail_ms", 0)) + int(
-                (time.monotonic() - ended) * 1000)) * bool(sent.get("resumable")),
-                None if h in self.switched else time.monotonic())
-            if runs:
+                self.switched.append(h)
+            pause = int(sent.get("downtime_ms", 0))
+            if sent.get("resumable"):             # paused from the migration's end until let run there
+                pause += int(sent.get("tail_ms", 0)) + int((time.monotonic() - ended) * 1000)
+            out[h] = (pause, None if h in self.switched else time.monotonic())
+            if h in self.switched:
                 self._left(src, h)
             e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
             self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "

@@ -70,13 +70,11 @@ class Fleet:
         for name, n in counts.items():
             try:
                 prepare = getattr(self.transport(name), "prepare", None)
-                if prepare is not None and wait:
+                if prepare is not None:
                     try:
-                        prepare(n, wait=True)
-                    except TypeError:       # a transport whose prepare(n) cannot wait
+                        prepare(n, wait=wait)
+                    except TypeError:       # a transport's prepare(n) that cannot wait
                         prepare(n)
-                elif prepare is not None:
-                    prepare(n)
             except Exception:       # (only time is at stake: the request itself says what is wrong)
                 pass
 
