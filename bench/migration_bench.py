@@ -547,6 +547,9 @@ def main() -> int:
         for what, down, total, each in rows:
             print(f"{what:5} {statistics.median(down):>11.0f} ms {max(down):>8d} ms "
                   f"{statistics.median(each):>8.1f} s {total:>7.2f}s")
+        for what, _, _, each in rows:
+            print(f"{what} per guest (s, from its move begun to its guest running on sh2): "
+                  + ", ".join(f"{x:.2f}" for x in each))
         if m["down"]:
             print(f"mln per guest (ms paused, as mln reports it): {', '.join(map(str, m['down']))}")
         print(f"bare per guest (ms paused): {', '.join(str(x['down']) for x in b)}; QEMU's downtime alone: "

@@ -35,6 +35,7 @@ from . import qemu_qmp
 
 TIMEOUT = 600.0            # seconds for the disk mirror and the migration together
 EXPORT = "mln-migration"
+PORT_TRIES = 3             # ports chosen for the disk and the migration, at most, on the target
 ARRIVAL = 30               # seconds the target may take to read the end of what the source sent
 DOWNTIME_MS = 20           # mln.conf migrate_downtime_ms: the pause QEMU aims at
 BANDWIDTH_MB = 8192        # mln.conf migrate_bandwidth_mb: MiB/s at most (QEMU's own default: 128)
@@ -76,9 +77,7 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
         address = str(ipaddress.IPv4Address(address))
     except ValueError:
         raise MlnError(f"not an IPv4 address to wait for the guest on: {address!r}") from None
-    nbd = mig = m.free_port(address)
-    while mig == nbd:
-        mig = m.free_port(address)
+    again: list[bool] = []
 
     async def work(c):
         node = next((b["inserted"]["node-name"] for b in await c.execute("query-block")
@@ -86,6 +85,8 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
         if node is None:
             raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
         ram = (await c.execute("query-memory-size-summary"))["base-memory"]     # (send compares)
+        if again:
+            await _no_export(c)     # (of the try whose port was taken meanwhile)
         if shared:                  # the disk is taken over only once the guest runs here
             await c.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "late-block-activate", "state": True}]})
@@ -97,10 +98,17 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
                                              "name": "drive0", "writable": True})
         await c.execute("migrate-incoming", {"uri": f"tcp:{address}:{mig}"})
         return ram
-    try:
-        ram = qemu_qmp.run(m, qmp_sock, work, timeout=10)
-    except Exception as e:
-        raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
+    for tries in range(PORT_TRIES, 0, -1):     # (a port free when chosen may be taken before QEMU listens)
+        nbd = mig = m.free_port(address)
+        while mig == nbd:
+            mig = m.free_port(address)
+        try:
+            ram = qemu_qmp.run(m, qmp_sock, work, timeout=10)
+            break
+        except Exception as e:
+            if tries == 1 or "Address already in use" not in qemu_qmp.describe(e):
+                raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
+            again.append(True)
     where = {"migration": f"tcp:{address}:{mig}", "ram": ram}
     return where if shared else dict(where, disk=f"nbd://{address}:{nbd}/drive0")
 

@@ -200,11 +200,12 @@ def migrate_in(engine, name: str, host: str, address: str, back: bool = False) -
         path = ctx.pm.hook.mln_attach_disk(host=h, disk=disk, ctx=ctx)    # as a start does
         if path:
             write_file(_attached(ctx, h), path + "\n")
-        try:
-            answer = ctx.pm.hook.mln_migrate_in(host=h, disk=disk, address=address, ctx=ctx)
-        except BaseException:
+    try:        # without the lock: another guest of the project may be started here at the same time
+        answer = ctx.pm.hook.mln_migrate_in(host=h, disk=disk, address=address, ctx=ctx)
+    except BaseException:
+        with _lock(engine, name):
             engine._detach_disk(h)
-            raise
+        raise
     if answer is None:
         raise MlnError(f"no installed backend takes a running '{h.hypervisor}' guest", f"host {host}")
     return answer
@@ -470,16 +471,19 @@ class Mover:
             if sent.get("resumable"):             # paused from the migration's end until let run there
                 pause += int(sent.get("tail_ms", 0)) + int((time.monotonic() - ended) * 1000)
             out[h] = (pause, None if h in self.switched else time.monotonic())
-            if h in self.switched:
+            if h in self.switched and src == self.me:
                 self._left(src, h)
+            elif h in self.switched:            # (meanwhile the next move begins)
+                leaving.append(ends.submit(self._left, src, h))
             e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
             self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "
                                 f"from {src} in {time.monotonic() - start:.1f} s" +
                                 (" (it runs here)" if h in self.switched else ""))
         mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine
-        for h in mine:
-            one(h)
-        with ThreadPoolExecutor(max_workers=self.at_once) as pool:
+        leaving: list = []
+        with ThreadPoolExecutor(max_workers=self.at_once) as pool, ThreadPoolExecutor(self.at_once) as ends:
+            for h in mine:
+                one(h)
             futures = [pool.submit(one, h) for h in sorted(set(self.live) - set(mine))]
             try:            # the first move that fails: those not begun yet do not begin
                 wait(futures, return_when=FIRST_EXCEPTION)
@@ -489,7 +493,8 @@ class Mover:
             finally:
                 for f in futures:
                     f.cancel()
-        self.span = (self.span[0], time.monotonic())
+                self.span = (self.span[0], time.monotonic())
+            wait(leaving)
         return out
 
     def _left(self, src: str, h: str) -> None:

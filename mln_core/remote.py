@@ -56,6 +56,7 @@ class Fleet:
         self.sums: dict[str, str] = {}
         self.inboxes: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.making = reuse.making if reuse else threading.Lock()
         self._log, self._before = (reuse._log if reuse else self.ctx.log), self.ctx.log
         self.ctx.log = lambda message: self.say(self.me, message)   # this server's lines, prefixed
 
@@ -65,9 +66,10 @@ class Fleet:
 
     def prepare(self, counts: dict[str, int], wait: bool = False) -> None:
         """Let each server's transport make ready for ``counts[server]`` requests at once
-        (a transport's optional ``prepare(n, wait)``: the ssh one starts its ``mln serve``
-        there; ``wait``: until they are ready)."""
-        for name, n in counts.items():
+        (a transport's optional ``prepare(n, wait)``: the ssh one connects and starts its
+        ``mln serve`` there), all servers at once and in the background (``wait``: until
+        they are ready)."""
+        def one(name: str, n: int) -> None:
             try:
                 prepare = getattr(self.transport(name), "prepare", None)
                 if prepare is not None:
@@ -77,6 +79,11 @@ class Fleet:
                         prepare(n)
             except Exception:       # (only time is at stake: the request itself says what is wrong)
                 pass
+        each = [threading.Thread(target=one, args=(name, n), daemon=True) for name, n in counts.items() if n > 0]
+        for t in each:              # (the connections too are made at once, in the background)
+            t.start()
+        for t in each if wait else ():
+            t.join()
 
     def note(self, message: str) -> None:
         """A line of the whole command (of no one server)."""
@@ -98,13 +105,14 @@ class Fleet:
         self.close()
 
     def transport(self, name: str):
-        if name not in self.transports:
-            server = self.servers[name]
-            t = self.ctx.pm.hook.mln_remote_transport(server=server, ctx=self.ctx)
-            if t is None:
-                raise MlnError(f"server {name}: no installed plugin speaks its transport '{server.transport}'")
-            self.transports[name] = t
-        return self.transports[name]
+        with self.making:               # (one per server: prepare() asks from other threads)
+            if name not in self.transports:
+                server = self.servers[name]
+                t = self.ctx.pm.hook.mln_remote_transport(server=server, ctx=self.ctx)
+                if t is None:
+                    raise MlnError(f"server {name}: no installed plugin speaks its transport '{server.transport}'")
+                self.transports[name] = t
+            return self.transports[name]
 
     def request(self, name: str, req: dict) -> dict:
         if self.ctx.options.get("strict"):          # --strict holds on every server

@@ -26,7 +26,7 @@ import os
 import tempfile
 
 from .errors import MlnError
-from .move import MOVES, Mover, bring_back
+from .move import MOVES, Mover, at_once, bring_back
 from .private import write_file
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
@@ -97,6 +97,8 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     leaving = [s for s in old_lay.servers if s not in lay.servers and s != me] + followed
     text = write_tree(loaded.doc.root)
     with Fleet(engine, others + followed, reuse=fleet) as fleet:
+        if not simulate:            # the servers hosts may move between: ready for the moves at once
+            fleet.prepare(_moving(old_lay.hosts, lay.hosts, me, at_once(ctx.config)))
         addresses = fleet.addresses()
         fleet.send_templates(new, lay)           # also: does every server answer?
         resolve_held(engine, fleet, name)
@@ -172,6 +174,13 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
             upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project,
                     fleet=fleet)
     return plan
+
+
+def _moving(was: dict[str, str], now: dict[str, str], me: str, limit: int) -> dict[str, int]:
+    """{server: how many moves at once it may take part in}: the other servers hosts leave
+    or reach (as far as the files say; those that do not run move cold, one request each)."""
+    ends = [s for h, dst in now.items() if was.get(h) not in (None, dst) for s in (was[h], dst) if s != me]
+    return {s: min(limit, ends.count(s)) for s in set(ends)}
 
 
 def _stuck(name: str, stuck: list[str], failed: dict) -> str:

@@ -90,9 +90,13 @@ class SshTransport:
         self.generation = 0                     # how many times the connection was closed
         self.ready = threading.Condition()      # guards the four above
         self.connecting = threading.Lock()
+        self.tries, self.failure = 0, None      # connections tried, and why the last failed
 
     def _connection(self):
+        tries = self.tries
         with self.connecting:
+            if self.conn is None and self.tries != tries:   # one made while this waited failed: its
+                raise self.failure                             # answer (not a second timeout)
             return self.conn if self.conn is not None else self._connect()
 
     def _connect(self):
@@ -109,20 +113,23 @@ class SshTransport:
         if os.path.isfile(self.known_hosts):
             conn.client.load_host_keys(self.known_hosts)
         where = f"{s.address}{':' + str(s.port) if s.port else ''}"
+        self.tries += 1
         try:
             conn.open()
         except paramiko.BadHostKeyException:
-            raise MlnError(f"the SSH host key of {where} has CHANGED (it is not the one in {self.known_hosts}); "
-                           "refusing to connect: if the server was reinstalled, replace its line there") from None
+            self.failure = MlnError(f"the SSH host key of {where} has CHANGED (it is not the one in "
+                                    f"{self.known_hosts}); refusing to connect: if the server was reinstalled, "
+                                    "replace its line there")
         except paramiko.SSHException as e:
-            if "not found in known_hosts" in str(e):
-                raise MlnError(f"the SSH host key of {where} is unknown (not in {self.known_hosts}); add it "
-                               f"(ssh-keyscan {s.address} >> {self.known_hosts}, after checking it)") from None
-            raise MlnError(f"ssh to {where}: {e}") from None
+            self.failure = MlnError(f"the SSH host key of {where} is unknown (not in {self.known_hosts}); add it "
+                                    f"(ssh-keyscan {s.address} >> {self.known_hosts}, after checking it)"
+                                    if "not found in known_hosts" in str(e) else f"ssh to {where}: {e}")
         except OSError as e:
-            raise MlnError(f"cannot reach {where} over ssh: {e.strerror or e}") from None
-        self.conn = conn
-        return conn
+            self.failure = MlnError(f"cannot reach {where} over ssh: {e.strerror or e}")
+        else:
+            self.conn = conn
+            return conn
+        raise self.failure
 
     def request(self, request: dict, log) -> dict:
         """Ask one ``mln serve --many`` there (an idle one of this command, else a new one:
@@ -282,6 +289,7 @@ class SshTransport:
                 session.end(wait=False)
             except Exception:               # (a broken connection ends them anyway)
                 pass
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        with self.connecting:           # (one being made in the background: closed once made)
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None

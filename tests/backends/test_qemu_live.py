@@ -560,3 +560,63 @@ def test_a_qmp_connection_qemu_drops_is_tried_again(tmp_path):
         server.close()
         qemu.kill()
         qemu.wait()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_port_taken_before_qemu_listens_on_it_is_chosen_again(tmp_path, shared):
+    """The target's ports for the disk (NBD) and the migration are chosen free, and another
+    process may take one before QEMU listens on it (two guests of a project are started
+    at the same time): QEMU's bind then fails, and other ports are chosen. A real QEMU
+    waiting for a guest; the port chooser hands out ports this test listens on."""
+    import subprocess
+    from mln_backends import qemu_migrate
+    machine = Machine(env={})
+    disk, sock = tmp_path / "disk.qcow2", str(tmp_path / "qmp.sock")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "64", "-nodefaults", "-display", "none",
+                             "-qmp", f"unix:{sock},server=on,wait=off", "-incoming", "defer",
+                             "-drive", f"file={disk},format=qcow2,if=none,id=drive0",
+                             "-device", "virtio-blk-pci,drive=drive0"])
+    taken = [socket.socket(), socket.socket()]
+    for t in taken:
+        t.bind(("127.0.0.1", 0))
+        t.listen(1)
+    ports = [t.getsockname()[1] for t in taken]
+    chosen, all_taken = [], False
+
+    def free_port_handing_out_taken_ones_fake(address):
+        # the first try: the port that is taken is the migration's (shared storage: no NBD),
+        # else the disk's; once ``all_taken``, every port
+        if all_taken or len(chosen) == (1 if shared else 0):
+            chosen.append(ports[len(chosen) % 2])
+        else:
+            chosen.append(Machine.free_port(address))
+        return chosen[-1]
+    machine.free_port = free_port_handing_out_taken_ones_fake
+    try:
+        end = time.monotonic() + 20
+        while not os.path.exists(sock):
+            assert time.monotonic() < end and qemu.poll() is None, "QEMU did not start"
+            time.sleep(0.05)
+        # every port it is given is taken: a clear error, after a few tries (and it waits for nothing)
+        all_taken = True
+        with pytest.raises(MlnError, match="waiting for the guest: .*Address already in use"):
+            qemu_migrate.incoming(machine, sock, "127.0.0.1", shared=shared)
+        assert len(chosen) == 2 * qemu_migrate.PORT_TRIES
+        assert "socket-address" not in qemu_qmp.qmp(machine, sock, "query-migrate")
+        chosen.clear()
+        all_taken = False
+        where = qemu_migrate.incoming(machine, sock, "127.0.0.1", shared=shared)
+        assert len(chosen) == 4 and len(set(chosen) & set(ports)) == 1      # two ports, then two others
+        listens = qemu_qmp.qmp(machine, sock, "query-migrate")["socket-address"]
+        assert [a["port"] for a in listens] == [where["migration"].rsplit(":", 1)[1]]
+        assert int(listens[0]["port"]) == chosen[3]
+        if not shared:              # and the disk is exported there (an NBD server answers)
+            assert where["disk"] == f"nbd://127.0.0.1:{chosen[2]}/drive0"
+            with socket.create_connection(("127.0.0.1", chosen[2]), timeout=5) as c:
+                assert c.recv(8) == b"NBDMAGIC"
+    finally:
+        for t in taken:
+            t.close()
+        qemu.kill()
+        qemu.wait()
