@@ -53,8 +53,8 @@ class Fleet:
         self.me = here(self.ctx.config)
         self.transports: dict = reuse.transports if reuse else {}
         self.owner = reuse is None
-        self.sums: dict[str, str] = {}
-        self.inboxes: dict[str, str] = {}
+        self.sums: dict[str, str] = reuse.sums if reuse else {}
+        self.inboxes: dict[str, str] = reuse.inboxes if reuse else {}      # (send_templates asks)
         self.lock = threading.Lock()
         self.making = reuse.making if reuse else threading.Lock()
         self._log, self._before = (reuse._log if reuse else self.ctx.log), self.ctx.log

@@ -96,11 +96,13 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 if s not in others and s != me]                  # are left there: removed
     leaving = [s for s in old_lay.servers if s not in lay.servers and s != me] + followed
     text = write_tree(loaded.doc.root)
+    first = fleet is None                   # (else the second round of the same file: templates sent)
     with Fleet(engine, others + followed, reuse=fleet) as fleet:
         if not simulate:            # the servers hosts may move between: ready for the moves at once
             fleet.prepare(_moving(old_lay.hosts, lay.hosts, me, at_once(ctx.config)))
         addresses = fleet.addresses()
-        fleet.send_templates(new, lay)           # also: does every server answer?
+        if first:
+            fleet.send_templates(new, lay)       # also: does every server answer?
         resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
         if not simulate:
@@ -163,8 +165,8 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 raise MlnError(f"project '{name}' was not upgraded on every server; {state}:\n  " +
                                "\n  ".join(str(r) for r in failed.values()))
             mover.report(sent)
-        fleet.each({s: {"verb": "stop", "project": name, "hard": True, "wait": 10} for s in leaving})  # (its
-        for s, r in fleet.each({s: {"verb": "remove", "project": name} for s in leaving}).items():  # switches)
+        for s, r in fleet.each({s: {"verb": "remove", "project": name, "stopped": {"hard": True, "wait": 10}}
+                                for s in leaving}).items():     # (its switches stopped first)
             if isinstance(r, MlnError):
                 fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
         fleet.note(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")

@@ -31,7 +31,7 @@ Requests (``verb`` and its fields)::
              new one: what is left of it ends, mln_core.move.left)
              (hold: carried out up to phase ready, then the manager's word:)
     settle   project, keep                      -> {"settled"}  (keep: finish it; else undo it)
-    remove   project                            -> {}
+    remove   project, stopped                   -> {} (stopped: {hard, wait}: stopped first, as by stop)
     capacity                                    -> {"projects", "vms", "memory_free", ...} (mln_core.capacity)
 
 Any request may carry ``strict: true`` (the manager's ``--strict``: warnings are errors here too).
@@ -152,6 +152,12 @@ def handle(request: dict, engine) -> dict:
             out["disks"] = shared_disks(engine, name)
         return out
     elif verb == "remove":
+        stop = request.get("stopped")
+        if stop is not None and engine.store.exists(name):
+            try:                        # (still running: the remove says so)
+                engine.stop(name, hard=bool(stop.get("hard")), wait_s=float(stop.get("wait", math.inf)))
+            except MlnError as e:
+                ctx.log(f"warning: {e}")
         if engine.store.exists(name):
             engine.remove(name)
     return {}
