@@ -404,8 +404,9 @@ def mln_migrate_in(host, disk, address, ctx):
     underlay between the servers. Return a dict (JSON) that ``mln_migrate_out`` on the
     other server needs to send the guest (where to connect), or None if not your host.
     Called without the project's lock: other hosts of the project may be started here
-    for their guests at the same time (choose what only this host uses, and a port
-    another process may take before yours listens on it is tried again).
+    for their guests at the same time. Use only what is this host's own, and expect a
+    port chosen free to be taken by another process before yours listens on it (then
+    choose another).
     """
 
 

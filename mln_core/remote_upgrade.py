@@ -26,7 +26,8 @@ import os
 import tempfile
 
 from .errors import MlnError
-from .move import MOVES, Mover, at_once, bring_back
+from .move import MOVES, at_once
+from .mover import Mover, bring_back
 from .private import write_file
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
@@ -98,11 +99,11 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     text = write_tree(loaded.doc.root)
     first = fleet is None                   # (else the second round of the same file: templates sent)
     with Fleet(engine, others + followed, reuse=fleet) as fleet:
-        if not simulate:            # the servers hosts may move between: ready for the moves at once
-            fleet.prepare(_moving(old_lay.hosts, lay.hosts, me, at_once(ctx.config)))
         addresses = fleet.addresses()
         if first:
             fleet.send_templates(new, lay)       # also: does every server answer?
+        if not simulate:            # the servers hosts may move between: ready for the moves at once
+            fleet.prepare(_moving(old_lay.hosts, lay.hosts, me, at_once(ctx.config)))
         resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
         if not simulate:

@@ -147,7 +147,7 @@ def handle(request: dict, engine) -> dict:
                     pause=float(request.get("pause") or 0))
     elif verb == "status":
         out = {"rows": engine.status(name) if engine.store.exists(name) else []}
-        if request.get("disks"):                # a move's status round (mln_core.move.Mover)
+        if request.get("disks"):                # a move's status round (mln_core.mover.Mover)
             from .move import shared_disks
             out["disks"] = shared_disks(engine, name)
         return out
