@@ -138,12 +138,12 @@ class Mover:
     def migrate(self, addresses: dict[str, str]) -> dict[str, tuple[int, float | None]]:
         """Send the live hosts, two at a time (:func:`at_once`), once every server's part is
         ready: each waits on its new server and is sent by its old one (disk, then memory). On shared
-        storage it runs there as soon as it arrived (:attr:`switched`; seen by ``arrived``
-        while the next move begins); a guest whose disk and memory are complete there
-        (``resumable``) is let run there at once; else it waits paused until the manager settles
-        the upgrade. Once it runs there, what is left of it on the old server ends (``left``,
-        in the background). {host: (its pause in
-        ms so far, the time its send ended, None if it runs already)}; an error puts the upgrade back
+        storage it runs there as soon as it arrived (:attr:`switched`, seen by ``arrived``);
+        a guest whose disk and memory are complete there (``resumable``) is let run there
+        at once; else it waits paused until the manager settles the upgrade. Once it runs
+        there, what is left of it on the old server ends (``left``, while the next move
+        begins). {host: (its pause in ms so far, the time its send ended, None if it runs
+        already)}; an error puts the upgrade back
         everywhere (:meth:`bring_back`, then the settle: the guests run on where they were).
         Which hosts move is written down first (``spread.moves``), for a rerun after a kill."""
         from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -156,7 +156,6 @@ class Mover:
         self.span = (time.monotonic(), time.monotonic())
 
         def one(h):
-            _raise_first(after)             # a guest that did not arrive: no more moves begin
             src, dst = self.moved[h]
             start = time.monotonic()
             self.fleet.say(dst, f"+---> {h}: moving here from {src} while it runs")
@@ -167,38 +166,24 @@ class Mover:
                             lambda: migrate_out(e, name, h, incoming))
             ended = time.monotonic()
             e.ctx.on().step(f"move {h}: received")    # there, not yet let run (unless on shared storage)
-            out[h] = (int(sent.get("downtime_ms", 0)), ended)
-            if sent.get("switched"):        # it runs there (QEMU let it run as it arrived): seen
-                self.switched.append(h)     # running there, then its old QEMU ends, while the next move begins
-                if self.me in (src, dst):
-                    end(h, start)
-                else:
-                    after.append(ends.submit(end, h, start))
-            elif sent.get("resumable"):     # complete there: let run at once, then (the same) its old QEMU ends
+            # complete there: seen running (switched: shared storage) or let run (resumable)
+            if sent.get("switched") or sent.get("resumable"):
                 self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
-                self.switched.append(h)     # paused from the migration's end until let run there
-                out[h] = (out[h][0] + int(sent.get("tail_ms", 0)) + int((time.monotonic() - ended) * 1000), None)
-                if src == self.me:
-                    self._left(src, h)
-                else:
-                    after.append(ends.submit(self._left, src, h))
+                self.switched.append(h)
+            pause = int(sent.get("downtime_ms", 0))
+            if sent.get("resumable"):             # paused from the migration's end until let run there
+                pause += int(sent.get("tail_ms", 0)) + int((time.monotonic() - ended) * 1000)
+            out[h] = (pause, None if h in self.switched else ended)
+            if h in self.switched and src == self.me:
+                self._left(src, h)
+            elif h in self.switched:            # (meanwhile the next move begins)
+                after.append(ends.submit(self._left, src, h))
             e.ctx.on().step(f"move {h}: sent")        # paused on both servers until the word, or runs there
-            if not sent.get("switched"):
-                self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "
-                                    f"from {src} in {time.monotonic() - start:.1f} s" +
-                                    " (it runs here)" * (h in self.switched))
-
-        def end(h, start):                  # (shared storage: seen running there, then the old QEMU ends)
-            src, dst = self.moved[h]
-            self._on(dst, {"verb": "arrived", "project": name, "host": h}, lambda: arrived(e, name, h))
-            out[h] = (out[h][0], None)
-            seen.append(time.monotonic())
-            self.fleet.say(dst, f"+---> {h}: its memory arrived from {src} in {time.monotonic() - start:.1f} s "
-                                "(it runs here)")
-            self._left(src, h)
+            self.fleet.say(dst, f"+---> {h}: its {'memory' if h in self.shared else 'disk and memory'} arrived "
+                                f"from {src} in {time.monotonic() - start:.1f} s" +
+                                (" (it runs here)" if h in self.switched else ""))
         mine = sorted(h for h in self.live if self.me in self.moved[h])     # this server's: one engine
-        after: list = []                    # the ends of moves, in the background
-        seen: list[float] = []              # when each guest sent on shared storage was seen running
+        after: list = []                    # what is left on the old servers ending, in the background
         with ThreadPoolExecutor(max_workers=self.at_once) as pool, ThreadPoolExecutor(self.at_once) as ends:
             for h in mine:
                 one(h)
@@ -212,7 +197,7 @@ class Mover:
                     f.cancel()
             wait(after)
             _raise_first(after)
-        self.span = (self.span[0], max([moved] + seen))
+        self.span = (self.span[0], moved)
         return out
 
     def _left(self, src: str, h: str) -> None:
