@@ -203,8 +203,11 @@ def migrate_in(engine, name: str, host: str, address: str, back: bool = False) -
     try:        # without the lock: another guest of the project may be started here at the same time
         answer = ctx.pm.hook.mln_migrate_in(host=h, disk=disk, address=address, ctx=ctx)
     except BaseException:
-        with _lock(engine, name):
-            engine._detach_disk(h)
+        try:
+            with _lock(engine, name):
+                engine._detach_disk(h)
+        except Exception as e:      # (the error that counts is the start's)
+            ctx.log(f"warning: {host}: its disk stays attached here: {e}")
         raise
     if answer is None:
         raise MlnError(f"no installed backend takes a running '{h.hypervisor}' guest", f"host {host}")

@@ -16,8 +16,8 @@ from .private import write_file
 
 
 class Mover:
-    """The manager's side of the cold moves of one upgrade: ``moved`` is ``{host: (the
-    server it leaves, the server it goes to)}``."""
+    """The manager's side of the moves of one upgrade, cold and live: ``moved`` is
+    ``{host: (the server it leaves, the server it goes to)}``."""
 
     def __init__(self, engine, fleet, name: str, was: dict[str, str], now: dict[str, str], project=None,
                  only_moving=frozenset()):

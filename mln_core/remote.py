@@ -57,6 +57,7 @@ class Fleet:
         self.inboxes: dict[str, str] = reuse.inboxes if reuse else {}      # (send_templates asks)
         self.lock = threading.Lock()
         self.making = reuse.making if reuse else threading.Lock()
+        self.closed = False
         self._log, self._before = (reuse._log if reuse else self.ctx.log), self.ctx.log
         self.ctx.log = lambda message: self.say(self.me, message)   # this server's lines, prefixed
 
@@ -70,6 +71,8 @@ class Fleet:
         ``mln serve`` there), all servers at once and in the background (``wait``: until
         they are ready)."""
         def one(name: str, n: int) -> None:
+            if self.closed:         # (the command ended before this thread began)
+                return
             try:
                 prepare = getattr(self.transport(name), "prepare", None)
                 if prepare is not None:
@@ -91,6 +94,7 @@ class Fleet:
             self._log(message)
 
     def close(self) -> None:
+        self.closed = True
         for t in self.transports.values() if self.owner else ():
             try:
                 t.close()

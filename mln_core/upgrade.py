@@ -374,7 +374,7 @@ def undo(engine, name: str, journal: Journal) -> None:
             up = [h for h in started if said[h.name].startswith("up")]
             runs = [h.name for h in up if h.name in data.get("live_moves", []) and
                     said[h.name] not in [f"up: {w}" for w in NOT_RUNNING]]
-            if runs:                             # arrived live and runs: its only guest (move.bring_back)
+            if runs:                             # arrived live and runs: its only guest (mover.bring_back)
                 raise MlnError(f"host {', '.join(runs)}: its guest arrived here live and runs here; it is not "
                                "ended to put the upgrade back (run the upgrade again: it takes the guest back)")
             if up:

@@ -90,13 +90,13 @@ class SshTransport:
         self.generation = 0                     # how many times the connection was closed
         self.ready = threading.Condition()      # guards the four above
         self.connecting = threading.Lock()
-        self.tries, self.failure = 0, None      # connections tried, and why the last failed
+        self.tries, self.failure = 0, None      # connections tried (ended), and why the last failed
 
     def _connection(self):
         tries = self.tries
-        with self.connecting:
-            if self.conn is None and self.tries != tries:   # one made while this waited failed: its
-                raise self.failure                             # answer (not a second timeout)
+        with self.connecting:   # one that failed while this waited for it: its answer (no second timeout)
+            if self.conn is None and self.tries != tries and self.failure is not None:
+                raise self.failure
             return self.conn if self.conn is not None else self._connect()
 
     def _connect(self):
@@ -113,7 +113,6 @@ class SshTransport:
         if os.path.isfile(self.known_hosts):
             conn.client.load_host_keys(self.known_hosts)
         where = f"{s.address}{':' + str(s.port) if s.port else ''}"
-        self.tries += 1
         try:
             conn.open()
         except paramiko.BadHostKeyException:
@@ -127,8 +126,9 @@ class SshTransport:
         except OSError as e:
             self.failure = MlnError(f"cannot reach {where} over ssh: {e.strerror or e}")
         else:
-            self.conn = conn
+            self.conn, self.failure, self.tries = conn, None, self.tries + 1
             return conn
+        self.tries += 1
         raise self.failure
 
     def request(self, request: dict, log) -> dict:
@@ -147,7 +147,8 @@ class SshTransport:
             raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
             self._drop(session)
-            if not conn.client.get_transport() or not conn.client.get_transport().is_active():
+            link = conn.client.get_transport()
+            if self.conn is conn and not (link and link.is_active()):   # (not one made anew meanwhile)
                 self.close()
             raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
         if answer:

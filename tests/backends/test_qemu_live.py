@@ -562,8 +562,9 @@ def test_a_qmp_connection_qemu_drops_is_tried_again(tmp_path):
         qemu.wait()
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_a_port_taken_before_qemu_listens_on_it_is_chosen_again(tmp_path, shared):
+@pytest.mark.parametrize("shared, which", [(False, 0), (False, 1), (True, 1)],
+                         ids=["the disk's port", "the migration's port (the disk exported already)", "shared"])
+def test_a_port_taken_before_qemu_listens_on_it_is_chosen_again(tmp_path, shared, which):
     """The target's ports for the disk (NBD) and the migration are chosen free, and another
     process may take one before QEMU listens on it (two guests of a project are started
     at the same time): QEMU's bind then fails, and other ports are chosen. A real QEMU
@@ -585,9 +586,9 @@ def test_a_port_taken_before_qemu_listens_on_it_is_chosen_again(tmp_path, shared
     chosen, all_taken = [], False
 
     def free_port_handing_out_taken_ones_fake(address):
-        # the first try: the port that is taken is the migration's (shared storage: no NBD),
-        # else the disk's; once ``all_taken``, every port
-        if all_taken or len(chosen) == (1 if shared else 0):
+        # the first try: the port that is taken is the disk's (0) or the migration's (1);
+        # once ``all_taken``, every port
+        if all_taken or len(chosen) == which:
             chosen.append(ports[len(chosen) % 2])
         else:
             chosen.append(Machine.free_port(address))
@@ -615,6 +616,9 @@ def test_a_port_taken_before_qemu_listens_on_it_is_chosen_again(tmp_path, shared
             assert where["disk"] == f"nbd://127.0.0.1:{chosen[2]}/drive0"
             with socket.create_connection(("127.0.0.1", chosen[2]), timeout=5) as c:
                 assert c.recv(8) == b"NBDMAGIC"
+            if which == 1:          # the export of the first try ended
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", chosen[0]), timeout=5)
     finally:
         for t in taken:
             t.close()
