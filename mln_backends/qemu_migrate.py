@@ -77,15 +77,13 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
         address = str(ipaddress.IPv4Address(address))
     except ValueError:
         raise MlnError(f"not an IPv4 address to wait for the guest on: {address!r}") from None
-    again: list[bool] = []
-
     async def work(c):
         node = next((b["inserted"]["node-name"] for b in await c.execute("query-block")
                      if b.get("device") == "drive0" and b.get("inserted")), None)
         if node is None:
             raise qemu_qmp.QmpFailure("the guest's root disk (drive0) is not in QEMU")
         ram = (await c.execute("query-memory-size-summary"))["base-memory"]     # (send compares)
-        if again:
+        if tries < PORT_TRIES:
             await _no_export(c)     # (of the try whose port was taken meanwhile)
         if shared:                  # the disk is taken over only once the guest runs here
             await c.execute("migrate-set-capabilities", {"capabilities": [
@@ -108,7 +106,6 @@ def incoming(m, qmp_sock: str, address: str, shared: bool = False) -> dict:
         except Exception as e:
             if tries == 1 or "Address already in use" not in qemu_qmp.describe(e):
                 raise MlnError(f"waiting for the guest: {qemu_qmp.describe(e)}") from None
-            again.append(True)
     where = {"migration": f"tcp:{address}:{mig}", "ram": ram}
     return where if shared else dict(where, disk=f"nbd://{address}:{nbd}/drive0")
 

@@ -152,7 +152,7 @@ class Mover:
             {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
             sync=True)
         self.switching = True
-        self.ready(wait=True)
+        self.ready()
         self.span = (time.monotonic(), time.monotonic())
 
         def one(h):
@@ -195,8 +195,7 @@ class Mover:
             finally:
                 for f in futures:
                     f.cancel()
-            wait(after)
-            _raise_first(after)
+        _raise_first(after)             # (all ended with the pool)
         self.span = (self.span[0], moved)
         return out
 
@@ -208,12 +207,11 @@ class Mover:
         except MlnError as e:
             self.fleet.say(src, f"warning: {h}: what is left of it here ends with the upgrade: {e}")
 
-    def ready(self, wait: bool = False) -> None:
+    def ready(self) -> None:
         """Have the servers of the live moves ready for as many requests at once as moves
-        go on (their ``mln serve`` started in the background, while the plans are made;
-        ``wait``: until they are, before the first move begins)."""
-        ends = [s for h in self.live for s in self.moved[h] if s != self.me]
-        self.fleet.prepare({s: min(self.at_once, ends.count(s)) for s in ends}, wait=wait)
+        go on (those :func:`sessions` started while the plans were made), before the first
+        move begins."""
+        self.fleet.prepare(sessions((self.moved[h] for h in self.live), self.me, self.at_once), wait=True)
 
     def bring_back(self, addresses: dict[str, str]) -> list[str]:
         """Before the upgrade is put back: each guest that already runs on its new server
@@ -261,6 +259,13 @@ class Mover:
             except MlnError as e:
                 self.fleet.say(src, f"warning: starting {h} again: {e}")
         self.stopped = []
+
+
+def sessions(moves, me: str, limit: int) -> dict[str, int]:
+    """{server: how many requests of ``moves`` ((from, to) pairs) it gets at once}: the
+    servers other than ``me``, ``limit`` at most (:func:`mln_core.move.at_once`)."""
+    ends = [s for pair in moves for s in pair if s != me]
+    return {s: min(limit, ends.count(s)) for s in set(ends)}
 
 
 def _raise_first(futures) -> None:

@@ -27,7 +27,7 @@ import tempfile
 
 from .errors import MlnError
 from .move import MOVES, at_once
-from .mover import Mover, bring_back
+from .mover import Mover, bring_back, sessions
 from .private import write_file
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
@@ -103,11 +103,10 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         if first:
             fleet.send_templates(new, lay)       # also: does every server answer?
         if not simulate:            # the servers hosts may move between: ready for the moves at once
-            fleet.prepare(_moving(old_lay.hosts, lay.hosts, me, at_once(ctx.config)))
+            fleet.prepare(sessions([(old_lay.hosts[h], s) for h, s in lay.hosts.items()
+                                    if old_lay.hosts.get(h) not in (None, s)], me, at_once(ctx.config)))
         resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
-        if not simulate:
-            mover.ready()
         manager = engine.store.identity()
         during = _during(new, lay, old_lay, mover.live)
         parts = {s: dict(during.placement(name, s, addresses), manager=manager) for s in [*others, me]}
@@ -177,13 +176,6 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
             upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project,
                     fleet=fleet)
     return plan
-
-
-def _moving(was: dict[str, str], now: dict[str, str], me: str, limit: int) -> dict[str, int]:
-    """{server: how many moves at once it may take part in}: the other servers hosts leave
-    or reach (as far as the files say; those that do not run move cold, one request each)."""
-    ends = [s for h, dst in now.items() if was.get(h) not in (None, dst) for s in (was[h], dst) if s != me]
-    return {s: min(limit, ends.count(s)) for s in set(ends)}
 
 
 def _stuck(name: str, stuck: list[str], failed: dict) -> str:

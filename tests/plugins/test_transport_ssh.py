@@ -23,13 +23,13 @@ def test_threads_waiting_for_a_connection_that_fails_get_its_error_not_a_second_
     silent.listen(8)
     accepted = []
 
-    def accept_and_say_nothing():
+    def hung_sshd_fake():
         while True:
             try:
                 accepted.append(silent.accept()[0])
             except OSError:
                 return
-    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    threading.Thread(target=hung_sshd_fake, daemon=True).start()
     server = Server("sh9", "ssh", "127.0.0.1", port=silent.getsockname()[1])
     t = transport_ssh.SshTransport(server, {"ssh_known_hosts": str(tmp_path / "known_hosts")})
     errors: list = []
