@@ -152,7 +152,6 @@ class Mover:
             {"hosts": {h: list(m) for h, m in self._may_switch().items()}, "addresses": addresses}) + "\n",
             sync=True)
         self.switching = True
-        self.ready()
         self.span = (time.monotonic(), time.monotonic())
 
         def one(h):
@@ -207,12 +206,6 @@ class Mover:
         except MlnError as e:
             self.fleet.say(src, f"warning: {h}: what is left of it here ends with the upgrade: {e}")
 
-    def ready(self) -> None:
-        """Have the servers of the live moves ready for as many requests at once as moves
-        go on (those :func:`sessions` started while the plans were made), before the first
-        move begins."""
-        self.fleet.prepare(sessions((self.moved[h] for h in self.live), self.me, self.at_once), wait=True)
-
     def bring_back(self, addresses: dict[str, str]) -> list[str]:
         """Before the upgrade is put back: each guest that already runs on its new server
         (:attr:`switched`, or one whose answer got lost: the new server's status says) is
@@ -259,13 +252,6 @@ class Mover:
             except MlnError as e:
                 self.fleet.say(src, f"warning: starting {h} again: {e}")
         self.stopped = []
-
-
-def sessions(moves, me: str, limit: int) -> dict[str, int]:
-    """{server: how many requests of ``moves`` ((from, to) pairs) it gets at once}: the
-    servers other than ``me``, ``limit`` at most (:func:`mln_core.move.at_once`)."""
-    ends = [s for pair in moves for s in pair if s != me]
-    return {s: min(limit, ends.count(s)) for s in set(ends)}
 
 
 def _raise_first(futures) -> None:

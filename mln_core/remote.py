@@ -21,7 +21,7 @@ import threading
 
 from .errors import MlnError
 from .servers import Layout, aliases_of, check_servers, configured, here, layout
-from .serve import sha256_of
+from .serve import sha256_of, template_sha256
 from .store import Store
 
 
@@ -65,28 +65,21 @@ class Fleet:
         with self.lock:
             self._log(f"[{server}] {message}")
 
-    def prepare(self, counts: dict[str, int], wait: bool = False) -> None:
-        """Let each server's transport make ready for ``counts[server]`` requests at once
-        (a transport's optional ``prepare(n, wait)``: the ssh one connects and starts its
-        ``mln serve`` there), all servers at once and in the background (``wait``: until
-        they are ready)."""
-        def one(name: str, n: int) -> None:
+    def prepare(self) -> None:
+        """Let every server's transport make ready for this command's requests while this
+        server works on its own (a transport's optional ``prepare()``: the ssh one connects
+        and starts ``mln serve`` there), all servers at once, in the background."""
+        def one(name: str) -> None:
             if self.closed:         # (the command ended before this thread began)
                 return
             try:
                 prepare = getattr(self.transport(name), "prepare", None)
                 if prepare is not None:
-                    try:
-                        prepare(n, wait=wait)
-                    except TypeError:       # a transport's prepare(n) that cannot wait
-                        prepare(n)
+                    prepare()
             except Exception:       # (only time is at stake: the request itself says what is wrong)
                 pass
-        each = [threading.Thread(target=one, args=(name, n), daemon=True) for name, n in counts.items() if n > 0]
-        for t in each:              # (the connections too are made at once, in the background)
-            t.start()
-        for t in each if wait else ():
-            t.join()
+        for name in self.servers:
+            threading.Thread(target=one, args=(name,), daemon=True).start()
 
     def note(self, message: str) -> None:
         """A line of the whole command (of no one server)."""
@@ -262,9 +255,10 @@ class Fleet:
         return info
 
     def _sum(self, path: str) -> str:
+        """A template file's SHA-256 (remembered beside it: :func:`template_sha256`)."""
         with self.lock:
             if path not in self.sums:
-                self.sums[path] = sha256_of(path)
+                self.sums[path] = template_sha256(path)
             return self.sums[path]
 
 
@@ -298,6 +292,7 @@ def build(engine, path: str, replace: bool, simulate: bool, confirm):
             raise MlnError(f"project '{name}' exists in {engine.store.root}; use -r to replace it")
         replace = True
     with Fleet(engine, others) as fleet:
+        fleet.prepare()
         addresses = fleet.addresses()
         fleet.send_templates(loaded.project, lay)      # also: does every server answer?
         text = write_tree(loaded.doc.root)

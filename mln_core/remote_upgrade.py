@@ -26,8 +26,8 @@ import os
 import tempfile
 
 from .errors import MlnError
-from .move import MOVES, at_once
-from .mover import Mover, bring_back, sessions
+from .move import MOVES
+from .mover import Mover, bring_back
 from .private import write_file
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
@@ -101,10 +101,8 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     with Fleet(engine, others + followed, reuse=fleet) as fleet:
         addresses = fleet.addresses()
         if first:
+            fleet.prepare()
             fleet.send_templates(new, lay)       # also: does every server answer?
-        if not simulate:            # the servers hosts may move between: ready for the moves at once
-            fleet.prepare(sessions([(old_lay.hosts[h], s) for h, s in lay.hosts.items()
-                                    if old_lay.hosts.get(h) not in (None, s)], me, at_once(ctx.config)))
         resolve_held(engine, fleet, name)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
         manager = engine.store.identity()

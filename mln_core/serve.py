@@ -3,10 +3,12 @@ server's own engine on its part of the project.
 
 Every transport carries the same requests (JSON objects) to :func:`handle`: ``ssh`` runs
 ``mln serve --many`` on the server, one for the whole command, and writes each request as a
-line on its standard input; the daemon runs ``mln serve`` for each request it admits, the
-request on its standard input. ``mln serve`` writes one JSON object per line: ``{"log":
-LINE}`` for each progress line, then ``{"ok": true, "result": ...}`` or ``{"ok": false,
-"error": MESSAGE}``.
+line on its standard input, with an ``id`` (requests sent at once are carried out at once,
+each in a process forked for it, and every line of an answer carries its request's ``id``);
+the daemon runs ``mln serve`` for each request it admits, the request on its standard input.
+``mln serve`` writes one JSON object per line: ``{"log": LINE}`` for each progress line,
+``{"alive": true}`` every few seconds while it works, then ``{"ok": true, "result": ...}``
+or ``{"ok": false, "error": MESSAGE}``.
 
 Requests (``verb`` and its fields)::
 
@@ -38,6 +40,7 @@ Any request may carry ``strict: true`` (the manager's ``--strict``: warnings are
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -62,6 +65,30 @@ def sha256_of(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def template_sha256(path: str) -> str:
+    """:func:`sha256_of` a template, remembered beside it (``.NAME.sha256``: the digest, and
+    the file's inode, size, modification and change times, taken before it was read; any of
+    them different: read again)."""
+    st = os.stat(path)
+    key = f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+    note = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.sha256")
+    try:
+        with open(note) as f:
+            seen, _, digest = f.read().strip().rpartition(" ")
+        if seen == key and len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    digest = sha256_of(path)
+    try:                            # (a directory this user cannot write: read each time)
+        from .private import write_file
+        write_file(f"{note}.{os.getpid()}", f"{key} {digest}\n", mode=0o644)
+        os.replace(f"{note}.{os.getpid()}", note)
+    except OSError:
+        pass
+    return digest
 
 
 def handle(request: dict, engine) -> dict:
@@ -92,7 +119,7 @@ def handle(request: dict, engine) -> dict:
             except MlnError:
                 missing.append(name)
                 continue
-            if sha256_of(have.path) != t["sha256"]:      # never replaced: other projects' disks use it
+            if template_sha256(have.path) != t["sha256"]:      # never replaced: other projects' disks use it
                 raise MlnError(f"template {name} here ({have.path}) is not the manager's (their SHA-256 "
                                "differ); register the same image on both, or give one another name")
         return {"missing": missing, "templates_dir": ctx.config.templates_dir}
@@ -277,24 +304,177 @@ def answer_of(line: str, log) -> dict | None:
 
 def serve_lines(make_engine, many: bool = False) -> int:
     """``mln serve``: one request from standard input, the answer as JSON lines; ``many``
-    (``--many``): one request per line, each carried out by a fresh engine
-    (``make_engine()``) and answered in turn, until standard input ends (a transport keeps
-    one such process per server and command: no start-up per request)."""
+    (``--many``): one request per line, until standard input ends, each carried out at once
+    by an idle worker process (forked from this one when all are busy: no start-up per
+    request) with a fresh engine (``make_engine()``); every line of its answer carries the
+    request's ``id`` (a transport keeps one such process per server and command and sends
+    its requests at once)."""
     if not many:
         return _serve(sys.stdin.read(), make_engine, sys.stdout)
     sys.stdout.flush()
-    requests = os.fdopen(os.dup(0), "r")    # (not inherited:) what this process runs, hook
-    answers = os.fdopen(os.dup(1), "w")     # scripts too, neither reads the next request nor
-    with open(os.devnull, "rb") as null:     # writes into the answers
-        os.dup2(null.fileno(), 0)
+    requests = os.dup(0)                    # (not inherited:) what a request runs, hook scripts
+    answers = os.dup(1)                     # too, neither reads the next request nor writes
+    null = os.open(os.devnull, os.O_RDONLY)  # into the answers
+    os.dup2(null, 0)
+    os.close(null)
     os.dup2(2, 1)
-    status = 0
-    for line in requests:
-        if line.strip():
-            status = _serve(line, make_engine, answers)
-            if status == 130:           # SIGINT: this server is stopping (said in the answer)
-                break
-    return status
+    make_engine()                           # (what every request needs, loaded once: each fork has it)
+    return _Workers(requests, answers).run(make_engine)
+
+
+class _Worker:
+    """A process forked by ``mln serve --many``: it carries out the requests it is given,
+    one after the other (and keeps what they imported)."""
+
+    def __init__(self, pid: int, to: int):
+        self.pid, self.to, self.buf = pid, to, bytearray()
+        self.busy, self.id = False, None        # carrying out a request; its id
+
+
+class _Workers:
+    """``mln serve --many``: reads requests and gives each to an idle worker, forking a new
+    one when all are busy; passes on the lines they print (whole lines only, so that
+    answers never mix). A worker ends once standard input has ended and it is idle."""
+
+    def __init__(self, requests: int, answers: int):
+        import selectors
+        self.requests, self.answers = requests, answers
+        self.sel = selectors.DefaultSelector()
+        self.workers: dict[int, _Worker] = {}       # the pipe it prints on -> the worker
+        self.status, self.reading = 0, True
+        self.learnt: list[str] = []         # the modules the workers imported for their requests
+
+    def run(self, make_engine) -> int:
+        import selectors
+        self.sel.register(self.requests, selectors.EVENT_READ)
+        pending = bytearray()
+        while self.reading or self.workers:
+            try:
+                ready = self.sel.select()
+            except KeyboardInterrupt:       # SIGINT: this server is stopping (each request says so)
+                self.status = 130
+                self._stop_reading()
+                continue
+            for key, _ in ready:
+                if key.fd in self.workers:
+                    self._relay(self.workers[key.fd], os.read(key.fd, 1 << 16))
+                    continue
+                data = os.read(key.fd, 1 << 16)
+                pending += data if data else b"\n"     # (at the end: the last line, if it has no \n)
+                while b"\n" in pending:
+                    line, _, rest = bytes(pending).partition(b"\n")
+                    pending = bytearray(rest)
+                    if line.strip() and self.status != 130:
+                        self._give(line + b"\n", make_engine)
+                if not data:
+                    self._stop_reading()
+        return self.status
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.sel.unregister(self.requests)
+            os.close(self.requests)
+            for w in self.workers.values():
+                if not w.busy:
+                    os.close(w.to)          # (it ends)
+                    w.to = -1
+
+    def _give(self, line: bytes, make_engine) -> None:
+        w = next((w for w in self.workers.values() if not w.busy and w.to >= 0), None) or self._fork(make_engine)
+        try:
+            _write_all(w.to, line)
+        except OSError:                     # (it ended meanwhile: another takes it)
+            os.close(w.to)
+            w.to = -1
+            self._give(line, make_engine)
+            return
+        w.busy = True
+        try:
+            w.id = json.loads(line).get("id")
+        except (ValueError, AttributeError):
+            w.id = None
+
+    def _fork(self, make_engine) -> _Worker:
+        import selectors
+        self._learn()
+        r, w = os.pipe()
+        rq, wq = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                for fd in (r, wq, self.requests, self.answers, *self.workers,
+                           *(x.to for x in self.workers.values())):
+                    if fd >= 0:
+                        os.close(fd)
+                with os.fdopen(rq, "r") as requests, os.fdopen(w, "w") as out:
+                    for line in requests:
+                        before = set(sys.modules)
+                        status = _serve(line, make_engine, out)
+                        out.write("\0" + " ".join(m for m in list(sys.modules) if m not in before) + "\n")
+                        out.flush()
+                        if status == 130:
+                            break
+            finally:
+                os._exit(status)
+        os.close(w)
+        os.close(rq)
+        worker = self.workers[r] = _Worker(pid, wq)
+        self.sel.register(r, selectors.EVENT_READ)
+        return worker
+
+    def _relay(self, w: _Worker, data: bytes) -> None:
+        w.buf += data
+        whole = w.buf.rfind(b"\n") + 1 if data else len(w.buf)
+        lines = bytes(w.buf[:whole]).splitlines(keepends=True)
+        del w.buf[:whole]
+        try:
+            _write_all(self.answers, b"".join(x for x in lines if not x.startswith(b"\0")))
+        except OSError:                 # the manager is gone: the request still finishes here
+            pass
+        for done in (x for x in lines if x.startswith(b"\0")):
+            self.learnt += done[1:].decode().split()
+            w.busy = False
+            if not self.reading:
+                os.close(w.to)
+                w.to = -1
+        if not data:                    # it ended
+            fd = next(fd for fd, x in self.workers.items() if x is w)
+            self.sel.unregister(fd)
+            os.close(fd)
+            if w.to >= 0:
+                os.close(w.to)
+            del self.workers[fd]
+            code = os.waitstatus_to_exitcode(os.waitpid(w.pid, 0)[1])
+            if w.busy:                  # (killed, out of memory): its request is answered all the same
+                how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                code = code if code > 0 else 1
+                with contextlib.suppress(OSError):
+                    _write_all(self.answers, json.dumps({"ok": False, "id": w.id, "error": (
+                        f"'mln serve' ended ({how}) before it answered; the request may be partly done: run "
+                        "it again")}).encode() + b"\n")
+            if self.status != 130:
+                self.status = code
+
+    def _learn(self) -> None:
+        """Import here what the workers imported for their requests (mln's modules and
+        Python's own): a worker forked from now on has them from the start."""
+        import importlib
+        ours = ("mln_core", "mln_backends", "mln_plugins", "qemu")
+        for name in sorted(set(self.learnt)):
+            if name.partition(".")[0] in ours or name.partition(".")[0] in sys.stdlib_module_names:
+                try:
+                    importlib.import_module(name)
+                except Exception:       # (one that imports only under its own conditions)
+                    pass
+        self.learnt = []
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    out = memoryview(data)
+    while out:
+        out = out[os.write(fd, out):]
 
 
 def _serve(text: str, make_engine, out) -> int:
@@ -302,10 +482,11 @@ def _serve(text: str, make_engine, out) -> int:
     log lines, then its answer, on ``out``; the exit status."""
 
     lock = threading.Lock()
+    tag: dict = {}
 
     def emit(obj: dict) -> None:
         with lock:
-            out.write(json.dumps(obj) + "\n")
+            out.write(json.dumps({**obj, **tag}) + "\n")
             out.flush()
 
     done = threading.Event()
@@ -313,14 +494,16 @@ def _serve(text: str, make_engine, out) -> int:
     def heartbeat():                 # the manager takes a silent server as gone
         while not done.wait(HEARTBEAT):
             emit({"alive": True})
-    threading.Thread(target=heartbeat, daemon=True).start()
     request = None
     try:
-        engine = make_engine()
-        engine.ctx.log = lambda message: emit({"log": message})
         request = json.loads(text)
         if not isinstance(request, dict):
             raise MlnError("a request is a JSON object")
+        if "id" in request:                 # (mln serve --many: its lines say which request they answer)
+            tag["id"] = request["id"]
+        threading.Thread(target=heartbeat, daemon=True).start()
+        engine = make_engine()
+        engine.ctx.log = lambda message: emit({"log": message})
         result = handle(request, engine)
         done.set()
         emit({"ok": True, "result": result})

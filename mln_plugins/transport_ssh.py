@@ -10,19 +10,17 @@ on the server line when it is elsewhere).
 """
 from __future__ import annotations
 
-import io
 import json
 import os
+import queue
 import shlex
 import threading
 
 from mln_core import hookimpl
 from mln_core.errors import MlnError
-from mln_core.serve import answer_of
 
 CONNECT_TIMEOUT = 10
 DEFAULT_TIMEOUT = 60        # seconds without a line from a server before it is taken as gone
-SESSIONS = 8                # mln serve there at once per command at most (sshd's MaxSessions: 10)
 
 
 @hookimpl
@@ -32,43 +30,94 @@ def mln_remote_transport(server, ctx):
     return SshTransport(server, ctx.config)
 
 
-class _Lines(io.TextIOBase):
-    """Fabric's output stream: complete lines go to ``each(line)``."""
+class _Serve:
+    """The ``mln serve --many`` there of one connection: requests are sent to it at once,
+    each with an ``id``, and a thread reads its lines and hands each to the request whose
+    ``id`` it carries (``None``: to every request waiting, once it ended)."""
 
-    def __init__(self, each):
-        self.each, self.buf = each, ""
+    def __init__(self, chan):
+        self.chan = chan
+        self.lock = threading.Lock()
+        self.waiting: dict[int, queue.SimpleQueue] = {}
+        self.count, self.err, self.ended = 0, [], None      # ended: why it did (an exception), or ""
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def write(self, text):
-        self.buf += text
-        while "\n" in self.buf:
-            line, self.buf = self.buf.split("\n", 1)
-            self.each(line)
-        return len(text)
+    def _read(self) -> None:
+        buf, why = "", ""
+        try:
+            while data := self.chan.recv(1 << 16):
+                buf += data.decode("utf-8", "replace")
+                *lines, buf = buf.split("\n")
+                for line in lines:
+                    self._line(line)
+                while self.chan.recv_stderr_ready():
+                    self.err.append(self.chan.recv_stderr(1 << 16).decode("utf-8", "replace"))
+        except Exception as e:      # the connection broke: paramiko's own errors and OSError
+            why = e
+        with self.lock:
+            self.ended = why
+            for q in self.waiting.values():
+                q.put(None)
 
+    def _line(self, line: str) -> None:
+        try:
+            obj = json.loads(line)
+        except ValueError:          # (not mln serve's: whatever printed it, every request shows it)
+            obj = {"log": line}
+        if not isinstance(obj, dict):
+            return
+        with self.lock:
+            if "id" in obj:
+                q = self.waiting.get(obj["id"])
+                if q is not None:
+                    q.put(obj)
+            else:                   # (an answer without an id: a request that was not JSON)
+                for q in self.waiting.values():
+                    q.put(obj)
 
-class _Session:
-    """One ``mln serve --many`` there: a channel, and what it printed of a line so far;
-    ``generation``: the transport's connection it belongs to."""
-
-    def __init__(self, chan, generation: int):
-        self.chan, self.lines, self.err, self.generation = chan, _Lines(None), [], generation
-
-    def alive(self) -> bool:
-        return not self.chan.closed and not self.chan.exit_status_ready()
-
-    def drain(self) -> None:
-        while self.chan.recv_stderr_ready():
-            self.err.append(self.chan.recv_stderr(65536).decode("utf-8", "replace"))
+    def ask(self, request: dict, log, timeout: float) -> dict | None:
+        """The answer to ``request`` (None: mln serve ended first); TimeoutError when no line
+        of it came for ``timeout`` seconds (it prints one every few seconds while it works)."""
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        with self.lock:
+            if self.ended is not None:
+                return None
+            self.count += 1
+            n = self.count
+            self.waiting[n] = q
+            try:
+                self.chan.sendall(json.dumps(dict(request, id=n)).encode() + b"\n")
+            except BaseException:
+                del self.waiting[n]
+                raise
+        try:
+            while True:
+                try:
+                    obj = q.get(timeout=timeout)
+                except queue.Empty:
+                    raise TimeoutError from None
+                if obj is None:
+                    if isinstance(self.ended, Exception):
+                        raise self.ended
+                    return None
+                if "ok" in obj:
+                    return obj
+                if "log" in obj:
+                    log(str(obj["log"]))
+        finally:
+            with self.lock:
+                self.waiting.pop(n, None)
 
     def end(self, wait: bool = True) -> str:
-        """Close it (its standard input ends: it exits); what it said on standard error, or
-        its exit status (``wait``: it ended without an answer)."""
+        """Close it (its standard input ends: it exits once its requests are done); what it
+        said on standard error, or its exit status (``wait``: it ended without an answer)."""
         status = None
         try:
             self.chan.shutdown_write()
             if wait:
                 status = self.chan.recv_exit_status()
-                self.drain()
+                while self.chan.recv_stderr_ready():
+                    self.err.append(self.chan.recv_stderr(1 << 16).decode("utf-8", "replace"))
         finally:
             self.chan.close()
         return " ".join("".join(self.err).split())[-300:] or f"exit status {status}"
@@ -84,11 +133,8 @@ class SshTransport:
         self.command = opt.get("mln") or config.get("remote_mln") or "mln"
         self.timeout = float(opt.get("timeout") or config.get("remote_timeout") or DEFAULT_TIMEOUT)
         self.conn = None
-        self.idle: list[_Session] = []          # the mln serve processes there waiting for a request
-        self.count = 0                          # how many there are: idle, busy or being started
-        self.starting = 0                       # of those, being started by prepare()
-        self.generation = 0                     # how many times the connection was closed
-        self.ready = threading.Condition()      # guards the four above
+        self.serving: _Serve | None = None      # the mln serve --many there of this command
+        self.lock = threading.Lock()
         self.connecting = threading.Lock()
         self.tries, self.failure = 0, None      # connections tried (ended), and why the last failed
 
@@ -132,131 +178,45 @@ class SshTransport:
         raise self.failure
 
     def request(self, request: dict, log) -> dict:
-        """Ask one ``mln serve --many`` there (an idle one of this command, else a new one:
-        no process start per request) to carry out ``request``; its JSON lines come back as
-        they are printed. A server silent for longer than the timeout (it prints a heartbeat
-        while it works) is taken as gone."""
+        """Ask the ``mln serve --many`` there (one for the command, started with its first
+        request) to carry out ``request``, beside any others this command sends it; its
+        JSON lines come back as they are printed. A server silent for longer than the
+        timeout (it prints a heartbeat while it works) is taken as gone."""
         conn = self._connection()
-        session = self._take()
+        serve = None
         try:
-            if session is None:
-                session = self._spawn(conn)
-            answer = self._exchange(session, request, log)
+            serve = self._serve(conn)
+            answer = serve.ask(request, log, self.timeout)
         except TimeoutError:
-            self._drop(session)
             raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
-            self._drop(session)
             link = conn.client.get_transport()
             if self.conn is conn and not (link and link.is_active()):   # (not one made anew meanwhile)
                 self.close()
             raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
-        if answer:
-            self._give_back(session)
-            if answer[-1].get("ok"):
-                return answer[-1].get("result") or {}
-            raise MlnError(answer[-1].get("error", "failed"))
-        said = self._drop(session, wait=True)
+        if answer is not None:
+            if answer.get("ok"):
+                return answer.get("result") or {}
+            raise MlnError(answer.get("error", "failed"))
+        with self.lock:
+            if self.serving is serve:
+                self.serving = None
+        said = serve.end(wait=True)
         raise MlnError(f"'{self.command} serve' did not answer ({said}); is mln installed there "
                        f"(remote_mln in mln.conf names the command)?")
 
-    @staticmethod
-    def _exchange(session: _Session, request: dict, log) -> list[dict]:
-        """Send ``request`` to the session's mln serve; its answer ([] if it ended first)."""
-        answer: list[dict] = []
-        session.err = []
-        session.lines.each = lambda text: answer.extend(filter(None, [answer_of(text, log)]))
-        session.chan.sendall(json.dumps(request).encode() + b"\n")
-        while not answer:
-            data = session.chan.recv(65536)
-            if not data:
-                break
-            session.lines.write(data.decode("utf-8", "replace"))
-            session.drain()
-        return answer
+    def _serve(self, conn) -> _Serve:
+        """This command's ``mln serve --many`` there (started now if it is not, or ended)."""
+        with self.lock:
+            if self.serving is None or self.serving.ended is not None:
+                chan = conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+                chan.exec_command(f"{self.command} serve --many")
+                self.serving = _Serve(chan)
+            return self.serving
 
-    def _take(self) -> _Session | None:
-        """An idle session, or None: the caller starts one (counted already). Waits for one
-        that prepare() starts, or for a busy one when there are SESSIONS already."""
-        with self.ready:
-            waited = 0.0
-            while True:
-                while self.idle:
-                    session = self.idle.pop()
-                    if session.alive():
-                        return session
-                    self.count -= 1                 # (its mln serve ended: stopped there)
-                    session.chan.close()
-                if (not self.starting or waited >= CONNECT_TIMEOUT) and self.count < SESSIONS:
-                    self.count += 1
-                    return None
-                self.ready.wait(1)
-                waited += 1
-
-    def _give_back(self, session: _Session) -> None:
-        with self.ready:
-            if session.generation == self.generation and session.alive():
-                self.idle.append(session)
-                self.ready.notify()
-                return
-        self._drop(session)
-
-    def _drop(self, session: _Session | None, wait: bool = False) -> str:
-        """Close ``session`` (None: the one a request could not start); what it said."""
-        with self.ready:
-            if session is None or session.generation == self.generation:
-                self.count -= 1
-            self.ready.notify()
-        return session.end(wait) if session is not None else ""
-
-    def _spawn(self, conn) -> _Session:
-        session = _Session(conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT), self.generation)
-        session.chan.settimeout(self.timeout)
-        session.chan.exec_command(f"{self.command} serve --many")
-        return session
-
-    def prepare(self, n: int, wait: bool = False) -> None:
-        """Have ``n`` ``mln serve`` there (SESSIONS at most) ready for requests sent at once,
-        started in the background now (each is idle once it answered a ``ping``): a request
-        waits for one of them rather than starting its own. ``wait``: return once they are
-        ready."""
-        conn = self._connection()
-        with self.ready:
-            missing = max(0, min(n - len(self.idle) - self.starting, SESSIONS - self.count))
-            self.starting += missing
-            self.count += missing
-            generation = self.generation
-        for _ in range(missing):
-            threading.Thread(target=self._prepared, args=(conn, generation), daemon=True).start()
-        if wait:                    # until every one started answered (or could not start)
-            with self.ready:
-                self.ready.wait_for(lambda: not self.starting or self.generation != generation,
-                                    timeout=CONNECT_TIMEOUT)
-
-    def _prepared(self, conn, generation: int) -> None:
-        session = None
-        try:            # ready once its mln serve answered (a request would wait for its start)
-            session = self._spawn(conn)
-            if not (self._exchange(session, {"verb": "ping"}, lambda line: None) or [{}])[-1].get("ok"):
-                raise MlnError("no answer")
-        except Exception:           # (a request that needs it starts its own)
-            if session is not None:
-                try:
-                    session.end(wait=False)
-                except Exception:   # (a broken connection)
-                    pass
-            session = None
-        with self.ready:
-            if generation == self.generation:
-                self.starting -= 1
-                if session is not None and session.generation == generation:
-                    self.idle.append(session)
-                    session = None
-                else:
-                    self.count -= 1
-            self.ready.notify_all()
-        if session is not None:     # the connection was closed meanwhile
-            session.end(wait=False)
+    def prepare(self) -> None:
+        """Connect and start ``mln serve`` there (in the background: Fleet.prepare)."""
+        self._serve(self._connection())
 
     def console(self, project: str, host: str, options: list[str]) -> int:
         """``mln console`` run there: with a terminal, on a remote terminal (Ctrl-] leaves);
@@ -281,14 +241,12 @@ class SshTransport:
         os.chmod(local_path, 0o600)
 
     def close(self) -> None:
-        with self.ready:
-            idle, self.idle = self.idle, []
-            self.count, self.starting, self.generation = 0, 0, self.generation + 1
-            self.ready.notify_all()
-        for session in idle:                    # standard input ends: each mln serve there exits
+        with self.lock:
+            serve, self.serving = self.serving, None
+        if serve is not None:           # standard input ends: mln serve there exits
             try:
-                session.end(wait=False)
-            except Exception:               # (a broken connection ends them anyway)
+                serve.end(wait=False)
+            except Exception:           # (a broken connection ends it anyway)
                 pass
         with self.connecting:           # (one being made in the background: closed once made)
             if self.conn is not None:
