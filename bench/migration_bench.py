@@ -154,7 +154,9 @@ t = time.monotonic()
 p = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE, text=True)
 for line in p.stderr:
     sys.stderr.write(f"{time.monotonic() - t:6.2f}s {line}")
-sys.exit(p.wait())
+code = p.wait()
+sys.stderr.write(f"{time.monotonic() - t:6.2f}s (mln exited {code})\n")
+sys.exit(code)
 """
 
 

@@ -597,4 +597,4 @@ from . import cli_daemon  # noqa: E402,F401  (mln daemon, daemon_ca, daemon_stat
 from . import cli_class  # noqa: E402,F401  (mln class: copies of one lab)
 from . import cli_reconfigure  # noqa: E402,F401  (mln reconfigure, rc; --strict)
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    startup.run()

@@ -65,7 +65,7 @@ def test_many_a_worker_killed_mid_request_gets_its_request_an_error_and_the_next
     import signal
     import time
     path = mln_plain.write("slow.mln", "global {\n    project slow\n    beforeProjectStart {\n"
-                                       "        sleep 60\n    }\n}\n")
+                                       "        sleep 58.123\n    }\n}\n")
     assert mln_plain.mln("build", "-f", str(path)).returncode == 0
     p = subprocess.Popen([sys.executable, "-m", "mln_core.cli", "serve", "--many"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=mln_plain.env, text=True)
@@ -95,7 +95,7 @@ def test_many_a_worker_killed_mid_request_gets_its_request_an_error_and_the_next
         watchdog.cancel()
         p.kill()
         p.wait()
-        subprocess.run(["pkill", "-f", "sleep 60"], check=False)
+        subprocess.run(["pkill", "-f", "sleep 58.123"], check=False)
 
 
 def test_a_templates_sha256_is_remembered_beside_it_until_the_file_changes(tmp_path):
