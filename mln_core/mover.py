@@ -20,11 +20,11 @@ class Mover:
     ``{host: (the server it leaves, the server it goes to)}``."""
 
     def __init__(self, engine, fleet, name: str, was: dict[str, str], now: dict[str, str], project=None,
-                 only_moving=frozenset()):
+                 only_moving=frozenset(), rows=None):
         """``was``: where the stored project has each host; ``now``: where the file puts it;
         ``only_moving``: the hosts of which nothing else changes (those may move live).
-        Every server is asked what it has (which also lets each finish or undo an upgrade
-        that was interrupted there): a host is moved from where it is."""
+        Every server is asked what it has (``rows``: its answers, if :func:`statuses`
+        asked already): a host is moved from where it is."""
         self.e, self.fleet, self.name = engine, fleet, name
         self.me, self.at_once = fleet.me, at_once(engine.ctx.config)
         self.sent: dict[str, dict] = {}
@@ -32,10 +32,7 @@ class Mover:
         self.switched: list[str] = []            # live hosts whose guests run on their new servers
         self.switching = False                   # live moves began (spread.moves is written)
         self.span = (0.0, 0.0)                   # when the first live move began, the last ended
-        rows = {s: r for s, r in fleet.each({s: {"verb": "status", "project": name, "disks": True}
-                                             for s in fleet.servers},
-                                            lambda: {"rows": engine.status(name),
-                                                     "disks": shared_disks(engine, name)}).items()}
+        rows = statuses(engine, fleet, name) if rows is None else rows
         failed = [str(r) for r in rows.values() if isinstance(r, MlnError)]
         if failed:
             raise MlnError("not every server of the project answers; nothing was done:\n  " + "\n  ".join(failed))
@@ -252,6 +249,13 @@ class Mover:
             except MlnError as e:
                 self.fleet.say(src, f"warning: starting {h} again: {e}")
         self.stopped = []
+
+
+def statuses(engine, fleet, name: str) -> dict:
+    """What every server has of project ``name``: its status rows and its hosts' disks on
+    shared storage ({server: answer or the MlnError it raised})."""
+    return fleet.each({s: {"verb": "status", "project": name, "disks": True} for s in fleet.servers},
+                      lambda: {"rows": engine.status(name), "disks": shared_disks(engine, name)})
 
 
 def _raise_first(futures) -> None:

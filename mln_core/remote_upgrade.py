@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import MlnError
 from .move import MOVES
-from .mover import Mover, bring_back
+from .mover import Mover, bring_back, statuses
 from .private import write_file
 from .remote import Fleet, placement_of
 from .servers import aliases_of, check_servers, configured, here, layout
@@ -98,13 +99,19 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
     leaving = [s for s in old_lay.servers if s not in lay.servers and s != me] + followed
     text = write_tree(loaded.doc.root)
     first = fleet is None                   # (else the second round of the same file: templates sent)
-    with Fleet(engine, others + followed, reuse=fleet) as fleet:
+    with Fleet(engine, others + followed, reuse=fleet) as fleet, ThreadPoolExecutor(1) as asking:
         addresses = fleet.addresses()
+        early = None            # (what every server has, asked meanwhile, unless held parts settle first)
         if first:
             fleet.prepare()
+            if not _held_here(engine, name):
+                early = asking.submit(statuses, engine, fleet, name)
             fleet.send_templates(new, lay)       # also: does every server answer?
         resolve_held(engine, fleet, name)
-        mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new))
+        rows = early.result() if early else None
+        if not first and not joining and old_lay.hosts == lay.hosts:    # (this command's second round:
+            rows = dict.fromkeys([*fleet.servers, me], {"rows": []})     # nothing moves, all settled)
+        mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new), rows)
         manager = engine.store.identity()
         during = _during(new, lay, old_lay, mover.live)
         parts = {s: dict(during.placement(name, s, addresses), manager=manager) for s in [*others, me]}
@@ -274,11 +281,17 @@ def _resolve_first(engine, name: str, placement: dict) -> None:
         resolve_held(engine, fleet, name)
 
 
+def _held_here(engine, name: str) -> bool:
+    """Was a server asked to hold a part of project ``name`` since all last settled?"""
+    pdir = engine.store.project_dir(name)
+    return any(os.path.exists(os.path.join(pdir, f)) for f in (DECISION, MOVES, HELD)) or held(engine, name)
+
+
 def resolve_held(engine, fleet, name: str) -> None:
     """Parts an earlier upgrade left held (it was killed, or a server did not answer): the
     word it wrote down (finish), else put them back, on every server, before anything else."""
     pdir = engine.store.project_dir(name)
-    if not any(os.path.exists(os.path.join(pdir, f)) for f in (DECISION, MOVES, HELD)) and not held(engine, name):
+    if not _held_here(engine, name):
         return                          # no server was asked to hold a part since all last settled
     keep = os.path.exists(os.path.join(pdir, DECISION))
     if not keep and os.path.exists(os.path.join(pdir, MOVES)):   # guests that already run where they went
