@@ -509,8 +509,9 @@ def mln_remote_transport(server, ctx):
     the result, or raises MlnError with the server's error or why it cannot be reached),
     ``put(local_path, remote_path)`` (copies a file to the server), ``get(remote_path,
     local_path)`` (copies a file of the server's ``templates/.incoming`` here: a host's disk
-    packed for a move to another server) and ``close()``; it may have ``prepare(n, wait)``,
-    called when up to ``n`` requests are about to be sent to that server at once (live
-    moves), to make ready for them in the background (``wait``: return once ready). Other
-    plugins return None.
+    packed for a move to another server) and ``close()``. ``request`` is called from
+    several threads at once (a live move sends two servers requests side by side): the
+    ``ssh`` transport sends them all to one ``mln serve --many`` there. It may have
+    ``prepare()``, called in a thread of its own before the command's first request, to
+    connect in the background meanwhile. Other plugins return None.
     """

@@ -251,11 +251,13 @@ class Mover:
         self.stopped = []
 
 
-def statuses(engine, fleet, name: str) -> dict:
-    """What every server has of project ``name``: its status rows and its hosts' disks on
-    shared storage ({server: answer or the MlnError it raised})."""
-    return fleet.each({s: {"verb": "status", "project": name, "disks": True} for s in fleet.servers},
-                      lambda: {"rows": engine.status(name), "disks": shared_disks(engine, name)})
+def statuses(engine, fleet, name: str, here: bool = True, there: bool = True) -> dict:
+    """What the servers have of project ``name`` (``here``: this one; ``there``: the
+    others): the status rows and the hosts' disks on shared storage ({server: answer or
+    the MlnError it raised})."""
+    asks = {s: {"verb": "status", "project": name, "disks": True} for s in fleet.servers if there}
+    return fleet.each(asks, (lambda: {"rows": engine.status(name), "disks": shared_disks(engine, name)})
+                      if here else None)
 
 
 def _raise_first(futures) -> None:

@@ -104,11 +104,11 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
         early = None            # (what every server has, asked meanwhile, unless held parts settle first)
         if first:
             fleet.prepare()
-            if not _held_here(engine, name):
-                early = asking.submit(statuses, engine, fleet, name)
+            if not _held_here(engine, name):        # (the other servers': this one's is asked below)
+                early = asking.submit(statuses, engine, fleet, name, here=False)
             fleet.send_templates(new, lay)       # also: does every server answer?
         resolve_held(engine, fleet, name)
-        rows = early.result() if early else None
+        rows = dict(early.result(), **statuses(engine, fleet, name, there=False)) if early else None
         if not first and not joining and old_lay.hosts == lay.hosts:    # (this command's second round:
             rows = dict.fromkeys([*fleet.servers, me], {"rows": []})     # nothing moves, all settled)
         mover = Mover(engine, fleet, name, old_lay.hosts, lay.hosts, old, _only_moving(ctx, old, new), rows)

@@ -4,7 +4,7 @@ server's own engine on its part of the project.
 Every transport carries the same requests (JSON objects) to :func:`handle`: ``ssh`` runs
 ``mln serve --many`` on the server, one for the whole command, and writes each request as a
 line on its standard input, with an ``id`` (requests sent at once are carried out at once,
-each in a process forked for it, and every line of an answer carries its request's ``id``);
+by worker processes it forks, and every line of an answer carries its request's ``id``);
 the daemon runs ``mln serve`` for each request it admits, the request on its standard input.
 ``mln serve`` writes one JSON object per line: ``{"log": LINE}`` for each progress line,
 ``{"alive": true}`` every few seconds while it works, then ``{"ok": true, "result": ...}``
@@ -83,9 +83,12 @@ def template_sha256(path: str) -> str:
         pass
     digest = sha256_of(path)
     try:                            # (a directory this user cannot write: read each time)
-        from .private import write_file
-        write_file(f"{note}.{os.getpid()}", f"{key} {digest}\n", mode=0o644)
-        os.replace(f"{note}.{os.getpid()}", note)
+        import tempfile
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".sha256-")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{key} {digest}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, note)
     except OSError:
         pass
     return digest
@@ -318,7 +321,10 @@ def serve_lines(make_engine, many: bool = False) -> int:
     os.dup2(null, 0)
     os.close(null)
     os.dup2(2, 1)
-    make_engine()                           # (what every request needs, loaded once: each fork has it)
+    try:                                    # (what every request needs, loaded once: each fork has it)
+        make_engine()
+    except Exception:                       # (a broken mln.conf here: each request says so)
+        pass
     return _Workers(requests, answers).run(make_engine)
 
 
@@ -328,34 +334,37 @@ class _Worker:
 
     def __init__(self, pid: int, to: int):
         self.pid, self.to, self.buf = pid, to, bytearray()
-        self.busy, self.id = False, None        # carrying out a request; its id
+        self.busy, self.id, self.answered = False, None, False     # its request, and its id
 
 
 class _Workers:
     """``mln serve --many``: reads requests and gives each to an idle worker, forking a new
     one when all are busy; passes on the lines they print (whole lines only, so that
-    answers never mix). A worker ends once standard input has ended and it is idle."""
+    answers never mix). A worker ends once standard input has ended and it is idle. The
+    exit status: 0 if every request succeeded, 130 if interrupted (SIGINT), else 1."""
 
     def __init__(self, requests: int, answers: int):
         import selectors
         self.requests, self.answers = requests, answers
         self.sel = selectors.DefaultSelector()
         self.workers: dict[int, _Worker] = {}       # the pipe it prints on -> the worker
-        self.status, self.reading = 0, True
+        self.failed = self.interrupted = False
+        self.reading = True
         self.learnt: list[str] = []         # the modules the workers imported for their requests
 
     def run(self, make_engine) -> int:
         import selectors
+        import signal
+
+        def interrupted(signum, frame):     # (acted on in the loop: the workers answer, each its own)
+            self.interrupted = True
+        signal.signal(signal.SIGINT, interrupted)
         self.sel.register(self.requests, selectors.EVENT_READ)
         pending = bytearray()
         while self.reading or self.workers:
-            try:
-                ready = self.sel.select()
-            except KeyboardInterrupt:       # SIGINT: this server is stopping (each request says so)
-                self.status = 130
+            if self.interrupted:            # this server is stopping: no request begins
                 self._stop_reading()
-                continue
-            for key, _ in ready:
+            for key, _ in self.sel.select(1):
                 if key.fd in self.workers:
                     self._relay(self.workers[key.fd], os.read(key.fd, 1 << 16))
                     continue
@@ -364,11 +373,11 @@ class _Workers:
                 while b"\n" in pending:
                     line, _, rest = bytes(pending).partition(b"\n")
                     pending = bytearray(rest)
-                    if line.strip() and self.status != 130:
+                    if line.strip() and not self.interrupted:
                         self._give(line + b"\n", make_engine)
                 if not data:
                     self._stop_reading()
-        return self.status
+        return 130 if self.interrupted else int(self.failed)
 
     def _stop_reading(self) -> None:
         if self.reading:
@@ -381,27 +390,50 @@ class _Workers:
                     w.to = -1
 
     def _give(self, line: bytes, make_engine) -> None:
-        w = next((w for w in self.workers.values() if not w.busy and w.to >= 0), None) or self._fork(make_engine)
         try:
-            _write_all(w.to, line)
-        except OSError:                     # (it ended meanwhile: another takes it)
-            os.close(w.to)
-            w.to = -1
-            self._give(line, make_engine)
-            return
-        w.busy = True
-        try:
-            w.id = json.loads(line).get("id")
+            request_id = json.loads(line).get("id")
         except (ValueError, AttributeError):
-            w.id = None
+            request_id = None
+        while True:
+            try:
+                w = next((w for w in self.workers.values() if not w.busy and w.to >= 0), None) or \
+                    self._fork(make_engine)
+            except OSError as e:            # (no memory, no process left): this request is refused
+                self._answer(request_id, f"this server cannot start a process for the request: "
+                                         f"{e.strerror or e}; run it again")
+                return
+            try:
+                _write_all(w.to, line)
+                break
+            except OSError:                 # (it ended meanwhile: another takes it)
+                os.close(w.to)
+                w.to = -1
+        w.busy, w.id, w.answered = True, request_id, False
+
+    def _answer(self, request_id, error: str) -> None:
+        self.failed = True
+        with contextlib.suppress(OSError):
+            _write_all(self.answers, json.dumps({"ok": False, "error": error, "id": request_id}).encode() + b"\n")
 
     def _fork(self, make_engine) -> _Worker:
         import selectors
         self._learn()
         r, w = os.pipe()
-        rq, wq = os.pipe()
-        pid = os.fork()
+        try:
+            rq, wq = os.pipe()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (r, w, rq, wq):
+                os.close(fd)
+            raise
         if pid == 0:
+            import signal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             status = 1
             try:
                 for fd in (r, wq, self.requests, self.answers, *self.workers,
@@ -426,13 +458,15 @@ class _Workers:
 
     def _relay(self, w: _Worker, data: bytes) -> None:
         w.buf += data
-        whole = w.buf.rfind(b"\n") + 1 if data else len(w.buf)
+        whole = w.buf.rfind(b"\n") + 1
         lines = bytes(w.buf[:whole]).splitlines(keepends=True)
-        del w.buf[:whole]
-        try:
+        del w.buf[:whole if data else len(w.buf)]      # (at its end: half a line is dropped)
+        for x in lines:
+            if x.startswith(b'{"ok": '):
+                w.answered = True
+                self.failed |= not x.startswith(b'{"ok": true')
+        with contextlib.suppress(OSError):          # (the manager is gone: the request still finishes here)
             _write_all(self.answers, b"".join(x for x in lines if not x.startswith(b"\0")))
-        except OSError:                 # the manager is gone: the request still finishes here
-            pass
         for done in (x for x in lines if x.startswith(b"\0")):
             self.learnt += done[1:].decode().split()
             w.busy = False
@@ -447,15 +481,10 @@ class _Workers:
                 os.close(w.to)
             del self.workers[fd]
             code = os.waitstatus_to_exitcode(os.waitpid(w.pid, 0)[1])
-            if w.busy:                  # (killed, out of memory): its request is answered all the same
+            if w.busy and not w.answered:       # (killed, out of memory): its request is answered all the same
                 how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                code = code if code > 0 else 1
-                with contextlib.suppress(OSError):
-                    _write_all(self.answers, json.dumps({"ok": False, "id": w.id, "error": (
-                        f"'mln serve' ended ({how}) before it answered; the request may be partly done: run "
-                        "it again")}).encode() + b"\n")
-            if self.status != 130:
-                self.status = code
+                self._answer(w.id, f"'mln serve' ended ({how}) before it answered; the request may be partly "
+                                   "done: run it again")
 
     def _learn(self) -> None:
         """Import here what the workers imported for their requests (mln's modules and

@@ -75,7 +75,11 @@ def run() -> None:
     gc.disable()                    # (as main: off for the command's short life, and not on again)
     code = _main(sys.argv[1:])
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:
             stream.flush()
+        except BrokenPipeError:         # (a reader that stopped early, as with | head)
+            pass
+        except (OSError, ValueError):   # (a full disk): as Python itself would end
+            code = code or 120
     atexit._run_exitfuncs()
     os._exit(code)

@@ -33,25 +33,37 @@ def mln_remote_transport(server, ctx):
 class _Serve:
     """The ``mln serve --many`` there of one connection: requests are sent to it at once,
     each with an ``id``, and a thread reads its lines and hands each to the request whose
-    ``id`` it carries (``None``: to every request waiting, once it ended)."""
+    ``id`` it carries (``None``: to every request waiting, once it ended); another keeps
+    the end of what it says on standard error."""
 
-    def __init__(self, chan):
+    def __init__(self, chan, timeout: float):
         self.chan = chan
-        self.lock = threading.Lock()
+        chan.settimeout(timeout)            # (a send that cannot go on for this long: gone)
+        self.lock, self.sending = threading.Lock(), threading.Lock()
         self.waiting: dict[int, queue.SimpleQueue] = {}
-        self.count, self.err, self.ended = 0, [], None      # ended: why it did (an exception), or ""
-        threading.Thread(target=self._read, daemon=True).start()
+        self.count, self.err, self.ended = 0, "", None      # ended: why it did (an exception), or ""
+        self.reading = [threading.Thread(target=f, daemon=True) for f in (self._read, self._read_err)]
+        for t in self.reading:
+            t.start()
 
     def _read(self) -> None:
         buf, why = "", ""
         try:
-            while data := self.chan.recv(1 << 16):
+            while True:
+                try:
+                    data = self.chan.recv(1 << 16)
+                except TimeoutError:        # (silence: each request minds its own)
+                    continue
+                if not data:
+                    break
                 buf += data.decode("utf-8", "replace")
                 *lines, buf = buf.split("\n")
                 for line in lines:
-                    self._line(line)
-                while self.chan.recv_stderr_ready():
-                    self.err.append(self.chan.recv_stderr(1 << 16).decode("utf-8", "replace"))
+                    why = self._line(line)
+                    if why:
+                        break
+                if why:
+                    break
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
             why = e
         with self.lock:
@@ -59,21 +71,34 @@ class _Serve:
             for q in self.waiting.values():
                 q.put(None)
 
-    def _line(self, line: str) -> None:
+    def _read_err(self) -> None:
+        try:
+            while True:
+                try:
+                    data = self.chan.recv_stderr(1 << 16)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                self.err = (self.err + data.decode("utf-8", "replace"))[-4096:]
+        except Exception:           # (the connection broke: the other reader says so)
+            return
+
+    def _line(self, line: str) -> MlnError | None:
         try:
             obj = json.loads(line)
         except ValueError:          # (not mln serve's: whatever printed it, every request shows it)
             obj = {"log": line}
         if not isinstance(obj, dict):
-            return
+            return None
+        if "ok" in obj and "id" not in obj:     # (an mln that answers one request at a time)
+            return MlnError("its mln is older than this one's (it answers one request at a time): install "
+                            "the same mln version on every server")
         with self.lock:
-            if "id" in obj:
-                q = self.waiting.get(obj["id"])
+            for q in [self.waiting.get(obj["id"])] if "id" in obj else self.waiting.values():
                 if q is not None:
                     q.put(obj)
-            else:                   # (an answer without an id: a request that was not JSON)
-                for q in self.waiting.values():
-                    q.put(obj)
+        return None
 
     def ask(self, request: dict, log, timeout: float) -> dict | None:
         """The answer to ``request`` (None: mln serve ended first); TimeoutError when no line
@@ -81,25 +106,20 @@ class _Serve:
         q: queue.SimpleQueue = queue.SimpleQueue()
         with self.lock:
             if self.ended is not None:
-                return None
+                return self._ended()
             self.count += 1
             n = self.count
             self.waiting[n] = q
-            try:
-                self.chan.sendall(json.dumps(dict(request, id=n)).encode() + b"\n")
-            except BaseException:
-                del self.waiting[n]
-                raise
         try:
+            with self.sending:
+                self.chan.sendall(json.dumps(dict(request, id=n)).encode() + b"\n")
             while True:
                 try:
                     obj = q.get(timeout=timeout)
                 except queue.Empty:
                     raise TimeoutError from None
                 if obj is None:
-                    if isinstance(self.ended, Exception):
-                        raise self.ended
-                    return None
+                    return self._ended()
                 if "ok" in obj:
                     return obj
                 if "log" in obj:
@@ -107,6 +127,11 @@ class _Serve:
         finally:
             with self.lock:
                 self.waiting.pop(n, None)
+
+    def _ended(self) -> None:
+        if isinstance(self.ended, Exception):
+            raise self.ended
+        return None
 
     def end(self, wait: bool = True) -> str:
         """Close it (its standard input ends: it exits once its requests are done); what it
@@ -116,11 +141,10 @@ class _Serve:
             self.chan.shutdown_write()
             if wait:
                 status = self.chan.recv_exit_status()
-                while self.chan.recv_stderr_ready():
-                    self.err.append(self.chan.recv_stderr(1 << 16).decode("utf-8", "replace"))
+                self.reading[1].join(5)
         finally:
             self.chan.close()
-        return " ".join("".join(self.err).split())[-300:] or f"exit status {status}"
+        return " ".join(self.err.split())[-300:] or f"exit status {status}"
 
 
 class SshTransport:
@@ -189,15 +213,17 @@ class SshTransport:
             answer = serve.ask(request, log, self.timeout)
         except TimeoutError:
             raise MlnError(f"{self.server.address} stopped answering (nothing for {self.timeout:g} s)") from None
+        except MlnError:
+            raise
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
-            link = conn.client.get_transport()
-            if self.conn is conn and not (link and link.is_active()):   # (not one made anew meanwhile)
-                self.close()
-            raise MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}") from None
+            raise self._broken(conn, e) from None
         if answer is not None:
             if answer.get("ok"):
                 return answer.get("result") or {}
             raise MlnError(answer.get("error", "failed"))
+        link = conn.client.get_transport()
+        if not (link and link.is_active()):     # (the channel closed with the connection)
+            raise self._broken(conn, EOFError("the connection closed"))
         with self.lock:
             if self.serving is serve:
                 self.serving = None
@@ -205,13 +231,19 @@ class SshTransport:
         raise MlnError(f"'{self.command} serve' did not answer ({said}); is mln installed there "
                        f"(remote_mln in mln.conf names the command)?")
 
+    def _broken(self, conn, e: Exception) -> MlnError:
+        link = conn.client.get_transport()
+        if self.conn is conn and not (link and link.is_active()):   # (not one made anew meanwhile)
+            self.close()
+        return MlnError(f"the connection to {self.server.address} broke: {type(e).__name__}: {e}")
+
     def _serve(self, conn) -> _Serve:
         """This command's ``mln serve --many`` there (started now if it is not, or ended)."""
         with self.lock:
             if self.serving is None or self.serving.ended is not None:
                 chan = conn.client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
                 chan.exec_command(f"{self.command} serve --many")
-                self.serving = _Serve(chan)
+                self.serving = _Serve(chan, self.timeout)
             return self.serving
 
     def prepare(self) -> None:

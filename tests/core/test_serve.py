@@ -29,6 +29,7 @@ def test_many_requests_each_answered_by_its_id_a_bad_one_too(mln_plain):
     text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
     answers, code = serve(mln_plain, text, "--many")
     assert len(answers) == 6 and all("ok" in a for a in answers), answers
+    assert code == 1                        # (not every request succeeded)
     by_id = {a.get("id"): a for a in answers}
     assert sorted(by_id, key=str) == sorted([1, None, 3, 4, 5, "six"], key=str), answers
     assert "not JSON" in by_id[None]["error"] and not by_id[None]["ok"]
@@ -53,6 +54,7 @@ def test_many_what_a_request_runs_reads_no_request_and_writes_no_answer(mln_plai
     answers = [json.loads(line) for line in p.stdout.splitlines()]      # (only JSON lines)
     answers = [a for a in answers if "ok" in a]
     assert [(a["id"], a["ok"]) for a in answers] == [(2, True), (1, True)], p.stdout + p.stderr
+    assert p.returncode == 0
     assert answers[0]["result"]["version"]
     assert (mln_plain.projects / "hs" / "stdin.txt").read_text() == ""
     assert "NOT-AN-ANSWER" not in p.stdout and "NOT-AN-ANSWER" in p.stderr
@@ -90,7 +92,7 @@ def test_many_a_worker_killed_mid_request_gets_its_request_an_error_and_the_next
         p.stdin.close()
         answers = [json.loads(line) for line in p.stdout]
         assert [(a["id"], a["ok"]) for a in answers if "ok" in a] == [("p", True)], answers
-        assert p.wait(30) == 0
+        assert p.wait(30) == 1                 # (not every request succeeded)
     finally:
         watchdog.cancel()
         p.kill()
