@@ -170,16 +170,19 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 raise MlnError(f"project '{name}' was not upgraded on every server; {state}:\n  " +
                                "\n  ".join(str(r) for r in failed.values()))
             mover.report(sent)
-        for s, r in fleet.each({s: {"verb": "remove", "project": name, "stopped": {"hard": True, "wait": 10}}
-                                for s in leaving}).items():     # (its switches stopped first)
-            if isinstance(r, MlnError):
-                fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
-        fleet.note(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
-        if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
-            fleet.note(f"+---> switches {', '.join(s for s in lay.switches if during.switches[s] != lay.switches[s])}"
-                       ": now only where their hosts are")
-            upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep, project=project,
-                    fleet=fleet)
+        removing = asking.submit(fleet.each, {s: {"verb": "remove", "project": name, "stopped": {
+            "hard": True, "wait": 10}} for s in leaving if first})   # (its switches stopped first; meanwhile:)
+        try:
+            fleet.note(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
+            if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
+                fleet.note(f"+---> switches {', '.join(s for s in lay.switches if during.switches[s] != lay.switches[s])}"
+                           ": now only where their hosts are")
+                upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep,
+                        project=project, fleet=fleet)     # (its own leaving servers are these: not asked again)
+        finally:
+            for s, r in removing.result().items():
+                if isinstance(r, MlnError):
+                    fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
     return plan
 
 
