@@ -55,7 +55,7 @@ class Fleet:
         self.owner = reuse is None
         self.sums: dict[str, str] = reuse.sums if reuse else {}
         self.inboxes: dict[str, str] = reuse.inboxes if reuse else {}      # (send_templates asks)
-        self.lock = threading.Lock()
+        self.lock = reuse.lock if reuse else threading.Lock()      # (one line at a time, whichever fleet)
         self.making = reuse.making if reuse else threading.Lock()
         self.closed = False
         self._log, self._before = (reuse._log if reuse else self.ctx.log), self.ctx.log

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import MlnError
@@ -170,8 +171,12 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                 raise MlnError(f"project '{name}' was not upgraded on every server; {state}:\n  " +
                                "\n  ".join(str(r) for r in failed.values()))
             mover.report(sent)
-        removing = asking.submit(fleet.each, {s: {"verb": "remove", "project": name, "stopped": {
-            "hard": True, "wait": 10}} for s in leaving if first})   # (its switches stopped first; meanwhile:)
+        removed: dict = {}          # (its switches stopped first; meanwhile the switches stop spanning)
+        removing = threading.Thread(target=lambda: removed.update(fleet.each({s: {
+            "verb": "remove", "project": name, "stopped": {"hard": True, "wait": 10}} for s in leaving if first})),
+            daemon=True)
+        removing.start()
+        interrupted = False
         try:
             fleet.note(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
             if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
@@ -179,8 +184,15 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                            ": now only where their hosts are")
                 upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep,
                         project=project, fleet=fleet)     # (its own leaving servers are these: not asked again)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            for s, r in removing.result().items():
+            if not interrupted:
+                removing.join()
+            elif removing.is_alive():       # (Ctrl-C: not waited for)
+                fleet.note(f"+---> {', '.join(leaving)}: the project's part is still being removed there")
+            for s, r in removed.items():
                 if isinstance(r, MlnError):
                     fleet.say(s, f"warning: its part is gone, but the project's directory stays there: {r}")
     return plan

@@ -443,7 +443,7 @@ class _Workers:
                 with os.fdopen(rq, "r") as requests, os.fdopen(w, "w") as out:
                     for line in requests:
                         before = set(sys.modules)
-                        status = _serve(line, make_engine, out)
+                        status = _serve(line, make_engine, out, many=True)
                         out.write("\0" + " ".join(m for m in list(sys.modules) if m not in before) + "\n")
                         out.flush()
                         if status == 130:
@@ -506,12 +506,12 @@ def _write_all(fd: int, data: bytes) -> None:
         out = out[os.write(fd, out):]
 
 
-def _serve(text: str, make_engine, out) -> int:
+def _serve(text: str, make_engine, out, many: bool = False) -> int:
     """Carry out the request ``text`` (JSON) with the engine ``make_engine()`` gives; its
     log lines, then its answer, on ``out``; the exit status."""
 
     lock = threading.Lock()
-    tag: dict = {}
+    tag: dict = {"id": None} if many else {}        # (--many: every answer says which request it is)
 
     def emit(obj: dict) -> None:
         with lock:

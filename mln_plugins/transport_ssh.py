@@ -58,16 +58,13 @@ class _Serve:
                     break
                 buf += data.decode("utf-8", "replace")
                 *lines, buf = buf.split("\n")
-                for line in lines:
-                    why = self._line(line)
-                    if why:
-                        break
+                why = next(filter(None, map(self._line, lines)), "")
                 if why:
                     break
         except Exception as e:      # the connection broke: paramiko's own errors and OSError
             why = e
         with self.lock:
-            self.ended = why
+            self.ended = why        # ("": it ended; the next request starts another)
             for q in self.waiting.values():
                 q.put(None)
 

@@ -122,3 +122,26 @@ def test_a_server_with_an_older_mln_is_named_not_misread(mln_servers):
                    mln=str(old))
     for a in answers:
         assert isinstance(a, str) and "older than this one's" in a, answers
+
+
+AGAIN = r"""
+import sys, time
+from mln_core.config import load_config
+from mln_core.servers import configured
+from mln_plugins.transport_ssh import SshTransport
+config = load_config()
+t = SshTransport(configured(config)[sys.argv[1]], config)
+print(t.request({"verb": "ping"}, print)["server"])
+t._connection().run("pkill -f 'mln_core.cli serv[e] --many|mln serv[e] --many'", warn=True, hide=True)
+time.sleep(1)
+print(t.request({"verb": "ping"}, print)["server"])
+t.close()
+"""
+
+
+def test_a_server_whose_mln_serve_ended_between_requests_gets_a_new_one(mln_servers):
+    """The ``mln serve`` of this command on a server ends while no request waits (killed
+    there): the next request starts another and is answered."""
+    kit = mln_servers
+    r = kit.client_run([sys.executable, "-c", AGAIN, "sh1"], timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["sh1", "sh1"], r.stdout + r.stderr
