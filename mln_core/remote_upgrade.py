@@ -172,16 +172,16 @@ def upgrade(engine, path: str, simulate: bool = False, start_new: bool = False, 
                                "\n  ".join(str(r) for r in failed.values()))
             mover.report(sent)
         removed: dict = {}          # (its switches stopped first; meanwhile the switches stop spanning)
-        removing = threading.Thread(target=lambda: removed.update(fleet.each({s: {
-            "verb": "remove", "project": name, "stopped": {"hard": True, "wait": 10}} for s in leaving if first})),
-            daemon=True)
+        asks = {s: {"verb": "remove", "project": name, "stopped": {"hard": True, "wait": 10}}
+                for s in leaving} if first else {}
+        removing = threading.Thread(target=lambda: removed.update(fleet.each(asks)), daemon=True)
         removing.start()
         interrupted = False
         try:
             fleet.note(f"+---> PROJECT {name} UPGRADED on {', '.join(lay.servers)}")
             if during.switches != lay.switches:       # the moved hosts arrived: their switches follow them
-                fleet.note(f"+---> switches {', '.join(s for s in lay.switches if during.switches[s] != lay.switches[s])}"
-                           ": now only where their hosts are")
+                narrower = [s for s in lay.switches if during.switches[s] != lay.switches[s]]
+                fleet.note(f"+---> switches {', '.join(narrower)}: now only where their hosts are")
                 upgrade(engine, path, yes=True, start_new=start_new, live_hosts=live_hosts, keep=keep,
                         project=project, fleet=fleet)     # (its own leaving servers are these: not asked again)
         except KeyboardInterrupt:

@@ -334,7 +334,7 @@ class _Worker:
 
     def __init__(self, pid: int, to: int):
         self.pid, self.to, self.buf = pid, to, bytearray()
-        self.busy, self.id, self.answered = False, None, False     # its request, and its id
+        self.busy, self.line, self.answered = False, b"", False     # its request, and whether it answered
 
 
 class _Workers:
@@ -390,17 +390,13 @@ class _Workers:
                     w.to = -1
 
     def _give(self, line: bytes, make_engine) -> None:
-        try:
-            request_id = json.loads(line).get("id")
-        except (ValueError, AttributeError):
-            request_id = None
         while True:
             try:
                 w = next((w for w in self.workers.values() if not w.busy and w.to >= 0), None) or \
                     self._fork(make_engine)
             except OSError as e:            # (no memory, no process left): this request is refused
-                self._answer(request_id, f"this server cannot start a process for the request: "
-                                         f"{e.strerror or e}; run it again")
+                self._answer(line, f"this server cannot start a process for the request: {e.strerror or e}; "
+                                   "run it again")
                 return
             try:
                 _write_all(w.to, line)
@@ -408,9 +404,14 @@ class _Workers:
             except OSError:                 # (it ended meanwhile: another takes it)
                 os.close(w.to)
                 w.to = -1
-        w.busy, w.id, w.answered = True, request_id, False
+        w.busy, w.line, w.answered = True, line, False
 
-    def _answer(self, request_id, error: str) -> None:
+    def _answer(self, line: bytes, error: str) -> None:
+        """Answer the request ``line`` (whose worker could not): with ``error``."""
+        try:                                # (read only now: the worker reads the request)
+            request_id = json.loads(line).get("id")
+        except (ValueError, AttributeError):
+            request_id = None
         self.failed = True
         with contextlib.suppress(OSError):
             _write_all(self.answers, json.dumps({"ok": False, "error": error, "id": request_id}).encode() + b"\n")
@@ -461,7 +462,7 @@ class _Workers:
         whole = w.buf.rfind(b"\n") + 1
         lines = bytes(w.buf[:whole]).splitlines(keepends=True)
         del w.buf[:whole if data else len(w.buf)]      # (at its end: half a line is dropped)
-        for x in lines:
+        for x in lines:                     # (an answer: _serve's emit puts "ok" first)
             if x.startswith(b'{"ok": '):
                 w.answered = True
                 self.failed |= not x.startswith(b'{"ok": true')
@@ -483,7 +484,7 @@ class _Workers:
             code = os.waitstatus_to_exitcode(os.waitpid(w.pid, 0)[1])
             if w.busy and not w.answered:       # (killed, out of memory): its request is answered all the same
                 how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                self._answer(w.id, f"'mln serve' ended ({how}) before it answered; the request may be partly "
+                self._answer(w.line, f"'mln serve' ended ({how}) before it answered; the request may be partly "
                                    "done: run it again")
 
     def _learn(self) -> None:

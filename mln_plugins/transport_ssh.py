@@ -30,6 +30,19 @@ def mln_remote_transport(server, ctx):
     return SshTransport(server, ctx.config)
 
 
+def _chunks(recv):
+    """What a channel's ``recv`` or ``recv_stderr`` gives, until it ends (a silence longer
+    than the channel's timeout is no end: each request minds its own)."""
+    while True:
+        try:
+            data = recv(1 << 16)
+        except TimeoutError:
+            continue
+        if not data:
+            return
+        yield data
+
+
 class _Serve:
     """The ``mln serve --many`` there of one connection: requests are sent to it at once,
     each with an ``id``, and a thread reads its lines and hands each to the request whose
@@ -42,20 +55,14 @@ class _Serve:
         self.lock, self.sending = threading.Lock(), threading.Lock()
         self.waiting: dict[int, queue.SimpleQueue] = {}
         self.count, self.err, self.ended = 0, "", None      # ended: why it did (an exception), or ""
-        self.reading = [threading.Thread(target=f, daemon=True) for f in (self._read, self._read_err)]
-        for t in self.reading:
-            t.start()
+        self.reading_err = threading.Thread(target=self._read_err, daemon=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.reading_err.start()
 
     def _read(self) -> None:
         buf, why = "", ""
         try:
-            while True:
-                try:
-                    data = self.chan.recv(1 << 16)
-                except TimeoutError:        # (silence: each request minds its own)
-                    continue
-                if not data:
-                    break
+            for data in _chunks(self.chan.recv):
                 buf += data.decode("utf-8", "replace")
                 *lines, buf = buf.split("\n")
                 why = next(filter(None, map(self._line, lines)), "")
@@ -70,13 +77,7 @@ class _Serve:
 
     def _read_err(self) -> None:
         try:
-            while True:
-                try:
-                    data = self.chan.recv_stderr(1 << 16)
-                except TimeoutError:
-                    continue
-                if not data:
-                    return
+            for data in _chunks(self.chan.recv_stderr):
                 self.err = (self.err + data.decode("utf-8", "replace"))[-4096:]
         except Exception:           # (the connection broke: the other reader says so)
             return
@@ -138,7 +139,7 @@ class _Serve:
             self.chan.shutdown_write()
             if wait:
                 status = self.chan.recv_exit_status()
-                self.reading[1].join(5)
+                self.reading_err.join(5)
         finally:
             self.chan.close()
         return " ".join(self.err.split())[-300:] or f"exit status {status}"
